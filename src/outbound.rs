@@ -1,0 +1,199 @@
+//! A session's ordered outbound queue: the only path from the server to a socket.
+//!
+//! Frames are `Bytes`, so a push frame is shared by reference between every subscriber's queue.
+//! The queue counts its bytes against a cap the caller enforces, and writes with one vectored
+//! write per call, so the frames of several publishes leave in one syscall.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes};
+
+/// At most this many frames go into one `writev`.
+const MAX_IOVECS: usize = 64;
+
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    frames: VecDeque<Bytes>,
+    /// Bytes of `frames` not yet written (the front frame may be partly written).
+    queued: usize,
+    /// The front frame has been partly written: it must go out whole or the stream breaks.
+    front_partial: bool,
+}
+
+impl OutQueue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, frame: Bytes) {
+        if frame.is_empty() {
+            return;
+        }
+        self.queued += frame.len();
+        self.frames.push_back(frame);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Unwritten bytes.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued
+    }
+
+    /// Drops every frame that has not started to go out, keeping a partly written front frame so
+    /// the byte stream stays well formed. Returns how many frames were dropped.
+    pub fn discard_unsent(&mut self) -> usize {
+        let keep = usize::from(self.front_partial);
+        let dropped = self.frames.len().saturating_sub(keep);
+        self.frames.truncate(keep);
+        self.queued = self.frames.iter().map(Bytes::len).sum();
+        dropped
+    }
+
+    /// Writes as much as the writer takes, in vectored writes, until the queue is empty or the
+    /// writer would block. Returns the number of bytes written; `WouldBlock` is not an error.
+    pub fn write_to<W: Write>(&mut self, writer: &mut W) -> io::Result<usize> {
+        let mut total = 0;
+        while !self.frames.is_empty() {
+            let written = {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                let n = self.frames.len().min(MAX_IOVECS);
+                for (slot, frame) in slices.iter_mut().zip(self.frames.iter()) {
+                    *slot = IoSlice::new(frame);
+                }
+                match writer.write_vectored(&slices[..n]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(written) => written,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            };
+            self.consume(written);
+            total += written;
+        }
+        if self.frames.is_empty() && self.frames.capacity() > 16 {
+            // A burst grew the ring; give the memory back once it has drained.
+            self.frames = VecDeque::new();
+        }
+        Ok(total)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                return;
+            };
+            if n < front.len() {
+                front.advance(n);
+                self.front_partial = true;
+                return;
+            }
+            n -= front.len();
+            self.frames.pop_front();
+            self.front_partial = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that accepts at most `budget` bytes, then blocks.
+    struct Throttled {
+        out: Vec<u8>,
+        budget: usize,
+        calls: usize,
+    }
+
+    impl Write for Throttled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.budget == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.budget - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.budget {
+                    break;
+                }
+            }
+            self.budget -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn shared_frames_are_written_in_order_with_one_call() {
+        let shared = Bytes::from_static(b"shared");
+        let mut q = OutQueue::new();
+        q.push(Bytes::from_static(b"a"));
+        q.push(shared.clone());
+        q.push(Bytes::from_static(b"z"));
+        assert_eq!(q.queued_bytes(), 8);
+        let mut w = Throttled { out: vec![], budget: 100, calls: 0 };
+        assert_eq!(q.write_to(&mut w).unwrap(), 8);
+        assert_eq!(w.out, b"asharedz");
+        assert_eq!(w.calls, 1);
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn partial_writes_resume_where_they_stopped() {
+        let mut q = OutQueue::new();
+        for f in [&b"hello "[..], b"wide ", b"world"] {
+            q.push(Bytes::copy_from_slice(f));
+        }
+        let mut w = Throttled { out: vec![], budget: 8, calls: 0 };
+        assert_eq!(q.write_to(&mut w).unwrap(), 8);
+        assert_eq!(q.queued_bytes(), 8);
+        w.budget = 3;
+        q.write_to(&mut w).unwrap();
+        w.budget = 100;
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.out, b"hello wide world");
+        assert_eq!(q.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn discard_keeps_a_partly_written_front() {
+        let mut q = OutQueue::new();
+        q.push(Bytes::from_static(b"0123456789"));
+        q.push(Bytes::from_static(b"abc"));
+        let mut w = Throttled { out: vec![], budget: 4, calls: 0 };
+        q.write_to(&mut w).unwrap();
+        assert_eq!(q.discard_unsent(), 1);
+        assert_eq!(q.queued_bytes(), 6);
+        let mut q2 = OutQueue::new();
+        q2.push(Bytes::from_static(b"x"));
+        q2.push(Bytes::from_static(b"y"));
+        assert_eq!(q2.discard_unsent(), 2);
+        assert!(q2.is_empty());
+    }
+
+    #[test]
+    fn more_frames_than_iovecs() {
+        let mut q = OutQueue::new();
+        for _ in 0..(MAX_IOVECS * 3 + 5) {
+            q.push(Bytes::from_static(b"ab"));
+        }
+        let mut w = Throttled { out: vec![], budget: usize::MAX / 2, calls: 0 };
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.out.len(), (MAX_IOVECS * 3 + 5) * 2);
+        assert_eq!(w.calls, 4);
+    }
+}

@@ -1,0 +1,340 @@
+//! The JSON wire protocol between clients and the server, and WebSocket framing of server messages.
+//!
+//! No I/O here. Client messages are parsed from the text of a WebSocket message; server messages
+//! are encoded straight into complete, unmasked WebSocket frames (`Bytes`), so that one push is
+//! serialized and framed once and the same bytes are shared by every subscriber's queue.
+//!
+//! Client → server (unknown fields are ignored, so the seed's `{"cmd":"ping","data":null}` works):
+//! - `{"topics":[..]}` (the seed's subscribe; accepted at any time to add topics)
+//! - `{"cmd":"subscribe","topics":[..]}`, `{"cmd":"unsubscribe","topics":[..]}`
+//! - `{"cmd":"ping"}` (answered with `{"cmd":"pong"}`), `{"cmd":"pong"}` (ignored, a sign of life)
+//!
+//! Server → client: `push`, `pong`, `subscribed`, `unsubscribed`, `error` (see docs/PROTOCOL.md).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Deserialize;
+
+/// What a client asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ClientMessage<'a> {
+    Subscribe(Vec<Cow<'a, str>>),
+    Unsubscribe(Vec<Cow<'a, str>>),
+    Ping,
+    /// A `pong` (some clients answer our pongs): nothing to do beyond counting as a sign of life.
+    Pong,
+}
+
+/// A client request the server cannot act on. Recoverable: answered with an `error` message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    InvalidJson(String),
+    UnknownCommand(String),
+    MissingTopics,
+    EmptyTopicList,
+    InvalidTopic { topic: String, reason: &'static str },
+    TooManyTopics { max: usize },
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidJson(e) => write!(f, "invalid JSON: {e}"),
+            Self::UnknownCommand(cmd) => write!(f, "unknown command: {cmd}"),
+            Self::MissingTopics => f.write_str("missing \"topics\" array"),
+            Self::EmptyTopicList => f.write_str("\"topics\" is empty"),
+            Self::InvalidTopic { topic, reason } => write!(f, "invalid topic {topic:?}: {reason}"),
+            Self::TooManyTopics { max } => write!(f, "too many topics (at most {max} per connection)"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+#[derive(Deserialize)]
+struct RawClientMessage<'a> {
+    #[serde(borrow, default)]
+    cmd: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    topics: Option<Vec<Cow<'a, str>>>,
+}
+
+/// Parses the text of one client message.
+pub fn parse_client_message(text: &str) -> Result<ClientMessage<'_>, RequestError> {
+    let raw: RawClientMessage<'_> =
+        serde_json::from_str(text).map_err(|e| RequestError::InvalidJson(short_json_error(&e)))?;
+    match raw.cmd.as_deref() {
+        // The seed's client sends its subscription without a command.
+        None | Some("subscribe") | Some("sub") => require_topics(raw.topics).map(ClientMessage::Subscribe),
+        Some("unsubscribe") | Some("unsub") => require_topics(raw.topics).map(ClientMessage::Unsubscribe),
+        Some("ping") => Ok(ClientMessage::Ping),
+        Some("pong") => Ok(ClientMessage::Pong),
+        Some(other) => Err(RequestError::UnknownCommand(truncate(other, 64).to_owned())),
+    }
+}
+
+fn require_topics(topics: Option<Vec<Cow<'_, str>>>) -> Result<Vec<Cow<'_, str>>, RequestError> {
+    match topics {
+        None => Err(RequestError::MissingTopics),
+        Some(t) if t.is_empty() => Err(RequestError::EmptyTopicList),
+        Some(t) => Ok(t),
+    }
+}
+
+fn short_json_error(e: &serde_json::Error) -> String {
+    // serde_json's messages never echo the input back, so they are safe to return to the client.
+    e.to_string()
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Limits on topic names.
+#[derive(Clone, Copy, Debug)]
+pub struct TopicRules {
+    pub max_len: usize,
+}
+
+impl Default for TopicRules {
+    fn default() -> Self {
+        TopicRules { max_len: 128 }
+    }
+}
+
+/// Checks a topic name: 1..=max_len bytes of `A-Z a-z 0-9 - _ . : / @`.
+///
+/// The character set keeps names printable, safe in logs and URLs, and cheap to compare.
+pub fn validate_topic(topic: &str, rules: TopicRules) -> Result<(), RequestError> {
+    let invalid = |reason| {
+        Err(RequestError::InvalidTopic { topic: truncate(topic, 64).to_owned(), reason })
+    };
+    if topic.is_empty() {
+        return invalid("empty");
+    }
+    if topic.len() > rules.max_len {
+        return invalid("too long");
+    }
+    if !topic.bytes().all(is_topic_byte) {
+        return invalid("allowed characters are A-Z a-z 0-9 - _ . : / @");
+    }
+    Ok(())
+}
+
+fn is_topic_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')
+}
+
+/// WebSocket opcodes of the data frames the server sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opcode {
+    Text = 0x1,
+    Binary = 0x2,
+}
+
+/// Frames `payload` as one final, unmasked server frame.
+pub fn frame(opcode: Opcode, payload: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(frame_header_len(payload.len()) + payload.len());
+    put_frame_header(&mut buf, opcode, payload.len());
+    buf.put_slice(payload);
+    buf.freeze()
+}
+
+fn frame_header_len(payload_len: usize) -> usize {
+    match payload_len {
+        0..=125 => 2,
+        126..=0xFFFF => 4,
+        _ => 10,
+    }
+}
+
+fn put_frame_header(buf: &mut BytesMut, opcode: Opcode, payload_len: usize) {
+    buf.put_u8(0x80 | opcode as u8);
+    match payload_len {
+        0..=125 => buf.put_u8(payload_len as u8),
+        126..=0xFFFF => {
+            buf.put_u8(126);
+            buf.put_u16(payload_len as u16);
+        }
+        _ => {
+            buf.put_u8(127);
+            buf.put_u64(payload_len as u64);
+        }
+    }
+}
+
+/// Encodes `{"cmd":"push","topic":<topic>,"data":<data>}` as one text frame.
+///
+/// `data_json` must already be valid JSON (the API validates it); it is copied verbatim, once.
+pub fn encode_push(topic: &str, data_json: &str) -> Bytes {
+    const HEAD: &[u8] = br#"{"cmd":"push","topic":"#;
+    const MID: &[u8] = br#","data":"#;
+    let topic_len = json_string_len(topic);
+    let payload_len = HEAD.len() + topic_len + MID.len() + data_json.len() + 1;
+    let mut buf = BytesMut::with_capacity(frame_header_len(payload_len) + payload_len);
+    put_frame_header(&mut buf, Opcode::Text, payload_len);
+    buf.put_slice(HEAD);
+    put_json_string(&mut buf, topic);
+    buf.put_slice(MID);
+    buf.put_slice(data_json.as_bytes());
+    buf.put_u8(b'}');
+    debug_assert_eq!(buf.len(), frame_header_len(payload_len) + payload_len);
+    buf.freeze()
+}
+
+/// `{"cmd":"pong"}`, framed once for the life of the process.
+pub fn pong_frame() -> Bytes {
+    Bytes::from_static(b"\x81\x0e{\"cmd\":\"pong\"}")
+}
+
+/// `{"cmd":"subscribed","topics":[..]}` or `unsubscribed`, as one text frame.
+pub fn encode_ack<S: AsRef<str>>(subscribed: bool, topics: &[S]) -> Bytes {
+    let cmd = if subscribed { "subscribed" } else { "unsubscribed" };
+    let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
+    let body = serde_json::json!({ "cmd": cmd, "topics": topics });
+    frame(Opcode::Text, body.to_string().as_bytes())
+}
+
+/// `{"cmd":"error","error":<message>}` as one text frame.
+pub fn encode_error(message: &str) -> Bytes {
+    let body = serde_json::json!({ "cmd": "error", "error": message });
+    frame(Opcode::Text, body.to_string().as_bytes())
+}
+
+/// Writes `s` as a JSON string literal.
+fn put_json_string(buf: &mut BytesMut, s: &str) {
+    buf.put_u8(b'"');
+    for &b in s.as_bytes() {
+        match json_escape(b) {
+            Some(esc) => buf.put_slice(esc.as_bytes()),
+            None => buf.put_u8(b),
+        }
+    }
+    buf.put_u8(b'"');
+}
+
+fn json_string_len(s: &str) -> usize {
+    2 + s.bytes().map(|b| json_escape(b).map_or(1, |e| e.len())).sum::<usize>()
+}
+
+fn json_escape(b: u8) -> Option<std::borrow::Cow<'static, str>> {
+    match b {
+        b'"' => Some("\\\"".into()),
+        b'\\' => Some("\\\\".into()),
+        b'\n' => Some("\\n".into()),
+        b'\r' => Some("\\r".into()),
+        b'\t' => Some("\\t".into()),
+        0..=0x1f => Some(format!("\\u{b:04x}").into()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(frame: &Bytes) -> &[u8] {
+        let len = (frame[1] & 0x7f) as usize;
+        match len {
+            126 => &frame[4..],
+            127 => &frame[10..],
+            _ => &frame[2..],
+        }
+    }
+
+    #[test]
+    fn seed_subscribe_and_ping_parse() {
+        assert_eq!(
+            parse_client_message(r#"{"topics":["test-topic"]}"#),
+            Ok(ClientMessage::Subscribe(vec!["test-topic".into()]))
+        );
+        assert_eq!(parse_client_message(r#"{"cmd":"ping","data":null}"#), Ok(ClientMessage::Ping));
+        assert_eq!(
+            parse_client_message(r#"{"cmd":"unsubscribe","topics":["a","b"]}"#),
+            Ok(ClientMessage::Unsubscribe(vec!["a".into(), "b".into()]))
+        );
+        assert_eq!(
+            parse_client_message(r#"{"cmd":"subscribe","topics":["a\u0062"]}"#),
+            Ok(ClientMessage::Subscribe(vec!["ab".into()]))
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_typed_errors() {
+        assert!(matches!(parse_client_message("not json"), Err(RequestError::InvalidJson(_))));
+        assert!(matches!(parse_client_message("[1,2]"), Err(RequestError::InvalidJson(_))));
+        assert!(matches!(parse_client_message(r#"{"topics":"x"}"#), Err(RequestError::InvalidJson(_))));
+        assert_eq!(parse_client_message("{}"), Err(RequestError::MissingTopics));
+        assert_eq!(parse_client_message(r#"{"topics":[]}"#), Err(RequestError::EmptyTopicList));
+        assert_eq!(
+            parse_client_message(r#"{"cmd":"reboot"}"#),
+            Err(RequestError::UnknownCommand("reboot".into()))
+        );
+    }
+
+    #[test]
+    fn topic_rules() {
+        let rules = TopicRules { max_len: 8 };
+        assert!(validate_topic("a-b_c.d", rules).is_ok());
+        assert!(validate_topic("user:1/x", rules).is_ok());
+        assert!(validate_topic("", rules).is_err());
+        assert!(validate_topic("123456789", rules).is_err());
+        assert!(validate_topic("a b", rules).is_err());
+        assert!(validate_topic("é", rules).is_err());
+        assert!(validate_topic("a\"", rules).is_err());
+    }
+
+    #[test]
+    fn push_frame_is_valid_json_in_a_text_frame() {
+        let f = encode_push("test-topic", r#""publish msg""#);
+        assert_eq!(f[0], 0x81);
+        let v: serde_json::Value = serde_json::from_slice(payload(&f)).unwrap();
+        assert_eq!(v, serde_json::json!({"cmd":"push","topic":"test-topic","data":"publish msg"}));
+    }
+
+    #[test]
+    fn push_frame_lengths_at_boundaries() {
+        for n in [0usize, 50, 100, 125, 126, 200, 65_535, 65_536, 70_000] {
+            let data = format!("\"{}\"", "x".repeat(n));
+            let f = encode_push("t", &data);
+            let p = payload(&f);
+            let declared = match f[1] & 0x7f {
+                126 => u16::from_be_bytes([f[2], f[3]]) as usize,
+                127 => u64::from_be_bytes(f[2..10].try_into().unwrap()) as usize,
+                n => n as usize,
+            };
+            assert_eq!(declared, p.len(), "n={n}");
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            assert_eq!(v["data"].as_str().unwrap().len(), n);
+        }
+    }
+
+    #[test]
+    fn topic_is_json_escaped() {
+        let f = encode_push("a\"b\\c\n\u{1}", "1");
+        let v: serde_json::Value = serde_json::from_slice(payload(&f)).unwrap();
+        assert_eq!(v["topic"], "a\"b\\c\n\u{1}");
+    }
+
+    #[test]
+    fn static_frames_and_acks() {
+        let p = pong_frame();
+        assert_eq!(&p[..2], &[0x81, 14]);
+        assert_eq!(payload(&p), br#"{"cmd":"pong"}"#);
+        let ack = encode_ack(true, &["a", "b"]);
+        let v: serde_json::Value = serde_json::from_slice(payload(&ack)).unwrap();
+        assert_eq!(v, serde_json::json!({"cmd":"subscribed","topics":["a","b"]}));
+        let err = encode_error("bad \"thing\"");
+        let v: serde_json::Value = serde_json::from_slice(payload(&err)).unwrap();
+        assert_eq!(v["error"], "bad \"thing\"");
+    }
+}

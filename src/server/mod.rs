@@ -1,0 +1,740 @@
+//! The event loop: the only code that touches sockets. One `mio::Poll`, one thread.
+//!
+//! Each iteration: wait for readiness or the next timer deadline, then accept, read, expire
+//! timers, and flush the sessions that have output (one vectored write per socket, so all the
+//! publishes of an iteration leave together). Everything else lives in sans-IO modules.
+
+mod api;
+pub mod sys;
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use crate::broker::{Broker, SubscriberId};
+use crate::config::{Config, millis};
+use crate::error::ServerError;
+use crate::protocol;
+use crate::session::{CloseReason, Ctx, HandshakePolicy, Push, Session, SessionSettings, Status};
+use crate::stats::Stats;
+use crate::timer::{TimerHandle, TimerWheel};
+
+const WS_LISTENER: Token = Token(usize::MAX - 1);
+const API_LISTENER: Token = Token(usize::MAX - 2);
+const WAKER: Token = Token(usize::MAX - 3);
+
+/// Bytes read per `read` call (one shared buffer for the whole loop).
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes one connection may feed per readiness event before others get their turn.
+const READ_BUDGET: usize = 256 * 1024;
+/// Kernel accept queue for connection bursts (capped by net.core.somaxconn).
+const LISTEN_BACKLOG: i32 = 4096;
+/// Back-off before accepting again when the process is out of descriptors.
+const ACCEPT_PAUSE_MS: u64 = 100;
+/// Grace for flushing close frames on shutdown.
+const SHUTDOWN_GRACE_MS: u64 = 3_000;
+/// API connections: idle keep-alive limit, and how many may be open at once.
+const API_IDLE_MS: u64 = 60_000;
+const MAX_API_CONNECTIONS: usize = 256;
+
+/// Stops a running server from any thread (or a signal handler): the loop closes every client
+/// with 1001, flushes for a bounded time and returns from [`Server::run`].
+#[derive(Clone, Debug)]
+pub struct ShutdownHandle {
+    requested: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+}
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.requested.store(true, Ordering::SeqCst);
+        // A failed wake only delays shutdown until the next event or timer.
+        let _ = self.waker.wake();
+    }
+}
+
+enum Timeout {
+    Conn { key: usize, generation: u32 },
+    Tick,
+    ResumeAccept,
+    ShutdownDeadline,
+}
+
+enum Kind {
+    Ws(Session),
+    Api(api::ApiConn),
+}
+
+struct Conn {
+    socket: TcpStream,
+    generation: u32,
+    kind: Kind,
+    timer: Option<(TimerHandle, u64)>,
+    /// Queued in `dirty` for a flush at the end of the iteration.
+    dirty: bool,
+    /// The peer closed its side.
+    eof: bool,
+    /// We closed our side after the last byte went out.
+    write_closed: bool,
+}
+
+fn token_of(key: usize, generation: u32) -> Token {
+    Token((generation as usize) << 32 | key)
+}
+
+fn split_token(token: Token) -> (usize, u32) {
+    (token.0 & 0xFFFF_FFFF, (token.0 >> 32) as u32)
+}
+
+/// Rate limits a class of log lines so a misbehaving peer cannot flood the log.
+#[derive(Default)]
+struct LogLimiter {
+    window_start_ms: u64,
+    in_window: u32,
+    suppressed: u32,
+}
+
+impl LogLimiter {
+    const WINDOW_MS: u64 = 10_000;
+    const PER_WINDOW: u32 = 10;
+
+    fn allow(&mut self, now_ms: u64) -> bool {
+        if now_ms >= self.window_start_ms + Self::WINDOW_MS {
+            if self.suppressed > 0 {
+                warn!("{} similar log lines suppressed", self.suppressed);
+            }
+            *self = LogLimiter { window_start_ms: now_ms, ..Default::default() };
+        }
+        self.in_window += 1;
+        let allowed = self.in_window <= Self::PER_WINDOW;
+        if !allowed {
+            self.suppressed += 1;
+        }
+        allowed
+    }
+}
+
+pub struct Server {
+    poll: Poll,
+    ws_listener: Option<TcpListener>,
+    api_listener: Option<TcpListener>,
+    ws_addr: SocketAddr,
+    api_addr: Option<SocketAddr>,
+    shutdown: ShutdownHandle,
+    config: Config,
+}
+
+impl Server {
+    /// Binds the listeners (port 0 picks a free port; see [`Server::local_addr`]).
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        config.validate()?;
+        let poll = Poll::new()?;
+        let bind = |addr: SocketAddr| -> Result<TcpListener, ServerError> {
+            let listener = TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            if let Err(e) = sys::set_backlog(&listener, LISTEN_BACKLOG) {
+                warn!("could not raise the listen backlog: {e}");
+            }
+            Ok(listener)
+        };
+        let mut ws_listener = bind(config.listen)?;
+        let ws_addr = ws_listener.local_addr()?;
+        poll.registry().register(&mut ws_listener, WS_LISTENER, Interest::READABLE)?;
+        let (api_listener, api_addr) = match config.api_listen {
+            Some(addr) => {
+                let mut l = bind(addr)?;
+                let local = l.local_addr()?;
+                poll.registry().register(&mut l, API_LISTENER, Interest::READABLE)?;
+                (Some(l), Some(local))
+            }
+            None => (None, None),
+        };
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let shutdown = ShutdownHandle { requested: Arc::new(AtomicBool::new(false)), waker };
+        Ok(Server { poll, ws_listener: Some(ws_listener), api_listener, ws_addr, api_addr, shutdown, config })
+    }
+
+    /// The WebSocket listener's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.ws_addr
+    }
+
+    /// The API listener's address, if the API is on.
+    pub fn api_addr(&self) -> Option<SocketAddr> {
+        self.api_addr
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Runs the loop until shutdown is requested and the clients are closed.
+    pub fn run(self) -> Result<(), ServerError> {
+        let Server { poll, ws_listener, api_listener, shutdown, config, .. } = self;
+        let settings = SessionSettings::from_config(&config);
+        let policy = Rc::new(HandshakePolicy { path: config.path.clone() });
+        let mut event_loop = Loop {
+            poll,
+            ws_listener,
+            api_listener,
+            shutdown,
+            started: Instant::now(),
+            now_ms: 0,
+            conns: Slab::with_capacity(config.max_connections.min(1 << 20)),
+            ws_count: 0,
+            api_count: 0,
+            next_generation: 0,
+            broker: Broker::new(),
+            timers: TimerWheel::with_capacity(config.max_connections.min(1 << 20)),
+            stats: Stats::default(),
+            settings,
+            policy,
+            scratch: BytesMut::new(),
+            dirty: Vec::new(),
+            more_to_read: Vec::new(),
+            accept_paused: false,
+            shutting_down: false,
+            tick: None,
+            accept_log: LogLimiter::default(),
+            config,
+        };
+        event_loop.run()
+    }
+}
+
+struct Loop {
+    poll: Poll,
+    ws_listener: Option<TcpListener>,
+    api_listener: Option<TcpListener>,
+    shutdown: ShutdownHandle,
+    config: Config,
+    started: Instant,
+    now_ms: u64,
+    conns: Slab<Conn>,
+    ws_count: usize,
+    api_count: usize,
+    next_generation: u32,
+    broker: Broker,
+    timers: TimerWheel<Timeout>,
+    stats: Stats,
+    settings: SessionSettings,
+    policy: Rc<HandshakePolicy>,
+    /// The loop's one read buffer; a read hands sessions a zero-copy slice of it.
+    scratch: BytesMut,
+    /// Connections with output to flush at the end of the iteration.
+    dirty: Vec<(usize, u32)>,
+    /// Connections that used their read budget and still have input.
+    more_to_read: Vec<(usize, u32)>,
+    accept_paused: bool,
+    shutting_down: bool,
+    /// The demo publisher: topic, its pre-encoded push frame, interval, next due time.
+    tick: Option<(String, Bytes, u64)>,
+    accept_log: LogLimiter,
+}
+
+fn would_block(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+}
+
+fn interrupted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::Interrupted
+}
+
+/// EMFILE / ENFILE (and ENOBUFS / ENOMEM): accepting again at once would fail the same way.
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
+}
+
+impl Loop {
+    fn run(&mut self) -> Result<(), ServerError> {
+        info!(
+            "wspush listening on ws://{}{} (api: {})",
+            self.ws_listener.as_ref().and_then(|l| l.local_addr().ok()).map_or("?".into(), |a| a.to_string()),
+            self.config.path,
+            self.api_listener.as_ref().and_then(|l| l.local_addr().ok()).map_or("off".into(), |a| a.to_string()),
+        );
+        if let Some((topic, interval)) = self.config.tick.clone() {
+            let frame = protocol::encode_push(&topic, "\"publish msg\"");
+            let interval = millis(interval);
+            self.tick = Some((topic, frame, interval));
+            self.timers.insert(interval, Timeout::Tick);
+        }
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if interrupted(&e) {
+                    continue;
+                }
+                return Err(e.into());
+            }
+            self.now_ms = millis(self.started.elapsed());
+            for event in events.iter() {
+                match event.token() {
+                    WS_LISTENER => self.accept_ws(),
+                    API_LISTENER => self.accept_api(),
+                    WAKER => {
+                        if self.shutdown.requested.load(Ordering::SeqCst) {
+                            self.begin_shutdown();
+                        }
+                    }
+                    token => {
+                        let (key, generation) = split_token(token);
+                        // A stale event for a key reused within this batch carries the old
+                        // generation and is ignored.
+                        if self.conns.get(key).is_some_and(|c| c.generation == generation) {
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                self.read(key);
+                            }
+                            self.service(key);
+                        }
+                    }
+                }
+            }
+            for (key, generation) in std::mem::take(&mut self.more_to_read) {
+                if self.conns.get(key).is_some_and(|c| c.generation == generation) {
+                    self.read(key);
+                    self.service(key);
+                }
+            }
+            self.expire_timers();
+            self.flush_dirty();
+            if self.shutting_down && self.conns.is_empty() {
+                info!("shutdown complete");
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sleep until the next timer deadline, or not at all when work is pending.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if !self.more_to_read.is_empty() || !self.dirty.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = millis(self.started.elapsed());
+        self.timers.next_deadline().map(|d| Duration::from_millis(d.saturating_sub(now)))
+    }
+
+    fn accept_ws(&mut self) {
+        if self.accept_paused {
+            return;
+        }
+        loop {
+            let Some(listener) = &self.ws_listener else { return };
+            match listener.accept() {
+                Ok((socket, peer)) => {
+                    if self.ws_count >= self.config.max_connections {
+                        self.stats.refused_over_capacity += 1;
+                        if self.accept_log.allow(self.now_ms) {
+                            warn!("refusing {peer}: {} connections (--max-connections)", self.ws_count);
+                        }
+                        refuse(socket);
+                        continue;
+                    }
+                    let _ = socket.set_nodelay(true);
+                    if let Some(key) = self.register(socket, |id, now, this| {
+                        Kind::Ws(Session::new(id, now, Rc::clone(&this.policy), &this.settings))
+                    }) {
+                        self.ws_count += 1;
+                        self.stats.accepted += 1;
+                        self.sync_timer(key);
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => {}
+                Err(e) => return self.accept_failed(e),
+            }
+        }
+    }
+
+    fn accept_api(&mut self) {
+        loop {
+            let Some(listener) = &self.api_listener else { return };
+            match listener.accept() {
+                Ok((socket, _)) => {
+                    if self.api_count >= MAX_API_CONNECTIONS {
+                        refuse(socket);
+                        continue;
+                    }
+                    let _ = socket.set_nodelay(true);
+                    let limits = api::limits(&self.config);
+                    if let Some(key) =
+                        self.register(socket, |_, now, _| Kind::Api(api::ApiConn::new(limits, now + API_IDLE_MS)))
+                    {
+                        self.api_count += 1;
+                        self.sync_timer(key);
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => {}
+                Err(e) => return self.accept_failed(e),
+            }
+        }
+    }
+
+    fn accept_failed(&mut self, e: io::Error) {
+        if self.accept_log.allow(self.now_ms) {
+            warn!("accept failed: {e}");
+        }
+        if out_of_resources(&e) {
+            // Edge-triggered: nothing would wake us for the connections already queued, and
+            // retrying now would fail the same way. Try again shortly.
+            self.accept_paused = true;
+            self.timers.insert(self.now_ms + ACCEPT_PAUSE_MS, Timeout::ResumeAccept);
+        }
+        // Other errors (ECONNABORTED, ...) concern one connection; the next event retries.
+    }
+
+    fn register(
+        &mut self,
+        mut socket: TcpStream,
+        make: impl FnOnce(SubscriberId, u64, &Loop) -> Kind,
+    ) -> Option<usize> {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
+        let generation = self.next_generation;
+        let token = token_of(key, generation);
+        if let Err(e) = self.poll.registry().register(&mut socket, token, Interest::READABLE | Interest::WRITABLE) {
+            warn!("register failed: {e}");
+            return None;
+        }
+        let kind = make(SubscriberId(token.0 as u64), self.now_ms, self);
+        self.conns.insert(Conn {
+            socket,
+            generation,
+            kind,
+            timer: None,
+            dirty: false,
+            eof: false,
+            write_closed: false,
+        });
+        Some(key)
+    }
+
+    /// Reads until the socket would block or the read budget is spent, feeding the session.
+    fn read(&mut self, key: usize) {
+        let mut budget = READ_BUDGET;
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else { return };
+            if conn.eof {
+                return;
+            }
+            if budget == 0 {
+                self.more_to_read.push((key, conn.generation));
+                return;
+            }
+            self.scratch.reserve(READ_CHUNK);
+            self.scratch.resize(READ_CHUNK, 0);
+            let n = match conn.socket.read(&mut self.scratch[..]) {
+                Ok(0) => {
+                    conn.eof = true;
+                    if let Kind::Ws(session) = &mut conn.kind {
+                        session.on_eof(self.now_ms);
+                    }
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => continue,
+                Err(e) => {
+                    debug!("read failed: {e}");
+                    conn.eof = true;
+                    if let Kind::Ws(session) = &mut conn.kind {
+                        session.on_eof(self.now_ms);
+                    }
+                    return;
+                }
+            };
+            budget = budget.saturating_sub(n);
+            let input = self.scratch.split_to(n).freeze();
+            match &mut conn.kind {
+                Kind::Ws(session) => {
+                    let mut ctx = Ctx {
+                        broker: &mut self.broker,
+                        settings: &self.settings,
+                        stats: &mut self.stats,
+                        now_ms: self.now_ms,
+                    };
+                    session.on_input(input, &mut ctx);
+                }
+                Kind::Api(_) => self.api_input(key, input),
+            }
+        }
+    }
+
+    fn api_input(&mut self, key: usize, input: Bytes) {
+        let requests = match self.conns.get_mut(key) {
+            Some(Conn { kind: Kind::Api(conn), .. }) => conn.feed(&input, self.now_ms + API_IDLE_MS),
+            _ => return,
+        };
+        for request in requests {
+            let authorized = api::authorized(&request, self.config.api_token.as_deref());
+            let response = api::handle(request, authorized, &mut ApiTarget { event_loop: self });
+            if let Some(Conn { kind: Kind::Api(conn), .. }) = self.conns.get_mut(key) {
+                conn.respond(response);
+            }
+        }
+        if let Some(Conn { kind: Kind::Api(conn), .. }) = self.conns.get_mut(key) {
+            conn.after_requests();
+        }
+    }
+
+    /// Flushes output, advances closing connections, removes finished ones, re-arms timers.
+    fn service(&mut self, key: usize) {
+        let now = self.now_ms;
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let (status, written) = match &mut conn.kind {
+            Kind::Ws(session) => {
+                let mut written = 0;
+                if let Some(out) = session.outbound()
+                    && !out.is_empty()
+                    && !conn.write_closed
+                {
+                    match out.write_to(&mut conn.socket) {
+                        Ok(n) => written = n,
+                        Err(e) => {
+                            debug!("write failed: {e}");
+                            conn.eof = true;
+                        }
+                    }
+                    session.on_written(written, now);
+                }
+                let status = match session.status() {
+                    _ if conn.eof && !session.has_output() => Status::Dead,
+                    Status::Finishing if conn.eof => Status::Dead,
+                    other => other,
+                };
+                (status, written)
+            }
+            Kind::Api(api_conn) => {
+                let written = match api_conn.out.write_to(&mut conn.socket) {
+                    Ok(n) => n,
+                    Err(_) => {
+                        conn.eof = true;
+                        0
+                    }
+                };
+                api_conn.on_written(written, now);
+                (api_conn.status(conn.eof), written)
+            }
+        };
+        self.stats.bytes_written += written as u64;
+        match status {
+            Status::Dead => self.remove(key),
+            Status::Finishing => {
+                let Some(conn) = self.conns.get_mut(key) else { return };
+                let drained = match &mut conn.kind {
+                    Kind::Ws(s) => !s.has_output(),
+                    Kind::Api(a) => a.out.is_empty(),
+                };
+                if drained && !conn.write_closed {
+                    // Half-close so the peer sees our last frame before EOF; keep reading until
+                    // its EOF (or the linger deadline) so unread input does not turn into a reset.
+                    let _ = conn.socket.shutdown(Shutdown::Write);
+                    conn.write_closed = true;
+                }
+                self.sync_timer(key);
+            }
+            Status::Live => self.sync_timer(key),
+        }
+    }
+
+    /// Arms the connection's timer at its next deadline if the current one would fire late.
+    /// A timer that fires early is cheap: the session re-checks and it is re-armed.
+    fn sync_timer(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else { return };
+        let deadline = match &conn.kind {
+            Kind::Ws(s) => s.next_deadline(&self.settings),
+            Kind::Api(a) => a.deadline_ms(self.settings.write_timeout_ms),
+        };
+        if let Some((handle, at)) = conn.timer {
+            if at <= deadline {
+                return;
+            }
+            self.timers.cancel(handle);
+        }
+        let handle = self.timers.insert(deadline, Timeout::Conn { key, generation: conn.generation });
+        conn.timer = Some((handle, deadline));
+    }
+
+    fn expire_timers(&mut self) {
+        let now = millis(self.started.elapsed());
+        self.now_ms = now;
+        while let Some((_, timeout)) = self.timers.poll(now) {
+            match timeout {
+                Timeout::Conn { key, generation } => {
+                    let Some(conn) = self.conns.get_mut(key) else { continue };
+                    if conn.generation != generation {
+                        continue;
+                    }
+                    conn.timer = None;
+                    match &mut conn.kind {
+                        Kind::Ws(session) => {
+                            let mut ctx = Ctx {
+                                broker: &mut self.broker,
+                                settings: &self.settings,
+                                stats: &mut self.stats,
+                                now_ms: now,
+                            };
+                            session.on_timer(&mut ctx);
+                        }
+                        Kind::Api(api_conn) => api_conn.on_timer(now, self.settings.write_timeout_ms),
+                    }
+                    self.service(key);
+                }
+                Timeout::Tick => {
+                    if let Some((topic, frame, interval)) = self.tick.clone() {
+                        if !self.shutting_down {
+                            let reached = self.publish(&topic, &frame);
+                            debug!("tick: pushed to {reached} subscribers of {topic}");
+                            self.timers.insert(now + interval, Timeout::Tick);
+                        }
+                    }
+                }
+                Timeout::ResumeAccept => {
+                    self.accept_paused = false;
+                    self.accept_ws();
+                    self.accept_api();
+                }
+                Timeout::ShutdownDeadline => {
+                    let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+                    for key in keys {
+                        self.remove(key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Hands one encoded frame to every subscriber of `topic`; returns how many got it.
+    ///
+    /// Output is normally flushed once per iteration, after all publishes; a queue that fills up
+    /// before then is flushed on the spot, so a fast reader is never mistaken for a slow one.
+    fn publish(&mut self, topic: &str, frame: &Bytes) -> usize {
+        self.stats.publishes += 1;
+        let mut reached = 0;
+        for id in self.broker.subscribers(topic) {
+            let (key, generation) = split_token(Token(id.0 as usize));
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            if conn.generation != generation {
+                continue;
+            }
+            let Kind::Ws(session) = &mut conn.kind else { continue };
+            let mut outcome = session.push(frame, &self.settings, &mut self.stats);
+            if outcome == Push::Full {
+                if let Some(out) = session.outbound() {
+                    let written = out.write_to(&mut conn.socket).unwrap_or(0);
+                    self.stats.bytes_written += written as u64;
+                    session.on_written(written, self.now_ms);
+                }
+                outcome = session.push_or_overflow(frame, &self.settings, &mut self.stats, self.now_ms);
+            }
+            reached += usize::from(outcome == Push::Queued);
+            if matches!(outcome, Push::Queued | Push::Closed) && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push((key, generation));
+            }
+        }
+        reached
+    }
+
+    fn flush_dirty(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &(key, generation) in &dirty {
+            if let Some(conn) = self.conns.get_mut(key)
+                && conn.generation == generation
+            {
+                conn.dirty = false;
+                self.service(key);
+            }
+        }
+        // Reuse the allocation next iteration.
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+            self.dirty.clear();
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        let Some(mut conn) = self.conns.try_remove(key) else { return };
+        let _ = self.poll.registry().deregister(&mut conn.socket);
+        if let Some((handle, _)) = conn.timer {
+            self.timers.cancel(handle);
+        }
+        match conn.kind {
+            Kind::Ws(session) => {
+                self.broker.remove_subscriber(session.id());
+                self.ws_count -= 1;
+            }
+            Kind::Api(_) => self.api_count -= 1,
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        info!("shutting down: closing {} connections", self.conns.len());
+        self.shutting_down = true;
+        for listener in [self.ws_listener.take(), self.api_listener.take()].into_iter().flatten() {
+            let mut listener = listener;
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            let Some(conn) = self.conns.get_mut(key) else { continue };
+            match &mut conn.kind {
+                Kind::Ws(session) => session.close(CloseReason::ShuttingDown, self.now_ms),
+                Kind::Api(api_conn) => api_conn.close_after_flush(),
+            }
+            self.service(key);
+        }
+        self.timers.insert(self.now_ms + SHUTDOWN_GRACE_MS, Timeout::ShutdownDeadline);
+    }
+
+    fn gauges(&self) -> api::Gauges {
+        api::Gauges {
+            connections: self.ws_count,
+            api_connections: self.api_count,
+            topics: self.broker.topic_count(),
+            subscriptions: self.broker.subscription_count(),
+            uptime_secs: self.now_ms / 1000,
+        }
+    }
+}
+
+/// What API requests may do to the loop.
+struct ApiTarget<'a> {
+    event_loop: &'a mut Loop,
+}
+
+impl api::Target for ApiTarget<'_> {
+    fn topic_rules(&self) -> protocol::TopicRules {
+        self.event_loop.settings.topic_rules
+    }
+    fn publish(&mut self, topic: &str, frame: &Bytes) -> usize {
+        self.event_loop.publish(topic, frame)
+    }
+    fn stats(&mut self) -> (Stats, api::Gauges) {
+        (self.event_loop.stats.clone(), self.event_loop.gauges())
+    }
+    fn count_request(&mut self, error: bool) {
+        self.event_loop.stats.api_requests += 1;
+        self.event_loop.stats.api_errors += u64::from(error);
+    }
+}
+
+/// Turns away a connection over the cap with a short HTTP 503.
+fn refuse(mut socket: TcpStream) {
+    let _ = socket.write(&crate::session::http_error(503, "server at connection capacity"));
+    let _ = socket.shutdown(Shutdown::Write);
+}

@@ -1,0 +1,82 @@
+//! The few OS calls mio and std do not offer, declared directly against the C library that std
+//! already links (no extra crate): a larger listen backlog, the open-file limit, and SIGINT/SIGTERM.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+
+use super::ShutdownHandle;
+
+type CInt = i32;
+
+#[repr(C)]
+struct RLimit {
+    cur: u64,
+    max: u64,
+}
+
+#[cfg(target_os = "linux")]
+const RLIMIT_NOFILE: CInt = 7;
+#[cfg(not(target_os = "linux"))]
+const RLIMIT_NOFILE: CInt = 8;
+const SIGINT: CInt = 2;
+const SIGTERM: CInt = 15;
+
+unsafe extern "C" {
+    fn listen(fd: CInt, backlog: CInt) -> CInt;
+    fn getrlimit(resource: CInt, rlim: *mut RLimit) -> CInt;
+    fn setrlimit(resource: CInt, rlim: *const RLimit) -> CInt;
+    fn signal(signum: CInt, handler: extern "C" fn(CInt)) -> usize;
+}
+
+/// Raises the listen backlog of an already listening socket (Linux applies a second `listen`),
+/// so a burst of connects is queued by the kernel instead of refused. The kernel caps it at
+/// `net.core.somaxconn`.
+pub fn set_backlog(listener: &impl AsRawFd, backlog: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on a descriptor we own; no memory is passed.
+    if unsafe { listen(listener.as_raw_fd(), backlog) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Raises the soft open-file limit to the hard limit; returns the resulting soft limit.
+pub fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = RLimit { cur: 0, max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
+    if unsafe { getrlimit(RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.cur < lim.max {
+        let raised = RLimit { cur: lim.max, max: lim.max };
+        // SAFETY: `raised` is a valid rlimit struct for the duration of the call.
+        if unsafe { setrlimit(RLIMIT_NOFILE, &raised) } == 0 {
+            return Ok(raised.cur);
+        }
+    }
+    Ok(lim.cur)
+}
+
+static SIGNAL_TARGET: OnceLock<ShutdownHandle> = OnceLock::new();
+
+extern "C" fn on_signal(_signum: CInt) {
+    // Only async-signal-safe work: an atomic store and one write to the poll's eventfd.
+    if let Some(handle) = SIGNAL_TARGET.get() {
+        handle.shutdown();
+    }
+}
+
+/// Routes SIGINT and SIGTERM to `handle` (graceful shutdown). Process-wide: for binaries.
+pub fn install_signal_handlers(handle: ShutdownHandle) -> io::Result<()> {
+    if SIGNAL_TARGET.set(handle).is_err() {
+        return Err(io::Error::other("signal handlers are already installed"));
+    }
+    for sig in [SIGINT, SIGTERM] {
+        // SAFETY: installs a handler that only touches an initialised OnceLock and atomics.
+        if unsafe { signal(sig, on_signal) } == usize::MAX {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,615 @@
+//! One WebSocket connection's state, without I/O.
+//!
+//! The loop feeds the bytes it read (`on_input`), tells the session what it wrote
+//! (`on_written`) and when its deadline passed (`on_timer`); the session answers through its
+//! outbound queue, the one path for every byte to the socket: the handshake response,
+//! tungstenite's pong and close frames, our replies and the shared push frames.
+//!
+//! tungstenite parses the handshake and the frames. It reads from and writes to [`SessionIo`], a
+//! stream made of the input the loop handed over and the session's [`OutQueue`]; it never touches
+//! the socket, so its buffers stay small (no 128 KiB read buffer per connection).
+
+use std::io::{self, Read, Write};
+use std::rc::Rc;
+
+use bytes::Bytes;
+use log::debug;
+use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
+use tungstenite::handshake::{HandshakeError, MidHandshake};
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::{Message, WebSocket};
+
+use crate::broker::{Broker, SubscriberId};
+use crate::config::{millis, Config, SlowConsumerPolicy};
+use crate::outbound::OutQueue;
+use crate::protocol::{self, ClientMessage, Opcode, RequestError, TopicRules};
+use crate::stats::Stats;
+
+/// How long a closing connection may take to acknowledge our close before it is dropped.
+const CLOSE_LINGER_MS: u64 = 2_000;
+/// Control frames tungstenite queues on its own (pongs, close replies) may overshoot the
+/// outbound cap by this much before the session counts as overloaded.
+const CONTROL_SLACK: usize = 16 * 1024;
+
+/// Per-session settings derived once from [`Config`].
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    pub idle_limit_ms: u64,
+    pub write_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    pub outbound_cap: usize,
+    pub slow_consumer: SlowConsumerPolicy,
+    pub max_topics: usize,
+    pub topic_rules: TopicRules,
+    pub echo: bool,
+    pub ws_config: WebSocketConfig,
+}
+
+impl SessionSettings {
+    pub fn from_config(config: &Config) -> Self {
+        // read_buffer_size 0: tungstenite allocates no read buffer up front; it grows per frame.
+        // write_buffer_size 0: every frame it writes goes straight into our queue.
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(0)
+            .write_buffer_size(0)
+            .max_write_buffer_size(config.outbound_cap + CONTROL_SLACK)
+            .max_message_size(Some(config.max_message_size))
+            .max_frame_size(Some(config.max_message_size));
+        SessionSettings {
+            idle_limit_ms: config.idle_limit_ms(),
+            write_timeout_ms: millis(config.write_timeout),
+            handshake_timeout_ms: millis(config.handshake_timeout),
+            outbound_cap: config.outbound_cap,
+            slow_consumer: config.slow_consumer,
+            max_topics: config.max_topics_per_connection,
+            topic_rules: TopicRules { max_len: config.max_topic_length },
+            echo: config.echo,
+            ws_config,
+        }
+    }
+}
+
+/// Decides at the handshake whether a request may become a WebSocket session.
+#[derive(Debug)]
+pub struct HandshakePolicy {
+    pub path: String,
+}
+
+/// The per-handshake callback tungstenite calls with the parsed request.
+#[derive(Debug)]
+pub struct HandshakeCheck(Rc<HandshakePolicy>);
+
+impl Callback for HandshakeCheck {
+    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
+        if request.uri().path() != self.0.path {
+            return Err(error_response(404, "no WebSocket endpoint at this path"));
+        }
+        Ok(response)
+    }
+}
+
+fn error_response(status: u16, body: &str) -> ErrorResponse {
+    let mut resp = ErrorResponse::new(Some(body.to_owned()));
+    *resp.status_mut() =
+        tungstenite::http::StatusCode::from_u16(status).unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
+    resp
+}
+
+/// The stream tungstenite reads from and writes to: the loop's input and our outbound queue.
+#[derive(Debug, Default)]
+pub struct SessionIo {
+    input: Bytes,
+    pub out: OutQueue,
+}
+
+impl Read for SessionIo {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input.split_to(n));
+        Ok(n)
+    }
+}
+
+impl Write for SessionIo {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.push(Bytes::copy_from_slice(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+type Handshake = MidHandshake<ServerHandshake<SessionIo, HandshakeCheck>>;
+
+enum Phase {
+    Handshaking(Box<Handshake>),
+    Open(Box<WebSocket<SessionIo>>),
+    /// Our last bytes (a close frame or an HTTP error) are queued: flush them, half-close, and
+    /// wait briefly for the peer's EOF so the close is not lost to a TCP reset.
+    Finishing { io: SessionIo, deadline_ms: u64 },
+    /// Transient while a handshake step owns the state.
+    Gone,
+}
+
+/// The result of offering a push to a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The queue is at its cap; nothing was done.
+    Full,
+    /// The queue stayed full: the push was dropped (`--slow-consumer drop`).
+    Dropped,
+    /// The queue stayed full: the session is closing with 1013.
+    Closed,
+    /// Not an open WebSocket (handshaking or closing).
+    NotOpen,
+}
+
+/// What the loop should do with the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Live,
+    /// Flush the queue, then half-close and discard input until EOF or the linger deadline.
+    Finishing,
+    /// Drop the connection now.
+    Dead,
+}
+
+/// Why the server closes a session; each maps to a close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Protocol,
+    BinaryData,
+    BadUtf8,
+    TooBig,
+    SubscribeTimeout,
+    HeartbeatTimeout,
+    SlowConsumer,
+    ShuttingDown,
+    Internal,
+}
+
+impl CloseReason {
+    pub fn code(self) -> CloseCode {
+        match self {
+            Self::Protocol => CloseCode::Protocol,
+            Self::BinaryData => CloseCode::Unsupported,
+            Self::BadUtf8 => CloseCode::Invalid,
+            Self::TooBig => CloseCode::Size,
+            Self::SubscribeTimeout | Self::HeartbeatTimeout => CloseCode::Policy,
+            Self::SlowConsumer => CloseCode::Again,
+            Self::ShuttingDown => CloseCode::Away,
+            Self::Internal => CloseCode::Error,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Self::Protocol => "protocol error",
+            Self::BinaryData => "binary messages are not supported",
+            Self::BadUtf8 => "invalid UTF-8",
+            Self::TooBig => "message too big",
+            Self::SubscribeTimeout => "no subscription in time",
+            Self::HeartbeatTimeout => "heartbeat timeout",
+            Self::SlowConsumer => "outbound queue full",
+            Self::ShuttingDown => "server shutting down",
+            Self::Internal => "internal error",
+        }
+    }
+}
+
+/// Everything a session may touch besides itself.
+pub struct Ctx<'a> {
+    pub broker: &'a mut Broker,
+    pub settings: &'a SessionSettings,
+    pub stats: &'a mut Stats,
+    pub now_ms: u64,
+}
+
+pub struct Session {
+    phase: Phase,
+    id: SubscriberId,
+    created_ms: u64,
+    last_input_ms: u64,
+    /// Set while the queue is non-empty: when the last write progress happened.
+    stall_since_ms: Option<u64>,
+    subscribed: bool,
+}
+
+impl Session {
+    pub fn new(id: SubscriberId, now_ms: u64, policy: Rc<HandshakePolicy>, settings: &SessionSettings) -> Self {
+        let handshake =
+            ServerHandshake::start(SessionIo::default(), HandshakeCheck(policy), Some(settings.ws_config));
+        Session {
+            phase: Phase::Handshaking(Box::new(handshake)),
+            id,
+            created_ms: now_ms,
+            last_input_ms: now_ms,
+            stall_since_ms: None,
+            subscribed: false,
+        }
+    }
+
+    pub fn id(&self) -> SubscriberId {
+        self.id
+    }
+
+    pub fn status(&self) -> Status {
+        match self.phase {
+            Phase::Handshaking(_) | Phase::Open(_) => Status::Live,
+            Phase::Finishing { .. } => Status::Finishing,
+            Phase::Gone => Status::Dead,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open(_))
+    }
+
+    /// The queue the loop writes to the socket.
+    pub fn outbound(&mut self) -> Option<&mut OutQueue> {
+        match &mut self.phase {
+            Phase::Handshaking(hs) => Some(&mut hs.get_mut().get_mut().out),
+            Phase::Open(ws) => Some(&mut ws.get_mut().out),
+            Phase::Finishing { io, .. } => Some(&mut io.out),
+            Phase::Gone => None,
+        }
+    }
+
+    pub fn has_output(&mut self) -> bool {
+        self.outbound().is_some_and(|q| !q.is_empty())
+    }
+
+    /// Bytes read from the socket. All of `input` is consumed.
+    pub fn on_input(&mut self, input: Bytes, ctx: &mut Ctx<'_>) {
+        self.last_input_ms = ctx.now_ms;
+        match &mut self.phase {
+            Phase::Handshaking(hs) => {
+                hs.get_mut().get_mut().input = input;
+                self.continue_handshake(ctx);
+                // A valid client waits for our 101 before it sends frames, so nothing is left.
+            }
+            Phase::Open(ws) => {
+                ws.get_mut().input = input;
+                self.read_messages(ctx);
+            }
+            // Closing: whatever the peer still sends is not for us any more.
+            Phase::Finishing { .. } | Phase::Gone => {}
+        }
+        if let Some(io) = self.io_mut() {
+            io.input = Bytes::new();
+        }
+    }
+
+    fn io_mut(&mut self) -> Option<&mut SessionIo> {
+        match &mut self.phase {
+            Phase::Handshaking(hs) => Some(hs.get_mut().get_mut()),
+            Phase::Open(ws) => Some(ws.get_mut()),
+            Phase::Finishing { io, .. } => Some(io),
+            Phase::Gone => None,
+        }
+    }
+
+    /// The peer closed its side of the TCP connection: nothing more can arrive. Whatever is
+    /// queued (say, the reply to its close frame) is still flushed.
+    pub fn on_eof(&mut self, now_ms: u64) {
+        match std::mem::replace(&mut self.phase, Phase::Gone) {
+            Phase::Open(ws) => {
+                let io = ws.into_inner();
+                if !io.out.is_empty() {
+                    self.phase = Phase::Finishing { io, deadline_ms: now_ms + CLOSE_LINGER_MS };
+                }
+            }
+            Phase::Finishing { io, deadline_ms } if !io.out.is_empty() => {
+                self.phase = Phase::Finishing { io, deadline_ms };
+            }
+            _ => {}
+        }
+    }
+
+    fn continue_handshake(&mut self, ctx: &mut Ctx<'_>) {
+        let Phase::Handshaking(hs) = std::mem::replace(&mut self.phase, Phase::Gone) else {
+            return;
+        };
+        match hs.handshake() {
+            Ok(ws) => {
+                debug!("session {:?}: handshake done", self.id);
+                self.phase = Phase::Open(Box::new(ws));
+            }
+            Err(HandshakeError::Interrupted(hs)) => self.phase = Phase::Handshaking(Box::new(hs)),
+            Err(HandshakeError::Failure(err)) => {
+                ctx.stats.handshake_failures += 1;
+                let (status, body) = handshake_failure_response(&err);
+                debug!("session {:?}: handshake failed ({status}): {err}", self.id);
+                let mut io = SessionIo::default();
+                io.out.push(http_error(status, &body));
+                self.phase = Phase::Finishing { io, deadline_ms: ctx.now_ms + CLOSE_LINGER_MS };
+            }
+        }
+    }
+
+    fn read_messages(&mut self, ctx: &mut Ctx<'_>) {
+        loop {
+            let Phase::Open(ws) = &mut self.phase else { return };
+            match ws.read() {
+                Ok(Message::Text(text)) => self.on_text(text, ctx),
+                Ok(Message::Binary(data)) if ctx.settings.echo => {
+                    self.send(protocol::frame(Opcode::Binary, &data), ctx);
+                }
+                Ok(Message::Binary(_)) => return self.close(CloseReason::BinaryData, ctx.now_ms),
+                // tungstenite queued the pong / close reply; flushed below.
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {}
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return self.finish(ctx);
+                }
+                Err(err) => {
+                    debug!("session {:?}: {err}", self.id);
+                    let reason = match err {
+                        tungstenite::Error::Capacity(_) => CloseReason::TooBig,
+                        tungstenite::Error::Utf8(_) => CloseReason::BadUtf8,
+                        tungstenite::Error::Protocol(_) => CloseReason::Protocol,
+                        _ => CloseReason::Internal,
+                    };
+                    ctx.stats.protocol_closes += 1;
+                    return self.close(reason, ctx.now_ms);
+                }
+            }
+        }
+        self.flush_control(ctx);
+    }
+
+    /// Moves tungstenite's pending pong or close reply into the queue.
+    fn flush_control(&mut self, ctx: &mut Ctx<'_>) {
+        let Phase::Open(ws) = &mut self.phase else { return };
+        match ws.flush() {
+            Ok(()) => {
+                if ws.get_ref().out.queued_bytes() > ctx.settings.outbound_cap + CONTROL_SLACK {
+                    // A client that floods pings and never reads.
+                    ctx.stats.slow_consumer_closes += 1;
+                    self.close(CloseReason::SlowConsumer, ctx.now_ms);
+                }
+            }
+            Err(_) => self.finish(ctx),
+        }
+    }
+
+    fn on_text(&mut self, text: Utf8Bytes, ctx: &mut Ctx<'_>) {
+        if ctx.settings.echo {
+            return self.send(protocol::frame(Opcode::Text, text.as_bytes()), ctx);
+        }
+        let reply = match protocol::parse_client_message(&text) {
+            Ok(ClientMessage::Subscribe(topics)) => self.subscribe(&topics, ctx),
+            Ok(ClientMessage::Unsubscribe(topics)) => {
+                for topic in &topics {
+                    ctx.broker.unsubscribe(self.id, topic);
+                }
+                Ok(protocol::encode_ack(false, &topics))
+            }
+            Ok(ClientMessage::Ping) => Ok(protocol::pong_frame()),
+            Ok(ClientMessage::Pong) => return,
+            Err(e) => Err(e),
+        };
+        let frame = reply.unwrap_or_else(|e| {
+            ctx.stats.bad_requests += 1;
+            debug!("session {:?}: bad request: {e}", self.id);
+            protocol::encode_error(&e.to_string())
+        });
+        self.send(frame, ctx);
+    }
+
+    /// All or nothing: a request with one bad topic subscribes to none of them.
+    fn subscribe(&mut self, topics: &[std::borrow::Cow<'_, str>], ctx: &mut Ctx<'_>) -> Result<Bytes, RequestError> {
+        for topic in topics {
+            protocol::validate_topic(topic, ctx.settings.topic_rules)?;
+        }
+        let mut new: Vec<&str> = topics
+            .iter()
+            .map(|t| &**t)
+            .filter(|t| !ctx.broker.is_subscribed(self.id, t))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if ctx.broker.topics_of(self.id) + new.len() > ctx.settings.max_topics {
+            return Err(RequestError::TooManyTopics { max: ctx.settings.max_topics });
+        }
+        for topic in new {
+            ctx.broker.subscribe(self.id, topic);
+        }
+        self.subscribed = true;
+        Ok(protocol::encode_ack(true, topics))
+    }
+
+    /// Queues a reply of our own (pong, ack, error, echo).
+    fn send(&mut self, frame: Bytes, ctx: &mut Ctx<'_>) {
+        let Phase::Open(ws) = &mut self.phase else { return };
+        if !ws.can_write() {
+            return;
+        }
+        let out = &mut ws.get_mut().out;
+        if !out.is_empty() && out.queued_bytes() + frame.len() > ctx.settings.outbound_cap {
+            ctx.stats.slow_consumer_closes += 1;
+            return self.close(CloseReason::SlowConsumer, ctx.now_ms);
+        }
+        out.push(frame);
+    }
+
+    /// Queues a shared push frame, unless the queue is full: then `Full` is returned and nothing
+    /// happens, so the loop can flush the socket first and call [`Session::push_or_overflow`].
+    pub fn push(&mut self, frame: &Bytes, settings: &SessionSettings, stats: &mut Stats) -> Push {
+        let Phase::Open(ws) = &mut self.phase else { return Push::NotOpen };
+        if !ws.can_write() {
+            return Push::NotOpen;
+        }
+        let out = &mut ws.get_mut().out;
+        // An empty queue takes any frame, so one large publish never closes everyone.
+        if !out.is_empty() && out.queued_bytes() + frame.len() > settings.outbound_cap {
+            return Push::Full;
+        }
+        out.push(frame.clone());
+        stats.deliveries += 1;
+        Push::Queued
+    }
+
+    /// Like [`Session::push`], but a full queue triggers the slow-consumer policy.
+    pub fn push_or_overflow(
+        &mut self,
+        frame: &Bytes,
+        settings: &SessionSettings,
+        stats: &mut Stats,
+        now_ms: u64,
+    ) -> Push {
+        let outcome = self.push(frame, settings, stats);
+        if outcome != Push::Full {
+            return outcome;
+        }
+        match settings.slow_consumer {
+            SlowConsumerPolicy::Drop => {
+                stats.dropped += 1;
+                Push::Dropped
+            }
+            SlowConsumerPolicy::Close => {
+                stats.slow_consumer_closes += 1;
+                self.close(CloseReason::SlowConsumer, now_ms);
+                Push::Closed
+            }
+        }
+    }
+
+    /// Sends a close frame (after dropping queued frames that have not started, when the
+    /// queue is what overflowed) and moves to `Finishing`.
+    pub fn close(&mut self, reason: CloseReason, now_ms: u64) {
+        match std::mem::replace(&mut self.phase, Phase::Gone) {
+            Phase::Open(mut ws) => {
+                debug!("session {:?}: closing: {}", self.id, reason.text());
+                if reason == CloseReason::SlowConsumer {
+                    ws.get_mut().out.discard_unsent();
+                }
+                let frame = CloseFrame { code: reason.code(), reason: reason.text().into() };
+                // Err means tungstenite already considers the connection closed: nothing to add.
+                let _ = ws.close(Some(frame));
+                let io = ws.into_inner();
+                self.phase = Phase::Finishing { io, deadline_ms: now_ms + CLOSE_LINGER_MS };
+            }
+            // Not a WebSocket yet: just drop it.
+            Phase::Handshaking(_) | Phase::Gone => {}
+            finishing @ Phase::Finishing { .. } => self.phase = finishing,
+        }
+    }
+
+    /// The close handshake completed (or tungstenite gave up): flush and finish.
+    fn finish(&mut self, ctx: &mut Ctx<'_>) {
+        if let Phase::Open(ws) = std::mem::replace(&mut self.phase, Phase::Gone) {
+            let io = ws.into_inner();
+            self.phase = Phase::Finishing { io, deadline_ms: ctx.now_ms + CLOSE_LINGER_MS };
+        }
+    }
+
+    /// The loop wrote `written` bytes; the queue is now `empty` or not.
+    pub fn on_written(&mut self, written: usize, now_ms: u64) {
+        let empty = !self.has_output();
+        self.stall_since_ms = match (empty, written > 0, self.stall_since_ms) {
+            (true, _, _) => None,
+            (false, true, _) | (false, false, None) => Some(now_ms),
+            (false, false, since) => since,
+        };
+    }
+
+    /// The earliest time this session needs `on_timer`.
+    pub fn next_deadline(&self, settings: &SessionSettings) -> u64 {
+        let mut deadline = match &self.phase {
+            Phase::Handshaking(_) => self.created_ms + settings.handshake_timeout_ms,
+            Phase::Open(_) => {
+                let idle = self.last_input_ms + settings.idle_limit_ms;
+                if self.subscribed || settings.echo {
+                    idle
+                } else {
+                    idle.min(self.created_ms + settings.handshake_timeout_ms)
+                }
+            }
+            Phase::Finishing { deadline_ms, .. } => *deadline_ms,
+            Phase::Gone => 0,
+        };
+        if let Some(since) = self.stall_since_ms {
+            deadline = deadline.min(since + settings.write_timeout_ms);
+        }
+        deadline
+    }
+
+    /// A deadline may have passed: time out whatever is due.
+    pub fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
+        let now = ctx.now_ms;
+        let s = ctx.settings;
+        if self.stall_since_ms.is_some_and(|since| now >= since + s.write_timeout_ms) {
+            ctx.stats.write_timeouts += 1;
+            debug!("session {:?}: write timeout", self.id);
+            self.phase = Phase::Gone;
+            return;
+        }
+        match &self.phase {
+            Phase::Handshaking(_) if now >= self.created_ms + s.handshake_timeout_ms => {
+                ctx.stats.handshake_timeouts += 1;
+                self.phase = Phase::Gone;
+            }
+            Phase::Open(_) if now >= self.last_input_ms + s.idle_limit_ms => {
+                ctx.stats.heartbeat_timeouts += 1;
+                self.close(CloseReason::HeartbeatTimeout, now);
+            }
+            Phase::Open(_)
+                if !self.subscribed && !s.echo && now >= self.created_ms + s.handshake_timeout_ms =>
+            {
+                ctx.stats.handshake_timeouts += 1;
+                self.close(CloseReason::SubscribeTimeout, now);
+            }
+            Phase::Finishing { deadline_ms, .. } if now >= *deadline_ms => self.phase = Phase::Gone,
+            _ => {}
+        }
+    }
+}
+
+fn handshake_failure_response(err: &tungstenite::Error) -> (u16, String) {
+    use tungstenite::error::ProtocolError as P;
+    match err {
+        tungstenite::Error::Http(resp) => {
+            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            (resp.status().as_u16(), body.into_owned())
+        }
+        tungstenite::Error::AttackAttempt | tungstenite::Error::Capacity(_) => {
+            (431, "request header too large".into())
+        }
+        tungstenite::Error::Protocol(P::WrongHttpMethod) => (405, "use GET for the WebSocket upgrade".into()),
+        tungstenite::Error::Protocol(P::MissingConnectionUpgradeHeader | P::MissingUpgradeWebSocketHeader) => {
+            (426, "this endpoint only speaks WebSocket".into())
+        }
+        tungstenite::Error::Protocol(P::MissingSecWebSocketVersionHeader) => {
+            (426, "only WebSocket version 13 is supported".into())
+        }
+        other => (400, format!("bad handshake: {other}")),
+    }
+}
+
+/// A complete HTTP error response that closes the connection.
+pub fn http_error(status: u16, message: &str) -> Bytes {
+    let reason = match status {
+        404 => "Not Found",
+        403 => "Forbidden",
+        401 => "Unauthorized",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Bad Request",
+    };
+    let body = serde_json::json!({ "error": message }).to_string();
+    let extra = if status == 426 { "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n" } else { "" };
+    Bytes::from(format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len()
+    ))
+}

@@ -1,0 +1,33 @@
+//! Counters reported by `GET /stats`. Plain integers bumped on the loop thread.
+
+use serde::Serialize;
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Stats {
+    /// WebSocket connections accepted (handshakes included).
+    pub accepted: u64,
+    /// Connections refused because `--max-connections` was reached.
+    pub refused_over_capacity: u64,
+    /// Handshakes that failed (bad request, wrong path, garbage).
+    pub handshake_failures: u64,
+    /// Publishes accepted (API, batch lines and the demo tick).
+    pub publishes: u64,
+    /// Push frames queued to subscribers.
+    pub deliveries: u64,
+    /// Bytes written to WebSocket clients.
+    pub bytes_written: u64,
+    /// Pushes dropped because a subscriber's queue was full (`--slow-consumer drop`).
+    pub dropped: u64,
+    /// Sessions closed with 1013 because their queue was full (`--slow-consumer close`).
+    pub slow_consumer_closes: u64,
+    pub heartbeat_timeouts: u64,
+    pub write_timeouts: u64,
+    /// Connections that did not finish the handshake and first subscribe in time.
+    pub handshake_timeouts: u64,
+    /// Client requests answered with an `error` message.
+    pub bad_requests: u64,
+    /// Sessions closed for a protocol violation (1002, 1003, 1007, 1009).
+    pub protocol_closes: u64,
+    pub api_requests: u64,
+    pub api_errors: u64,
+}
