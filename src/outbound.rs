@@ -14,7 +14,11 @@ const MAX_IOVECS: usize = 64;
 
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    frames: VecDeque<Bytes>,
+    /// The oldest frame. Kept inline so the common case, one pending frame, allocates nothing
+    /// (an idle connection holds no ring buffer). Invariant: `head` is `None` only when `rest` is
+    /// empty.
+    head: Option<Bytes>,
+    rest: VecDeque<Bytes>,
     /// Bytes of `frames` not yet written (the front frame may be partly written).
     queued: usize,
     /// The front frame has been partly written: it must go out whole or the stream breaks.
@@ -31,11 +35,15 @@ impl OutQueue {
             return;
         }
         self.queued += frame.len();
-        self.frames.push_back(frame);
+        if self.head.is_none() {
+            self.head = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.head.is_none()
     }
 
     /// Unwritten bytes.
@@ -43,13 +51,19 @@ impl OutQueue {
         self.queued
     }
 
+    fn frames(&self) -> impl Iterator<Item = &Bytes> {
+        self.head.iter().chain(self.rest.iter())
+    }
+
     /// Drops every frame that has not started to go out, keeping a partly written front frame so
     /// the byte stream stays well formed. Returns how many frames were dropped.
     pub fn discard_unsent(&mut self) -> usize {
-        let keep = usize::from(self.front_partial);
-        let dropped = self.frames.len().saturating_sub(keep);
-        self.frames.truncate(keep);
-        self.queued = self.frames.iter().map(Bytes::len).sum();
+        let dropped = self.rest.len() + usize::from(self.head.is_some() && !self.front_partial);
+        self.rest = VecDeque::new();
+        if !self.front_partial {
+            self.head = None;
+        }
+        self.queued = self.head.as_ref().map_or(0, Bytes::len);
         dropped
     }
 
@@ -57,12 +71,13 @@ impl OutQueue {
     /// writer would block. Returns the number of bytes written; `WouldBlock` is not an error.
     pub fn write_to<W: Write>(&mut self, writer: &mut W) -> io::Result<usize> {
         let mut total = 0;
-        while !self.frames.is_empty() {
+        while !self.is_empty() {
             let written = {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let n = self.frames.len().min(MAX_IOVECS);
-                for (slot, frame) in slices.iter_mut().zip(self.frames.iter()) {
+                let mut n = 0;
+                for (slot, frame) in slices.iter_mut().zip(self.frames()) {
                     *slot = IoSlice::new(frame);
+                    n += 1;
                 }
                 match writer.write_vectored(&slices[..n]) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
@@ -75,9 +90,9 @@ impl OutQueue {
             self.consume(written);
             total += written;
         }
-        if self.frames.is_empty() && self.frames.capacity() > 16 {
-            // A burst grew the ring; give the memory back once it has drained.
-            self.frames = VecDeque::new();
+        if self.rest.is_empty() && self.rest.capacity() > 0 {
+            // The burst is over: an idle connection keeps no ring buffer.
+            self.rest = VecDeque::new();
         }
         Ok(total)
     }
@@ -85,7 +100,7 @@ impl OutQueue {
     fn consume(&mut self, mut n: usize) {
         self.queued -= n;
         while n > 0 {
-            let Some(front) = self.frames.front_mut() else {
+            let Some(front) = self.head.as_mut() else {
                 return;
             };
             if n < front.len() {
@@ -94,7 +109,7 @@ impl OutQueue {
                 return;
             }
             n -= front.len();
-            self.frames.pop_front();
+            self.head = self.rest.pop_front();
             self.front_partial = false;
         }
     }

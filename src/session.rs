@@ -132,7 +132,7 @@ enum Phase {
     Open(Box<WebSocket<SessionIo>>),
     /// Our last bytes (a close frame or an HTTP error) are queued: flush them, half-close, and
     /// wait briefly for the peer's EOF so the close is not lost to a TCP reset.
-    Finishing { io: SessionIo, deadline_ms: u64 },
+    Finishing { io: Box<SessionIo>, deadline_ms: u64 },
     /// Transient while a handshake step owns the state.
     Gone,
 }
@@ -291,7 +291,7 @@ impl Session {
         match &mut self.phase {
             Phase::Handshaking(hs) => Some(hs.get_mut().get_mut()),
             Phase::Open(ws) => Some(ws.get_mut()),
-            Phase::Finishing { io, .. } => Some(io),
+            Phase::Finishing { io, .. } => Some(&mut **io),
             Phase::Gone => None,
         }
     }
@@ -303,7 +303,7 @@ impl Session {
             Phase::Open(ws) => {
                 let io = ws.into_inner();
                 if !io.out.is_empty() {
-                    self.phase = Phase::Finishing { io, deadline_ms: now_ms + CLOSE_LINGER_MS };
+                    self.phase = Phase::Finishing { io: Box::new(io), deadline_ms: now_ms + CLOSE_LINGER_MS };
                 }
             }
             Phase::Finishing { io, deadline_ms } if !io.out.is_empty() => {
@@ -329,7 +329,7 @@ impl Session {
                 debug!("session {:?}: handshake failed ({status}): {err}", self.id);
                 let mut io = SessionIo::default();
                 io.out.push(http_error(status, &body));
-                self.phase = Phase::Finishing { io, deadline_ms: ctx.now_ms + CLOSE_LINGER_MS };
+                self.phase = Phase::Finishing { io: Box::new(io), deadline_ms: ctx.now_ms + CLOSE_LINGER_MS };
             }
         }
     }
@@ -495,7 +495,7 @@ impl Session {
                 // Err means tungstenite already considers the connection closed: nothing to add.
                 let _ = ws.close(Some(frame));
                 let io = ws.into_inner();
-                self.phase = Phase::Finishing { io, deadline_ms: now_ms + CLOSE_LINGER_MS };
+                self.phase = Phase::Finishing { io: Box::new(io), deadline_ms: now_ms + CLOSE_LINGER_MS };
             }
             // Not a WebSocket yet: just drop it.
             Phase::Handshaking(_) | Phase::Gone => {}
@@ -507,7 +507,7 @@ impl Session {
     fn finish(&mut self, ctx: &mut Ctx<'_>) {
         if let Phase::Open(ws) = std::mem::replace(&mut self.phase, Phase::Gone) {
             let io = ws.into_inner();
-            self.phase = Phase::Finishing { io, deadline_ms: ctx.now_ms + CLOSE_LINGER_MS };
+            self.phase = Phase::Finishing { io: Box::new(io), deadline_ms: ctx.now_ms + CLOSE_LINGER_MS };
         }
     }
 

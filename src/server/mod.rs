@@ -64,14 +64,16 @@ impl ShutdownHandle {
 
 enum Timeout {
     Conn { key: usize, generation: u32 },
-    Tick,
+    /// The demo publisher, due at this time (the next one is scheduled from it, so it never drifts).
+    Tick { due_ms: u64 },
     ResumeAccept,
     ShutdownDeadline,
 }
 
 enum Kind {
     Ws(Session),
-    Api(api::ApiConn),
+    /// Boxed: API connections are few, WebSocket sessions many; keep the slab entry small.
+    Api(Box<api::ApiConn>),
 }
 
 struct Conn {
@@ -265,7 +267,7 @@ impl Loop {
             let frame = protocol::encode_push(&topic, "\"publish msg\"");
             let interval = millis(interval);
             self.tick = Some((topic, frame, interval));
-            self.timers.insert(interval, Timeout::Tick);
+            self.timers.insert(interval, Timeout::Tick { due_ms: interval });
         }
         let mut events = Events::with_capacity(1024);
         loop {
@@ -367,7 +369,7 @@ impl Loop {
                     let _ = socket.set_nodelay(true);
                     let limits = api::limits(&self.config);
                     if let Some(key) =
-                        self.register(socket, |_, now, _| Kind::Api(api::ApiConn::new(limits, now + API_IDLE_MS)))
+                        self.register(socket, |_, now, _| Kind::Api(Box::new(api::ApiConn::new(limits, now + API_IDLE_MS))))
                     {
                         self.api_count += 1;
                         self.sync_timer(key);
@@ -591,13 +593,14 @@ impl Loop {
                     }
                     self.service(key);
                 }
-                Timeout::Tick => {
-                    if let Some((topic, frame, interval)) = self.tick.clone() {
-                        if !self.shutting_down {
-                            let reached = self.publish(&topic, &frame);
-                            debug!("tick: pushed to {reached} subscribers of {topic}");
-                            self.timers.insert(now + interval, Timeout::Tick);
-                        }
+                Timeout::Tick { due_ms } => {
+                    if let Some((topic, frame, interval)) = self.tick.clone()
+                        && !self.shutting_down
+                    {
+                        let reached = self.publish(&topic, &frame);
+                        debug!("tick: pushed to {reached} subscribers of {topic}");
+                        let next = (due_ms + interval).max(now + 1);
+                        self.timers.insert(next, Timeout::Tick { due_ms: next });
                     }
                 }
                 Timeout::ResumeAccept => {
