@@ -358,6 +358,9 @@ impl Loop {
     }
 
     fn accept_api(&mut self) {
+        if self.accept_paused {
+            return;
+        }
         loop {
             let Some(listener) = &self.api_listener else { return };
             match listener.accept() {
@@ -386,9 +389,9 @@ impl Loop {
         if self.accept_log.allow(self.now_ms) {
             warn!("accept failed: {e}");
         }
-        if out_of_resources(&e) {
+        if out_of_resources(&e) && !self.accept_paused {
             // Edge-triggered: nothing would wake us for the connections already queued, and
-            // retrying now would fail the same way. Try again shortly.
+            // retrying now would fail the same way. Both listeners pause; one timer resumes them.
             self.accept_paused = true;
             self.timers.insert(self.now_ms + ACCEPT_PAUSE_MS, Timeout::ResumeAccept);
         }

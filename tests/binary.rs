@@ -1,0 +1,137 @@
+//! The `wspush` binary as a user runs it: flags, logs, the tick, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wspush");
+
+#[test]
+fn help_lists_every_flag() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--listen", "--api-listen", "--path", "--tick-topic", "--tick-interval", "--no-tick",
+        "--heartbeat-interval", "--heartbeat-timeout", "--write-timeout", "--max-connections",
+        "--max-message-size", "--outbound-cap", "--api-token", "--log-level",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    assert!(help.contains("0.0.0.0:8091") && help.contains("3s"));
+}
+
+#[test]
+fn bad_flags_exit_2_with_a_message() {
+    let out = Command::new(BIN).args(["--tick-interval", "soon"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--tick-interval"));
+    let out = Command::new(BIN).args(["--api-listen", "0.0.0.0:0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a public API without a token must not start");
+}
+
+#[test]
+fn sigterm_closes_clients_with_1001_and_exits_0() {
+    let mut child = Command::new(BIN)
+        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--tick-interval", "100ms"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    // "... listening on ws://127.0.0.1:PORT/ws (api: 127.0.0.1:PORT)"
+    let url = line.split_whitespace().find(|w| w.starts_with("ws://")).expect(&line).to_owned();
+    let addr = url.trim_start_matches("ws://").trim_end_matches("/ws").to_owned();
+    let stream = TcpStream::connect(&addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut ws, _) = tungstenite::client(url.as_str(), stream).unwrap();
+    ws.send(Message::text(r#"{"topics":["test-topic"]}"#)).unwrap();
+    let mut pushes = 0;
+    while pushes < 1 {
+        if let Message::Text(t) = ws.read().unwrap() {
+            pushes += usize::from(t.contains("publish msg"));
+        }
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let code = loop {
+        match ws.read() {
+            Ok(Message::Close(Some(frame))) => break frame.code,
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, CloseCode::Away);
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+}
+
+/// CPU time (user + system) of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn out_of_descriptors_does_not_spin_and_recovers() {
+    // 48 descriptors: the server's own few plus ~40 connections.
+    let mut child = Command::new("prlimit")
+        .args(["--nofile=48:48", BIN, "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--no-tick"])
+        .args(["--max-connections", "1000"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("open-file limit"), "warns about the low limit: {first}");
+    let second = lines.next().unwrap().unwrap();
+    let addr: std::net::SocketAddr = second
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ws://")?.strip_suffix("/ws")?.parse().ok())
+        .expect(&second);
+    // Keep draining the (rate-limited) log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let pid = child.id();
+    // Twice as many clients as descriptors; each sends a handshake and waits.
+    let mut clients = Vec::new();
+    for _ in 0..90 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        use std::io::Write;
+        s.write_all(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        )
+        .unwrap();
+        clients.push(s);
+    }
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(2)); // a measurement window, not synchronisation
+    let spent = cpu_ticks(pid) - before;
+    assert!(spent < 30, "the server burned {spent} ticks in 2 s while out of descriptors");
+    // Free the descriptors; the backlog is accepted and served again.
+    drop(clients);
+    let url = format!("ws://{addr}/ws");
+    let mut served = false;
+    for _ in 0..100 {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        if let Ok((mut ws, _)) = tungstenite::client(url.as_str(), s) {
+            ws.send(Message::text(r#"{"topics":["a"]}"#)).unwrap();
+            if let Ok(Message::Text(t)) = ws.read() {
+                served = t.contains("subscribed");
+                break;
+            }
+        }
+    }
+    assert!(served, "the server did not recover");
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = child.wait();
+}
+
