@@ -115,7 +115,9 @@ impl Broker {
     }
 
     pub fn is_subscribed(&self, subscriber: SubscriberId, topic: &str) -> bool {
-        self.topics.get(topic).is_some_and(|m| m.contains(&subscriber))
+        self.topics
+            .get(topic)
+            .is_some_and(|m| m.contains(&subscriber))
     }
 
     pub fn topic_count(&self) -> usize {

@@ -51,6 +51,10 @@ pub struct Config {
     /// Echo mode for protocol conformance testing only: every message comes back unchanged.
     pub echo: bool,
     pub log_level: log::LevelFilter,
+    /// Browser origins allowed to open WebSockets (403 otherwise); empty: any.
+    pub allowed_origins: Vec<String>,
+    /// Token clients must present at the handshake (`?token=` or `Authorization: Bearer`).
+    pub client_token: Option<String>,
 }
 
 impl Default for Config {
@@ -74,6 +78,8 @@ impl Default for Config {
             api_max_body: 1024 * 1024,
             echo: false,
             log_level: log::LevelFilter::Info,
+            allowed_origins: Vec::new(),
+            client_token: None,
         }
     }
 }
@@ -82,7 +88,11 @@ impl Default for Config {
 pub enum ConfigError {
     UnknownFlag(String),
     MissingValue(&'static str),
-    InvalidValue { flag: &'static str, value: String, expected: &'static str },
+    InvalidValue {
+        flag: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     Invalid(String),
 }
 
@@ -91,7 +101,11 @@ impl fmt::Display for ConfigError {
         match self {
             Self::UnknownFlag(flag) => write!(f, "unknown flag {flag} (see --help)"),
             Self::MissingValue(flag) => write!(f, "{flag} needs a value"),
-            Self::InvalidValue { flag, value, expected } => {
+            Self::InvalidValue {
+                flag,
+                value,
+                expected,
+            } => {
                 write!(f, "invalid value {value:?} for {flag}: expected {expected}")
             }
             Self::Invalid(why) => f.write_str(why),
@@ -124,7 +138,9 @@ impl Config {
             if interval.is_zero() {
                 return bad("--tick-interval must be positive");
             }
-            let rules = crate::protocol::TopicRules { max_len: self.max_topic_length };
+            let rules = crate::protocol::TopicRules {
+                max_len: self.max_topic_length,
+            };
             if crate::protocol::validate_topic(topic, rules).is_err() {
                 return bad("--tick-topic is not a valid topic name");
             }
@@ -157,7 +173,9 @@ pub(crate) fn millis(d: Duration) -> u64 {
 /// Parses `500ms`, `3s`, `1m`, `1h`; a bare number means seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let value: f64 = num.parse().ok()?;
     let scale = match unit.trim() {
@@ -197,26 +215,104 @@ pub enum Command {
 
 /// Flags, their value names and help lines; `--help` prints this table with the defaults.
 const FLAGS: &[(&str, &str, &str)] = &[
-    ("--listen", "ADDR", "WebSocket listen address [default: 0.0.0.0:8091]"),
-    ("--api-listen", "ADDR|off", "backend HTTP API address [default: 127.0.0.1:8092]"),
+    (
+        "--listen",
+        "ADDR",
+        "WebSocket listen address [default: 0.0.0.0:8091]",
+    ),
+    (
+        "--api-listen",
+        "ADDR|off",
+        "backend HTTP API address [default: 127.0.0.1:8092]",
+    ),
     ("--path", "PATH", "WebSocket endpoint path [default: /ws]"),
-    ("--tick-topic", "TOPIC", "demo publisher topic [default: test-topic]"),
-    ("--tick-interval", "DURATION", "demo publisher interval [default: 3s]"),
+    (
+        "--tick-topic",
+        "TOPIC",
+        "demo publisher topic [default: test-topic]",
+    ),
+    (
+        "--tick-interval",
+        "DURATION",
+        "demo publisher interval [default: 3s]",
+    ),
     ("--no-tick", "", "turn the demo publisher off [default: on]"),
-    ("--heartbeat-interval", "DURATION", "expected client ping interval [default: 10s]"),
-    ("--heartbeat-timeout", "DURATION", "grace after a missed ping before closing [default: 10s]"),
-    ("--write-timeout", "DURATION", "close a socket without write progress after [default: 10s]"),
-    ("--handshake-timeout", "DURATION", "accept to first subscribe deadline [default: 10s]"),
-    ("--max-connections", "N", "WebSocket connections, handshakes included [default: 10000]"),
-    ("--max-message-size", "SIZE", "largest client message/frame, closes 1009 [default: 64KiB]"),
-    ("--outbound-cap", "SIZE", "per-connection outbound queue cap [default: 256KiB]"),
-    ("--slow-consumer", "close|drop", "when the outbound cap is hit [default: close (1013)]"),
+    (
+        "--heartbeat-interval",
+        "DURATION",
+        "expected client ping interval [default: 10s]",
+    ),
+    (
+        "--heartbeat-timeout",
+        "DURATION",
+        "grace after a missed ping before closing [default: 10s]",
+    ),
+    (
+        "--write-timeout",
+        "DURATION",
+        "close a socket without write progress after [default: 10s]",
+    ),
+    (
+        "--handshake-timeout",
+        "DURATION",
+        "accept to first subscribe deadline [default: 10s]",
+    ),
+    (
+        "--max-connections",
+        "N",
+        "WebSocket connections, handshakes included [default: 10000]",
+    ),
+    (
+        "--max-message-size",
+        "SIZE",
+        "largest client message/frame, closes 1009 [default: 64KiB]",
+    ),
+    (
+        "--outbound-cap",
+        "SIZE",
+        "per-connection outbound queue cap [default: 256KiB]",
+    ),
+    (
+        "--slow-consumer",
+        "close|drop",
+        "when the outbound cap is hit [default: close (1013)]",
+    ),
     ("--max-topics", "N", "topics per connection [default: 100]"),
-    ("--max-topic-length", "N", "bytes per topic name [default: 128]"),
-    ("--api-token", "TOKEN", "bearer token required by the API [default: none]"),
-    ("--api-max-body", "SIZE", "largest API request body [default: 1MiB]"),
-    ("--echo", "", "conformance testing only: echo every message back [default: off]"),
-    ("--log-level", "LEVEL", "off|error|warn|info|debug|trace [default: info]"),
+    (
+        "--max-topic-length",
+        "N",
+        "bytes per topic name [default: 128]",
+    ),
+    (
+        "--api-token",
+        "TOKEN",
+        "bearer token required by the API [default: none]",
+    ),
+    (
+        "--api-max-body",
+        "SIZE",
+        "largest API request body [default: 1MiB]",
+    ),
+    (
+        "--allowed-origin",
+        "ORIGIN",
+        "allow this browser Origin, repeatable (403 otherwise) [default: any]",
+    ),
+    (
+        "--client-token",
+        "TOKEN",
+        "token clients present as ?token= or Bearer (401) [default: none]",
+    ),
+    (
+        "--echo",
+        "",
+        "conformance testing only: echo every message back [default: off]",
+    ),
+    (
+        "--log-level",
+        "LEVEL",
+        "off|error|warn|info|debug|trace [default: info]",
+    ),
     ("--help", "", "print this help"),
     ("--version", "", "print the version"),
 ];
@@ -229,7 +325,11 @@ pub fn help_text() -> String {
          Durations: 500ms, 3s, 1m, 1h (a bare number is seconds). Sizes: 65536, 64KiB, 1MiB.\n\n",
     );
     for (flag, value, help) in FLAGS {
-        let left = if value.is_empty() { flag.to_string() } else { format!("{flag} {value}") };
+        let left = if value.is_empty() {
+            flag.to_string()
+        } else {
+            format!("{flag} {value}")
+        };
         out.push_str(&format!("  {left:<30} {help}\n"));
     }
     out
@@ -265,11 +365,24 @@ where
                 None => return Err(ConfigError::MissingValue(flag)),
             }
         };
-        let invalid = |expected| ConfigError::InvalidValue { flag, value: value.clone(), expected };
-        let duration = || parse_duration(&value).ok_or_else(|| invalid("a duration like 500ms, 3s, 1m"));
+        let invalid = |expected| ConfigError::InvalidValue {
+            flag,
+            value: value.clone(),
+            expected,
+        };
+        let duration =
+            || parse_duration(&value).ok_or_else(|| invalid("a duration like 500ms, 3s, 1m"));
         let size = || parse_size(&value).ok_or_else(|| invalid("a size like 65536, 64KiB, 1MiB"));
-        let count = || value.parse::<usize>().map_err(|_| invalid("a whole number"));
-        let addr = || value.parse::<SocketAddr>().map_err(|_| invalid("an address like 0.0.0.0:8091"));
+        let count = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| invalid("a whole number"))
+        };
+        let addr = || {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|_| invalid("an address like 0.0.0.0:8091"))
+        };
         match flag {
             "--listen" => config.listen = addr()?,
             "--api-listen" => {
@@ -297,9 +410,13 @@ where
             "--max-topic-length" => config.max_topic_length = count()?,
             "--api-token" => config.api_token = Some(value.clone()),
             "--api-max-body" => config.api_max_body = size()?,
+            "--allowed-origin" => config.allowed_origins.push(value.clone()),
+            "--client-token" => config.client_token = Some(value.clone()),
             "--echo" => config.echo = true,
             "--log-level" => {
-                config.log_level = value.parse().map_err(|_| invalid("off|error|warn|info|debug|trace"))?
+                config.log_level = value
+                    .parse()
+                    .map_err(|_| invalid("off|error|warn|info|debug|trace"))?
             }
             "--help" => return Ok(Command::Help),
             "--version" => return Ok(Command::Version),
@@ -358,20 +475,42 @@ mod tests {
 
     #[test]
     fn flags_both_forms() {
-        let c = run(&["--listen=127.0.0.1:0", "--tick-interval", "500ms", "--tick-topic", "t"]).unwrap();
+        let c = run(&[
+            "--listen=127.0.0.1:0",
+            "--tick-interval",
+            "500ms",
+            "--tick-topic",
+            "t",
+        ])
+        .unwrap();
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.tick, Some(("t".into(), Duration::from_millis(500))));
         assert!(run(&["--no-tick"]).unwrap().tick.is_none());
         assert!(run(&["--api-listen", "off"]).unwrap().api_listen.is_none());
-        assert_eq!(run(&["--slow-consumer", "drop"]).unwrap().slow_consumer, SlowConsumerPolicy::Drop);
+        assert_eq!(
+            run(&["--slow-consumer", "drop"]).unwrap().slow_consumer,
+            SlowConsumerPolicy::Drop
+        );
     }
 
     #[test]
     fn bad_flags_are_explained() {
-        assert_eq!(run(&["--nope"]).unwrap_err(), ConfigError::UnknownFlag("--nope".into()));
-        assert_eq!(run(&["--listen"]).unwrap_err(), ConfigError::MissingValue("--listen"));
-        assert!(matches!(run(&["--write-timeout", "soon"]), Err(ConfigError::InvalidValue { .. })));
-        assert!(matches!(run(&["--no-tick=1"]), Err(ConfigError::Invalid(_))));
+        assert_eq!(
+            run(&["--nope"]).unwrap_err(),
+            ConfigError::UnknownFlag("--nope".into())
+        );
+        assert_eq!(
+            run(&["--listen"]).unwrap_err(),
+            ConfigError::MissingValue("--listen")
+        );
+        assert!(matches!(
+            run(&["--write-timeout", "soon"]),
+            Err(ConfigError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            run(&["--no-tick=1"]),
+            Err(ConfigError::Invalid(_))
+        ));
     }
 
     #[test]

@@ -28,6 +28,7 @@
 //! # drop(stop);
 //! ```
 
+pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod error;

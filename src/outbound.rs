@@ -160,7 +160,11 @@ mod tests {
         q.push(shared.clone());
         q.push(Bytes::from_static(b"z"));
         assert_eq!(q.queued_bytes(), 8);
-        let mut w = Throttled { out: vec![], budget: 100, calls: 0 };
+        let mut w = Throttled {
+            out: vec![],
+            budget: 100,
+            calls: 0,
+        };
         assert_eq!(q.write_to(&mut w).unwrap(), 8);
         assert_eq!(w.out, b"asharedz");
         assert_eq!(w.calls, 1);
@@ -173,7 +177,11 @@ mod tests {
         for f in [&b"hello "[..], b"wide ", b"world"] {
             q.push(Bytes::copy_from_slice(f));
         }
-        let mut w = Throttled { out: vec![], budget: 8, calls: 0 };
+        let mut w = Throttled {
+            out: vec![],
+            budget: 8,
+            calls: 0,
+        };
         assert_eq!(q.write_to(&mut w).unwrap(), 8);
         assert_eq!(q.queued_bytes(), 8);
         w.budget = 3;
@@ -189,7 +197,11 @@ mod tests {
         let mut q = OutQueue::new();
         q.push(Bytes::from_static(b"0123456789"));
         q.push(Bytes::from_static(b"abc"));
-        let mut w = Throttled { out: vec![], budget: 4, calls: 0 };
+        let mut w = Throttled {
+            out: vec![],
+            budget: 4,
+            calls: 0,
+        };
         q.write_to(&mut w).unwrap();
         assert_eq!(q.discard_unsent(), 1);
         assert_eq!(q.queued_bytes(), 6);
@@ -206,7 +218,11 @@ mod tests {
         for _ in 0..(MAX_IOVECS * 3 + 5) {
             q.push(Bytes::from_static(b"ab"));
         }
-        let mut w = Throttled { out: vec![], budget: usize::MAX / 2, calls: 0 };
+        let mut w = Throttled {
+            out: vec![],
+            budget: usize::MAX / 2,
+            calls: 0,
+        };
         q.write_to(&mut w).unwrap();
         assert_eq!(w.out.len(), (MAX_IOVECS * 3 + 5) * 2);
         assert_eq!(w.calls, 4);

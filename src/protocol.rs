@@ -46,7 +46,9 @@ impl fmt::Display for RequestError {
             Self::MissingTopics => f.write_str("missing \"topics\" array"),
             Self::EmptyTopicList => f.write_str("\"topics\" is empty"),
             Self::InvalidTopic { topic, reason } => write!(f, "invalid topic {topic:?}: {reason}"),
-            Self::TooManyTopics { max } => write!(f, "too many topics (at most {max} per connection)"),
+            Self::TooManyTopics { max } => {
+                write!(f, "too many topics (at most {max} per connection)")
+            }
         }
     }
 }
@@ -67,8 +69,12 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage<'_>, RequestErro
         serde_json::from_str(text).map_err(|e| RequestError::InvalidJson(short_json_error(&e)))?;
     match raw.cmd.as_deref() {
         // The seed's client sends its subscription without a command.
-        None | Some("subscribe") | Some("sub") => require_topics(raw.topics).map(ClientMessage::Subscribe),
-        Some("unsubscribe") | Some("unsub") => require_topics(raw.topics).map(ClientMessage::Unsubscribe),
+        None | Some("subscribe") | Some("sub") => {
+            require_topics(raw.topics).map(ClientMessage::Subscribe)
+        }
+        Some("unsubscribe") | Some("unsub") => {
+            require_topics(raw.topics).map(ClientMessage::Unsubscribe)
+        }
         Some("ping") => Ok(ClientMessage::Ping),
         Some("pong") => Ok(ClientMessage::Pong),
         Some(other) => Err(RequestError::UnknownCommand(truncate(other, 64).to_owned())),
@@ -116,7 +122,10 @@ impl Default for TopicRules {
 /// The character set keeps names printable, safe in logs and URLs, and cheap to compare.
 pub fn validate_topic(topic: &str, rules: TopicRules) -> Result<(), RequestError> {
     let invalid = |reason| {
-        Err(RequestError::InvalidTopic { topic: truncate(topic, 64).to_owned(), reason })
+        Err(RequestError::InvalidTopic {
+            topic: truncate(topic, 64).to_owned(),
+            reason,
+        })
     };
     if topic.is_empty() {
         return invalid("empty");
@@ -198,7 +207,11 @@ pub fn pong_frame() -> Bytes {
 
 /// `{"cmd":"subscribed","topics":[..]}` or `unsubscribed`, as one text frame.
 pub fn encode_ack<S: AsRef<str>>(subscribed: bool, topics: &[S]) -> Bytes {
-    let cmd = if subscribed { "subscribed" } else { "unsubscribed" };
+    let cmd = if subscribed {
+        "subscribed"
+    } else {
+        "unsubscribed"
+    };
     let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
     let body = serde_json::json!({ "cmd": cmd, "topics": topics });
     frame(Opcode::Text, body.to_string().as_bytes())
@@ -223,7 +236,10 @@ fn put_json_string(buf: &mut BytesMut, s: &str) {
 }
 
 fn json_string_len(s: &str) -> usize {
-    2 + s.bytes().map(|b| json_escape(b).map_or(1, |e| e.len())).sum::<usize>()
+    2 + s
+        .bytes()
+        .map(|b| json_escape(b).map_or(1, |e| e.len()))
+        .sum::<usize>()
 }
 
 fn json_escape(b: u8) -> Option<std::borrow::Cow<'static, str>> {
@@ -257,7 +273,10 @@ mod tests {
             parse_client_message(r#"{"topics":["test-topic"]}"#),
             Ok(ClientMessage::Subscribe(vec!["test-topic".into()]))
         );
-        assert_eq!(parse_client_message(r#"{"cmd":"ping","data":null}"#), Ok(ClientMessage::Ping));
+        assert_eq!(
+            parse_client_message(r#"{"cmd":"ping","data":null}"#),
+            Ok(ClientMessage::Ping)
+        );
         assert_eq!(
             parse_client_message(r#"{"cmd":"unsubscribe","topics":["a","b"]}"#),
             Ok(ClientMessage::Unsubscribe(vec!["a".into(), "b".into()]))
@@ -270,11 +289,23 @@ mod tests {
 
     #[test]
     fn bad_requests_are_typed_errors() {
-        assert!(matches!(parse_client_message("not json"), Err(RequestError::InvalidJson(_))));
-        assert!(matches!(parse_client_message("[1,2]"), Err(RequestError::InvalidJson(_))));
-        assert!(matches!(parse_client_message(r#"{"topics":"x"}"#), Err(RequestError::InvalidJson(_))));
+        assert!(matches!(
+            parse_client_message("not json"),
+            Err(RequestError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse_client_message("[1,2]"),
+            Err(RequestError::InvalidJson(_))
+        ));
+        assert!(matches!(
+            parse_client_message(r#"{"topics":"x"}"#),
+            Err(RequestError::InvalidJson(_))
+        ));
         assert_eq!(parse_client_message("{}"), Err(RequestError::MissingTopics));
-        assert_eq!(parse_client_message(r#"{"topics":[]}"#), Err(RequestError::EmptyTopicList));
+        assert_eq!(
+            parse_client_message(r#"{"topics":[]}"#),
+            Err(RequestError::EmptyTopicList)
+        );
         assert_eq!(
             parse_client_message(r#"{"cmd":"reboot"}"#),
             Err(RequestError::UnknownCommand("reboot".into()))
@@ -298,7 +329,10 @@ mod tests {
         let f = encode_push("test-topic", r#""publish msg""#);
         assert_eq!(f[0], 0x81);
         let v: serde_json::Value = serde_json::from_slice(payload(&f)).unwrap();
-        assert_eq!(v, serde_json::json!({"cmd":"push","topic":"test-topic","data":"publish msg"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"cmd":"push","topic":"test-topic","data":"publish msg"})
+        );
     }
 
     #[test]
@@ -332,7 +366,10 @@ mod tests {
         assert_eq!(payload(&p), br#"{"cmd":"pong"}"#);
         let ack = encode_ack(true, &["a", "b"]);
         let v: serde_json::Value = serde_json::from_slice(payload(&ack)).unwrap();
-        assert_eq!(v, serde_json::json!({"cmd":"subscribed","topics":["a","b"]}));
+        assert_eq!(
+            v,
+            serde_json::json!({"cmd":"subscribed","topics":["a","b"]})
+        );
         let err = encode_error("bad \"thing\"");
         let v: serde_json::Value = serde_json::from_slice(payload(&err)).unwrap();
         assert_eq!(v["error"], "bad \"thing\"");

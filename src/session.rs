@@ -16,13 +16,13 @@ use bytes::Bytes;
 use log::debug;
 use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
 use tungstenite::handshake::{HandshakeError, MidHandshake};
+use tungstenite::protocol::WebSocketConfig;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
-use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
 use crate::broker::{Broker, SubscriberId};
-use crate::config::{millis, Config, SlowConsumerPolicy};
+use crate::config::{Config, SlowConsumerPolicy, millis};
 use crate::outbound::OutQueue;
 use crate::protocol::{self, ClientMessage, Opcode, RequestError, TopicRules};
 use crate::stats::Stats;
@@ -64,7 +64,9 @@ impl SessionSettings {
             outbound_cap: config.outbound_cap,
             slow_consumer: config.slow_consumer,
             max_topics: config.max_topics_per_connection,
-            topic_rules: TopicRules { max_len: config.max_topic_length },
+            topic_rules: TopicRules {
+                max_len: config.max_topic_length,
+            },
             echo: config.echo,
             ws_config,
         }
@@ -72,9 +74,61 @@ impl SessionSettings {
 }
 
 /// Decides at the handshake whether a request may become a WebSocket session.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct HandshakePolicy {
     pub path: String,
+    /// Browser origins allowed to connect (exact `scheme://host[:port]`, case-insensitive). Empty:
+    /// any. Requests without an `Origin` header (non-browser clients) are not affected: the
+    /// check protects browsers from cross-site use, it does not authenticate.
+    pub allowed_origins: Vec<String>,
+    /// Required client token, given as `?token=` in the URL (browsers cannot set headers on a
+    /// WebSocket) or as `Authorization: Bearer`.
+    pub client_token: Option<String>,
+}
+
+impl HandshakePolicy {
+    pub fn from_config(config: &Config) -> Self {
+        HandshakePolicy {
+            path: config.path.clone(),
+            allowed_origins: config.allowed_origins.clone(),
+            client_token: config.client_token.clone(),
+        }
+    }
+
+    /// The HTTP status that rejects `request`, if any.
+    pub fn check(&self, request: &Request) -> Result<(), (u16, &'static str)> {
+        if request.uri().path() != self.path {
+            return Err((404, "no WebSocket endpoint at this path"));
+        }
+        if !self.allowed_origins.is_empty()
+            && let Some(origin) = request.headers().get("origin")
+        {
+            let origin = origin.to_str().unwrap_or("");
+            if !self
+                .allowed_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin))
+            {
+                return Err((403, "origin not allowed"));
+            }
+        }
+        if let Some(expected) = &self.client_token {
+            let from_query = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+            let from_header = request
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::auth::bearer_token);
+            let presented = from_query.or(from_header).unwrap_or("");
+            if !crate::auth::constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+                return Err((401, "missing or wrong client token"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The per-handshake callback tungstenite calls with the parsed request.
@@ -83,17 +137,17 @@ pub struct HandshakeCheck(Rc<HandshakePolicy>);
 
 impl Callback for HandshakeCheck {
     fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
-        if request.uri().path() != self.0.path {
-            return Err(error_response(404, "no WebSocket endpoint at this path"));
+        match self.0.check(request) {
+            Ok(()) => Ok(response),
+            Err((status, why)) => Err(error_response(status, why)),
         }
-        Ok(response)
     }
 }
 
 fn error_response(status: u16, body: &str) -> ErrorResponse {
     let mut resp = ErrorResponse::new(Some(body.to_owned()));
-    *resp.status_mut() =
-        tungstenite::http::StatusCode::from_u16(status).unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
+    *resp.status_mut() = tungstenite::http::StatusCode::from_u16(status)
+        .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
     resp
 }
 
@@ -132,7 +186,10 @@ enum Phase {
     Open(Box<WebSocket<SessionIo>>),
     /// Our last bytes (a close frame or an HTTP error) are queued: flush them, half-close, and
     /// wait briefly for the peer's EOF so the close is not lost to a TCP reset.
-    Finishing { io: Box<SessionIo>, deadline_ms: u64 },
+    Finishing {
+        io: Box<SessionIo>,
+        deadline_ms: u64,
+    },
     /// Transient while a handshake step owns the state.
     Gone,
 }
@@ -223,9 +280,17 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(id: SubscriberId, now_ms: u64, policy: Rc<HandshakePolicy>, settings: &SessionSettings) -> Self {
-        let handshake =
-            ServerHandshake::start(SessionIo::default(), HandshakeCheck(policy), Some(settings.ws_config));
+    pub fn new(
+        id: SubscriberId,
+        now_ms: u64,
+        policy: Rc<HandshakePolicy>,
+        settings: &SessionSettings,
+    ) -> Self {
+        let handshake = ServerHandshake::start(
+            SessionIo::default(),
+            HandshakeCheck(policy),
+            Some(settings.ws_config),
+        );
         Session {
             phase: Phase::Handshaking(Box::new(handshake)),
             id,
@@ -303,7 +368,10 @@ impl Session {
             Phase::Open(ws) => {
                 let io = ws.into_inner();
                 if !io.out.is_empty() {
-                    self.phase = Phase::Finishing { io: Box::new(io), deadline_ms: now_ms + CLOSE_LINGER_MS };
+                    self.phase = Phase::Finishing {
+                        io: Box::new(io),
+                        deadline_ms: now_ms + CLOSE_LINGER_MS,
+                    };
                 }
             }
             Phase::Finishing { io, deadline_ms } if !io.out.is_empty() => {
@@ -329,14 +397,19 @@ impl Session {
                 debug!("session {:?}: handshake failed ({status}): {err}", self.id);
                 let mut io = SessionIo::default();
                 io.out.push(http_error(status, &body));
-                self.phase = Phase::Finishing { io: Box::new(io), deadline_ms: ctx.now_ms + CLOSE_LINGER_MS };
+                self.phase = Phase::Finishing {
+                    io: Box::new(io),
+                    deadline_ms: ctx.now_ms + CLOSE_LINGER_MS,
+                };
             }
         }
     }
 
     fn read_messages(&mut self, ctx: &mut Ctx<'_>) {
         loop {
-            let Phase::Open(ws) = &mut self.phase else { return };
+            let Phase::Open(ws) = &mut self.phase else {
+                return;
+            };
             match ws.read() {
                 Ok(Message::Text(text)) => self.on_text(text, ctx),
                 Ok(Message::Binary(data)) if ctx.settings.echo => {
@@ -344,7 +417,8 @@ impl Session {
                 }
                 Ok(Message::Binary(_)) => return self.close(CloseReason::BinaryData, ctx.now_ms),
                 // tungstenite queued the pong / close reply; flushed below.
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {}
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
+                }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return self.finish(ctx);
@@ -367,7 +441,9 @@ impl Session {
 
     /// Moves tungstenite's pending pong or close reply into the queue.
     fn flush_control(&mut self, ctx: &mut Ctx<'_>) {
-        let Phase::Open(ws) = &mut self.phase else { return };
+        let Phase::Open(ws) = &mut self.phase else {
+            return;
+        };
         match ws.flush() {
             Ok(()) => {
                 if ws.get_ref().out.queued_bytes() > ctx.settings.outbound_cap + CONTROL_SLACK {
@@ -405,7 +481,11 @@ impl Session {
     }
 
     /// All or nothing: a request with one bad topic subscribes to none of them.
-    fn subscribe(&mut self, topics: &[std::borrow::Cow<'_, str>], ctx: &mut Ctx<'_>) -> Result<Bytes, RequestError> {
+    fn subscribe(
+        &mut self,
+        topics: &[std::borrow::Cow<'_, str>],
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Bytes, RequestError> {
         for topic in topics {
             protocol::validate_topic(topic, ctx.settings.topic_rules)?;
         }
@@ -417,7 +497,9 @@ impl Session {
         new.sort_unstable();
         new.dedup();
         if ctx.broker.topics_of(self.id) + new.len() > ctx.settings.max_topics {
-            return Err(RequestError::TooManyTopics { max: ctx.settings.max_topics });
+            return Err(RequestError::TooManyTopics {
+                max: ctx.settings.max_topics,
+            });
         }
         for topic in new {
             ctx.broker.subscribe(self.id, topic);
@@ -428,7 +510,9 @@ impl Session {
 
     /// Queues a reply of our own (pong, ack, error, echo).
     fn send(&mut self, frame: Bytes, ctx: &mut Ctx<'_>) {
-        let Phase::Open(ws) = &mut self.phase else { return };
+        let Phase::Open(ws) = &mut self.phase else {
+            return;
+        };
         if !ws.can_write() {
             return;
         }
@@ -443,7 +527,9 @@ impl Session {
     /// Queues a shared push frame, unless the queue is full: then `Full` is returned and nothing
     /// happens, so the loop can flush the socket first and call [`Session::push_or_overflow`].
     pub fn push(&mut self, frame: &Bytes, settings: &SessionSettings, stats: &mut Stats) -> Push {
-        let Phase::Open(ws) = &mut self.phase else { return Push::NotOpen };
+        let Phase::Open(ws) = &mut self.phase else {
+            return Push::NotOpen;
+        };
         if !ws.can_write() {
             return Push::NotOpen;
         }
@@ -491,11 +577,17 @@ impl Session {
                 if reason == CloseReason::SlowConsumer {
                     ws.get_mut().out.discard_unsent();
                 }
-                let frame = CloseFrame { code: reason.code(), reason: reason.text().into() };
+                let frame = CloseFrame {
+                    code: reason.code(),
+                    reason: reason.text().into(),
+                };
                 // Err means tungstenite already considers the connection closed: nothing to add.
                 let _ = ws.close(Some(frame));
                 let io = ws.into_inner();
-                self.phase = Phase::Finishing { io: Box::new(io), deadline_ms: now_ms + CLOSE_LINGER_MS };
+                self.phase = Phase::Finishing {
+                    io: Box::new(io),
+                    deadline_ms: now_ms + CLOSE_LINGER_MS,
+                };
             }
             // Not a WebSocket yet: just drop it.
             Phase::Handshaking(_) | Phase::Gone => {}
@@ -507,7 +599,10 @@ impl Session {
     fn finish(&mut self, ctx: &mut Ctx<'_>) {
         if let Phase::Open(ws) = std::mem::replace(&mut self.phase, Phase::Gone) {
             let io = ws.into_inner();
-            self.phase = Phase::Finishing { io: Box::new(io), deadline_ms: ctx.now_ms + CLOSE_LINGER_MS };
+            self.phase = Phase::Finishing {
+                io: Box::new(io),
+                deadline_ms: ctx.now_ms + CLOSE_LINGER_MS,
+            };
         }
     }
 
@@ -546,7 +641,10 @@ impl Session {
     pub fn on_timer(&mut self, ctx: &mut Ctx<'_>) {
         let now = ctx.now_ms;
         let s = ctx.settings;
-        if self.stall_since_ms.is_some_and(|since| now >= since + s.write_timeout_ms) {
+        if self
+            .stall_since_ms
+            .is_some_and(|since| now >= since + s.write_timeout_ms)
+        {
             ctx.stats.write_timeouts += 1;
             debug!("session {:?}: write timeout", self.id);
             self.phase = Phase::Gone;
@@ -562,7 +660,9 @@ impl Session {
                 self.close(CloseReason::HeartbeatTimeout, now);
             }
             Phase::Open(_)
-                if !self.subscribed && !s.echo && now >= self.created_ms + s.handshake_timeout_ms =>
+                if !self.subscribed
+                    && !s.echo
+                    && now >= self.created_ms + s.handshake_timeout_ms =>
             {
                 ctx.stats.handshake_timeouts += 1;
                 self.close(CloseReason::SubscribeTimeout, now);
@@ -577,16 +677,22 @@ fn handshake_failure_response(err: &tungstenite::Error) -> (u16, String) {
     use tungstenite::error::ProtocolError as P;
     match err {
         tungstenite::Error::Http(resp) => {
-            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            let body = resp
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
             (resp.status().as_u16(), body.into_owned())
         }
         tungstenite::Error::AttackAttempt | tungstenite::Error::Capacity(_) => {
             (431, "request header too large".into())
         }
-        tungstenite::Error::Protocol(P::WrongHttpMethod) => (405, "use GET for the WebSocket upgrade".into()),
-        tungstenite::Error::Protocol(P::MissingConnectionUpgradeHeader | P::MissingUpgradeWebSocketHeader) => {
-            (426, "this endpoint only speaks WebSocket".into())
+        tungstenite::Error::Protocol(P::WrongHttpMethod) => {
+            (405, "use GET for the WebSocket upgrade".into())
         }
+        tungstenite::Error::Protocol(
+            P::MissingConnectionUpgradeHeader | P::MissingUpgradeWebSocketHeader,
+        ) => (426, "this endpoint only speaks WebSocket".into()),
         tungstenite::Error::Protocol(P::MissingSecWebSocketVersionHeader) => {
             (426, "only WebSocket version 13 is supported".into())
         }
@@ -607,7 +713,11 @@ pub fn http_error(status: u16, message: &str) -> Bytes {
         _ => "Bad Request",
     };
     let body = serde_json::json!({ "error": message }).to_string();
-    let extra = if status == 426 { "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n" } else { "" };
+    let extra = if status == 426 {
+        "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+    } else {
+        ""
+    };
     Bytes::from(format!(
         "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
         body.len()

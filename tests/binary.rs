@@ -16,9 +16,20 @@ fn help_lists_every_flag() {
     assert!(out.status.success());
     let help = String::from_utf8(out.stdout).unwrap();
     for flag in [
-        "--listen", "--api-listen", "--path", "--tick-topic", "--tick-interval", "--no-tick",
-        "--heartbeat-interval", "--heartbeat-timeout", "--write-timeout", "--max-connections",
-        "--max-message-size", "--outbound-cap", "--api-token", "--log-level",
+        "--listen",
+        "--api-listen",
+        "--path",
+        "--tick-topic",
+        "--tick-interval",
+        "--no-tick",
+        "--heartbeat-interval",
+        "--heartbeat-timeout",
+        "--write-timeout",
+        "--max-connections",
+        "--max-message-size",
+        "--outbound-cap",
+        "--api-token",
+        "--log-level",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -27,17 +38,34 @@ fn help_lists_every_flag() {
 
 #[test]
 fn bad_flags_exit_2_with_a_message() {
-    let out = Command::new(BIN).args(["--tick-interval", "soon"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["--tick-interval", "soon"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--tick-interval"));
-    let out = Command::new(BIN).args(["--api-listen", "0.0.0.0:0"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "a public API without a token must not start");
+    let out = Command::new(BIN)
+        .args(["--api-listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a public API without a token must not start"
+    );
 }
 
 #[test]
 fn sigterm_closes_clients_with_1001_and_exits_0() {
     let mut child = Command::new(BIN)
-        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--tick-interval", "100ms"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--tick-interval",
+            "100ms",
+        ])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -45,19 +73,32 @@ fn sigterm_closes_clients_with_1001_and_exits_0() {
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
     // "... listening on ws://127.0.0.1:PORT/ws (api: 127.0.0.1:PORT)"
-    let url = line.split_whitespace().find(|w| w.starts_with("ws://")).expect(&line).to_owned();
-    let addr = url.trim_start_matches("ws://").trim_end_matches("/ws").to_owned();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("ws://"))
+        .expect(&line)
+        .to_owned();
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/ws")
+        .to_owned();
     let stream = TcpStream::connect(&addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     let (mut ws, _) = tungstenite::client(url.as_str(), stream).unwrap();
-    ws.send(Message::text(r#"{"topics":["test-topic"]}"#)).unwrap();
+    ws.send(Message::text(r#"{"topics":["test-topic"]}"#))
+        .unwrap();
     let mut pushes = 0;
     while pushes < 1 {
         if let Message::Text(t) = ws.read().unwrap() {
             pushes += usize::from(t.contains("publish msg"));
         }
     }
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let code = loop {
         match ws.read() {
@@ -83,14 +124,25 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn out_of_descriptors_does_not_spin_and_recovers() {
     // 48 descriptors: the server's own few plus ~40 connections.
     let mut child = Command::new("prlimit")
-        .args(["--nofile=48:48", BIN, "--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0", "--no-tick"])
+        .args([
+            "--nofile=48:48",
+            BIN,
+            "--listen",
+            "127.0.0.1:0",
+            "--api-listen",
+            "127.0.0.1:0",
+            "--no-tick",
+        ])
         .args(["--max-connections", "1000"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let first = lines.next().unwrap().unwrap();
-    assert!(first.contains("open-file limit"), "warns about the low limit: {first}");
+    assert!(
+        first.contains("open-file limit"),
+        "warns about the low limit: {first}"
+    );
     let second = lines.next().unwrap().unwrap();
     let addr: std::net::SocketAddr = second
         .split_whitespace()
@@ -114,7 +166,10 @@ fn out_of_descriptors_does_not_spin_and_recovers() {
     let before = cpu_ticks(pid);
     std::thread::sleep(Duration::from_secs(2)); // a measurement window, not synchronisation
     let spent = cpu_ticks(pid) - before;
-    assert!(spent < 30, "the server burned {spent} ticks in 2 s while out of descriptors");
+    assert!(
+        spent < 30,
+        "the server burned {spent} ticks in 2 s while out of descriptors"
+    );
     // Free the descriptors; the backlog is accepted and served again.
     drop(clients);
     let url = format!("ws://{addr}/ws");
@@ -131,7 +186,8 @@ fn out_of_descriptors_does_not_spin_and_recovers() {
         }
     }
     assert!(served, "the server did not recover");
-    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let _ = child.wait();
 }
-

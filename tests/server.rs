@@ -18,7 +18,10 @@ fn subscribe_then_api_publish_pushes_to_the_subscriber() {
     let reply = server.publish("news", r#"{"headline":"hi","n":1}"#);
     assert_eq!(reply["subscribers"], 1);
     let push = next_json(&mut ws);
-    assert_eq!(push, json!({"cmd":"push","topic":"news","data":{"headline":"hi","n":1}}));
+    assert_eq!(
+        push,
+        json!({"cmd":"push","topic":"news","data":{"headline":"hi","n":1}})
+    );
 }
 
 #[test]
@@ -33,7 +36,10 @@ fn publish_reaches_exactly_the_subscribers_of_the_topic() {
     assert_eq!(next_json(&mut a2)["data"], 1);
     assert_nothing_pending(&mut b);
     assert_eq!(server.publish("b", "2")["subscribers"], 2);
-    assert_eq!(next_json(&mut a2), json!({"cmd":"push","topic":"b","data":2}));
+    assert_eq!(
+        next_json(&mut a2),
+        json!({"cmd":"push","topic":"b","data":2})
+    );
     assert_eq!(next_json(&mut b)["data"], 2);
     assert_nothing_pending(&mut a1);
 }
@@ -59,14 +65,9 @@ fn app_ping_gets_pong_and_protocol_ping_gets_pong() {
     send_json(&mut ws, json!({"cmd": "ping", "data": null}));
     assert_eq!(next_json(&mut ws), json!({"cmd": "pong"}));
     ws.send(Message::Ping(b"hello"[..].into())).unwrap();
-    loop {
-        match ws.read().unwrap() {
-            Message::Pong(p) => {
-                assert_eq!(&p[..], b"hello");
-                break;
-            }
-            other => panic!("expected pong, got {other:?}"),
-        }
+    match ws.read().unwrap() {
+        Message::Pong(p) => assert_eq!(&p[..], b"hello"),
+        other => panic!("expected pong, got {other:?}"),
     }
 }
 
@@ -75,7 +76,10 @@ fn unsubscribe_stops_pushes() {
     let server = TestServer::start();
     let mut ws = subscriber(&server, &["a", "b"]);
     send_json(&mut ws, json!({"cmd": "unsubscribe", "topics": ["a"]}));
-    assert_eq!(next_json(&mut ws), json!({"cmd": "unsubscribed", "topics": ["a"]}));
+    assert_eq!(
+        next_json(&mut ws),
+        json!({"cmd": "unsubscribed", "topics": ["a"]})
+    );
     assert_eq!(server.publish("a", "1")["subscribers"], 0);
     assert_eq!(server.publish("b", "2")["subscribers"], 1);
     assert_eq!(next_json(&mut ws)["topic"], "b");
@@ -89,7 +93,10 @@ fn subscribe_command_form_and_later_additions() {
     let server = TestServer::start();
     let mut ws = subscriber(&server, &["a"]);
     send_json(&mut ws, json!({"cmd": "subscribe", "topics": ["b"]}));
-    assert_eq!(next_json(&mut ws), json!({"cmd": "subscribed", "topics": ["b"]}));
+    assert_eq!(
+        next_json(&mut ws),
+        json!({"cmd": "subscribed", "topics": ["b"]})
+    );
     server.publish("b", "true");
     assert_eq!(next_json(&mut ws)["data"], true);
 }
@@ -98,7 +105,12 @@ fn subscribe_command_form_and_later_additions() {
 fn bad_requests_get_error_replies_and_the_session_survives() {
     let server = TestServer::start();
     let mut ws = subscriber(&server, &["a"]);
-    for bad in ["not json", r#"{"cmd":"explode"}"#, r#"{"topics":["bad topic!"]}"#, r#"{"cmd":"subscribe"}"#] {
+    for bad in [
+        "not json",
+        r#"{"cmd":"explode"}"#,
+        r#"{"topics":["bad topic!"]}"#,
+        r#"{"cmd":"subscribe"}"#,
+    ] {
         ws.send(Message::text(bad)).unwrap();
         let reply = next_json(&mut ws);
         assert_eq!(reply["cmd"], "error", "{bad}: {reply}");
@@ -127,7 +139,10 @@ fn the_tick_arrives() {
     let server = TestServer::with(config);
     let mut ws = subscriber(&server, &["test-topic"]);
     for _ in 0..3 {
-        assert_eq!(next_json(&mut ws), json!({"cmd":"push","topic":"test-topic","data":"publish msg"}));
+        assert_eq!(
+            next_json(&mut ws),
+            json!({"cmd":"push","topic":"test-topic","data":"publish msg"})
+        );
     }
 }
 
@@ -139,8 +154,10 @@ fn seed_style_client_works_unchanged() {
     config.tick = Some(("test-topic".into(), Duration::from_millis(50)));
     let server = TestServer::with(config);
     let mut ws = connect(&server);
-    ws.send(Message::text(r#"{"topics":["test-topic"]}"#)).unwrap();
-    ws.send(Message::text(r#"{"cmd":"ping","data":null}"#)).unwrap();
+    ws.send(Message::text(r#"{"topics":["test-topic"]}"#))
+        .unwrap();
+    ws.send(Message::text(r#"{"cmd":"ping","data":null}"#))
+        .unwrap();
     let (mut pushes, mut pongs) = (0, 0);
     while pushes < 2 || pongs < 1 {
         let msg = next_json(&mut ws);
@@ -165,7 +182,11 @@ fn silent_client_is_closed_by_the_heartbeat() {
     let mut ws = subscriber(&server, &["a"]);
     let started = std::time::Instant::now();
     assert_eq!(expect_close(&mut ws), CloseCode::Policy);
-    assert!(started.elapsed() >= Duration::from_millis(350), "closed early: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "closed early: {:?}",
+        started.elapsed()
+    );
     assert_eq!(server.stats()["heartbeat_timeouts"], 1);
 }
 
@@ -204,8 +225,9 @@ fn stuck_client_is_closed_while_a_fast_client_gets_everything() {
         fast
     });
     for _ in 0..batches {
-        let body: String =
-            (0..per_batch).map(|_| format!("{{\"topic\":\"flood\",\"data\":{payload}}}\n")).collect();
+        let body: String = (0..per_batch)
+            .map(|_| format!("{{\"topic\":\"flood\",\"data\":{payload}}}\n"))
+            .collect();
         let (status, reply) = http(server.api, "POST", "/publish", &body, &[]);
         assert_eq!(status, 200, "{reply}");
     }
@@ -226,7 +248,9 @@ fn drop_policy_keeps_the_stuck_client_and_counts_drops() {
     let _stuck = subscriber(&server, &["flood"]);
     let payload = format!("\"{}\"", "y".repeat(4000));
     for _ in 0..10 {
-        let body: String = (0..200).map(|_| format!("{{\"topic\":\"flood\",\"data\":{payload}}}\n")).collect();
+        let body: String = (0..200)
+            .map(|_| format!("{{\"topic\":\"flood\",\"data\":{payload}}}\n"))
+            .collect();
         http(server.api, "POST", "/publish", &body, &[]);
     }
     let stats = server.stats();
@@ -264,7 +288,7 @@ fn binary_invalid_utf8_and_unmasked_frames_get_their_close_codes() {
     let cases: [(Vec<u8>, u16); 4] = [
         (masked_frame(0x82, b"\x01\x02"), 1003),
         (masked_frame(0x81, b"\xff\xfe"), 1007),
-        (vec![0x81, 0x02, b'h', b'i'], 1002),          // unmasked
+        (vec![0x81, 0x02, b'h', b'i'], 1002), // unmasked
         (masked_frame(0x09, b"fragmented ping"), 1002), // FIN clear on a control frame
     ];
     for (frame, code) in cases {
@@ -283,9 +307,14 @@ fn binary_invalid_utf8_and_unmasked_frames_get_their_close_codes() {
 fn garbage_instead_of_a_handshake_gets_400_and_is_dropped() {
     let server = TestServer::start();
     let mut s = TcpStream::connect(server.ws).unwrap();
-    s.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n").unwrap();
+    s.write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n")
+        .unwrap();
     let reply = read_until_closed(&mut s);
-    assert!(reply.starts_with(b"HTTP/1.1 400"), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     let mut ws = subscriber(&server, &["a"]);
     assert_nothing_pending(&mut ws);
     assert_eq!(server.stats()["handshake_failures"], 1);
@@ -342,7 +371,11 @@ fn connection_cap_holds_and_frees_up() {
     let mut clients: Vec<_> = (0..3).map(|_| subscriber(&server, &["a"])).collect();
     let mut extra = TcpStream::connect(server.ws).unwrap();
     let reply = read_until_closed(&mut extra);
-    assert!(reply.starts_with(b"HTTP/1.1 503"), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        reply.starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     assert_eq!(server.stats()["refused_over_capacity"], 1);
     // One leaves; a newcomer gets in.
     let mut leaving = clients.pop().unwrap();
@@ -414,7 +447,10 @@ fn api_batch_publish_and_keep_alive_pipelining() {
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     assert_eq!(raw.matches("HTTP/1.1 200").count(), 2, "{raw}");
-    assert!(raw.contains(r#""published":3"#) && raw.contains(r#""deliveries":2"#), "{raw}");
+    assert!(
+        raw.contains(r#""published":3"#) && raw.contains(r#""deliveries":2"#),
+        "{raw}"
+    );
     assert_eq!(next_json(&mut ws)["data"], 1);
     assert_eq!(next_json(&mut ws)["data"], json!([2]));
     assert_eq!(next_json(&mut ws)["data"], "x");
@@ -427,9 +463,21 @@ fn api_token_is_enforced() {
     let server = TestServer::with(config);
     let (status, _) = http(server.api, "POST", "/publish?topic=a", "1", &[]);
     assert_eq!(status, 401);
-    let (status, _) = http(server.api, "POST", "/publish?topic=a", "1", &[("Authorization", "Bearer wrong")]);
+    let (status, _) = http(
+        server.api,
+        "POST",
+        "/publish?topic=a",
+        "1",
+        &[("Authorization", "Bearer wrong")],
+    );
     assert_eq!(status, 401);
-    let (status, _) = http(server.api, "POST", "/publish?topic=a", "1", &[("Authorization", "Bearer s3cret")]);
+    let (status, _) = http(
+        server.api,
+        "POST",
+        "/publish?topic=a",
+        "1",
+        &[("Authorization", "Bearer s3cret")],
+    );
     assert_eq!(status, 200);
     let (status, _) = http(server.api, "GET", "/healthz", "", &[]);
     assert_eq!(status, 200);
@@ -443,11 +491,23 @@ fn stats_report_the_counters() {
     next_json(&mut ws);
     let stats = server.stats();
     for key in [
-        "connections", "topics", "subscriptions", "publishes", "deliveries", "bytes_written", "dropped",
-        "slow_consumer_closes", "heartbeat_timeouts", "write_timeouts", "uptime_secs",
+        "connections",
+        "topics",
+        "subscriptions",
+        "publishes",
+        "deliveries",
+        "bytes_written",
+        "dropped",
+        "slow_consumer_closes",
+        "heartbeat_timeouts",
+        "write_timeouts",
+        "uptime_secs",
     ] {
         assert!(stats.get(key).is_some(), "missing {key} in {stats}");
     }
-    assert_eq!((stats["connections"].as_u64(), stats["publishes"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (stats["connections"].as_u64(), stats["publishes"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(stats["deliveries"], 1);
 }

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use wspush::Server;
 use wspush::config::{self, Command};
 use wspush::server::sys;
-use wspush::Server;
 
 fn main() -> ExitCode {
     let config = match config::parse_args(std::env::args().skip(1)) {
@@ -23,7 +23,9 @@ fn main() -> ExitCode {
         }
     };
     // stderr, so stdout stays free for tools; no timestamps: journald and docker add their own.
-    let _ = simple_logger::SimpleLogger::new().with_level(config.log_level).init();
+    let _ = simple_logger::SimpleLogger::new()
+        .with_level(config.log_level)
+        .init();
     match sys::raise_fd_limit() {
         Ok(limit) if (limit as usize) < config.max_connections + 64 => log::warn!(
             "open-file limit {limit} is below --max-connections {} (+64 spare): raise `ulimit -n`",

@@ -15,7 +15,10 @@ use crate::session::Status;
 use crate::stats::Stats;
 
 pub fn limits(config: &Config) -> HttpLimits {
-    HttpLimits { max_body_bytes: config.api_max_body, ..HttpLimits::default() }
+    HttpLimits {
+        max_body_bytes: config.api_max_body,
+        ..HttpLimits::default()
+    }
 }
 
 /// Live values reported next to the counters in `/stats`.
@@ -46,7 +49,12 @@ pub struct Response {
 
 impl Response {
     fn json(status: u16, body: serde_json::Value, keep_alive: bool) -> Self {
-        Response { status, body: body.to_string(), keep_alive, extra_headers: &[] }
+        Response {
+            status,
+            body: body.to_string(),
+            keep_alive,
+            extra_headers: &[],
+        }
     }
 
     fn error(status: u16, message: &str, keep_alive: bool) -> Self {
@@ -108,7 +116,8 @@ impl ApiConn {
             }
         }
         if self.parser.take_expect_continue() {
-            self.out.push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+            self.out
+                .push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
         }
         requests
     }
@@ -169,7 +178,9 @@ impl ApiConn {
     }
 
     pub fn deadline_ms(&self, write_timeout_ms: u64) -> u64 {
-        let stall = self.stall_since_ms.map_or(u64::MAX, |s| s + write_timeout_ms);
+        let stall = self
+            .stall_since_ms
+            .map_or(u64::MAX, |s| s + write_timeout_ms);
         self.idle_deadline_ms.min(stall)
     }
 
@@ -184,7 +195,14 @@ impl ApiConn {
 pub fn authorized(request: &Request, token: Option<&str>) -> bool {
     match token {
         None => true,
-        Some(token) => http::bearer_token_matches(request.authorization.as_deref(), token),
+        Some(token) => {
+            let presented = request
+                .authorization
+                .as_deref()
+                .and_then(crate::auth::bearer_token)
+                .unwrap_or("");
+            crate::auth::constant_time_eq(presented.as_bytes(), token.as_bytes())
+        }
     }
 }
 
@@ -192,13 +210,18 @@ pub fn handle(request: Request, authorized: bool, target: &mut impl Target) -> R
     let keep_alive = request.keep_alive;
     let response = route(request, authorized, target);
     target.count_request(response.status >= 400);
-    Response { keep_alive: keep_alive && response.keep_alive, ..response }
+    Response {
+        keep_alive: keep_alive && response.keep_alive,
+        ..response
+    }
 }
 
 fn route(request: Request, authorized: bool, target: &mut impl Target) -> Response {
     let ka = request.keep_alive;
     match (request.method, request.path.as_str()) {
-        (Method::Get | Method::Head, "/healthz") => Response::json(200, serde_json::json!({"status": "ok"}), ka),
+        (Method::Get | Method::Head, "/healthz") => {
+            Response::json(200, serde_json::json!({"status": "ok"}), ka)
+        }
         (_, "/healthz" | "/stats" | "/publish") if !authorized => Response {
             extra_headers: &[("WWW-Authenticate", "Bearer")],
             ..Response::error(401, "missing or wrong bearer token", ka)
@@ -209,18 +232,26 @@ fn route(request: Request, authorized: bool, target: &mut impl Target) -> Respon
         },
         (Method::Get | Method::Head, "/stats") => {
             let (counters, gauges) = target.stats();
-            let body = serde_json::to_value(StatsBody { gauges, counters: &counters })
-                .unwrap_or(serde_json::Value::Null);
+            let body = serde_json::to_value(StatsBody {
+                gauges,
+                counters: &counters,
+            })
+            .unwrap_or(serde_json::Value::Null);
             Response::json(200, body, ka)
         }
         (_, "/publish") => Response {
             extra_headers: &[("Allow", "POST")],
             ..Response::error(405, "use POST /publish?topic=T", ka)
         },
-        (_, "/stats" | "/healthz") => {
-            Response { extra_headers: &[("Allow", "GET")], ..Response::error(405, "use GET", ka) }
-        }
-        _ => Response::error(404, "no such endpoint: try POST /publish?topic=T, GET /stats, GET /healthz", ka),
+        (_, "/stats" | "/healthz") => Response {
+            extra_headers: &[("Allow", "GET")],
+            ..Response::error(405, "use GET", ka)
+        },
+        _ => Response::error(
+            404,
+            "no such endpoint: try POST /publish?topic=T, GET /stats, GET /healthz",
+            ka,
+        ),
     }
 }
 
@@ -238,11 +269,17 @@ fn publish_one(topic: &str, body: &[u8], ka: bool, target: &mut impl Target) -> 
     }
     let data = match serde_json::from_slice::<&RawValue>(body) {
         Ok(data) => data,
-        Err(e) => return Response::error(400, &format!("the body must be one JSON value: {e}"), ka),
+        Err(e) => {
+            return Response::error(400, &format!("the body must be one JSON value: {e}"), ka);
+        }
     };
     let frame = protocol::encode_push(topic, data.get());
     let reached = target.publish(topic, &frame);
-    Response::json(200, serde_json::json!({ "topic": topic, "subscribers": reached }), ka)
+    Response::json(
+        200,
+        serde_json::json!({ "topic": topic, "subscribers": reached }),
+        ka,
+    )
 }
 
 #[derive(Deserialize)]
@@ -275,12 +312,20 @@ fn publish_batch(body: &[u8], ka: bool, target: &mut impl Target) -> Response {
         lines.push(parsed);
     }
     if lines.is_empty() {
-        return Response::error(400, "no messages: use ?topic=T, or one {\"topic\":..,\"data\":..} per line", ka);
+        return Response::error(
+            400,
+            "no messages: use ?topic=T, or one {\"topic\":..,\"data\":..} per line",
+            ka,
+        );
     }
     let mut deliveries = 0;
     for line in &lines {
         let frame = protocol::encode_push(&line.topic, line.data.get());
         deliveries += target.publish(&line.topic, &frame);
     }
-    Response::json(200, serde_json::json!({ "published": lines.len(), "deliveries": deliveries }), ka)
+    Response::json(
+        200,
+        serde_json::json!({ "published": lines.len(), "deliveries": deliveries }),
+        ka,
+    )
 }

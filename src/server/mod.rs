@@ -63,9 +63,14 @@ impl ShutdownHandle {
 }
 
 enum Timeout {
-    Conn { key: usize, generation: u32 },
+    Conn {
+        key: usize,
+        generation: u32,
+    },
     /// The demo publisher, due at this time (the next one is scheduled from it, so it never drifts).
-    Tick { due_ms: u64 },
+    Tick {
+        due_ms: u64,
+    },
     ResumeAccept,
     ShutdownDeadline,
 }
@@ -114,7 +119,10 @@ impl LogLimiter {
             if self.suppressed > 0 {
                 warn!("{} similar log lines suppressed", self.suppressed);
             }
-            *self = LogLimiter { window_start_ms: now_ms, ..Default::default() };
+            *self = LogLimiter {
+                window_start_ms: now_ms,
+                ..Default::default()
+            };
         }
         self.in_window += 1;
         let allowed = self.in_window <= Self::PER_WINDOW;
@@ -141,7 +149,8 @@ impl Server {
         config.validate()?;
         let poll = Poll::new()?;
         let bind = |addr: SocketAddr| -> Result<TcpListener, ServerError> {
-            let listener = TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
+            let listener =
+                TcpListener::bind(addr).map_err(|source| ServerError::Bind { addr, source })?;
             if let Err(e) = sys::set_backlog(&listener, LISTEN_BACKLOG) {
                 warn!("could not raise the listen backlog: {e}");
             }
@@ -149,19 +158,32 @@ impl Server {
         };
         let mut ws_listener = bind(config.listen)?;
         let ws_addr = ws_listener.local_addr()?;
-        poll.registry().register(&mut ws_listener, WS_LISTENER, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut ws_listener, WS_LISTENER, Interest::READABLE)?;
         let (api_listener, api_addr) = match config.api_listen {
             Some(addr) => {
                 let mut l = bind(addr)?;
                 let local = l.local_addr()?;
-                poll.registry().register(&mut l, API_LISTENER, Interest::READABLE)?;
+                poll.registry()
+                    .register(&mut l, API_LISTENER, Interest::READABLE)?;
                 (Some(l), Some(local))
             }
             None => (None, None),
         };
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let shutdown = ShutdownHandle { requested: Arc::new(AtomicBool::new(false)), waker };
-        Ok(Server { poll, ws_listener: Some(ws_listener), api_listener, ws_addr, api_addr, shutdown, config })
+        let shutdown = ShutdownHandle {
+            requested: Arc::new(AtomicBool::new(false)),
+            waker,
+        };
+        Ok(Server {
+            poll,
+            ws_listener: Some(ws_listener),
+            api_listener,
+            ws_addr,
+            api_addr,
+            shutdown,
+            config,
+        })
     }
 
     /// The WebSocket listener's address.
@@ -180,9 +202,16 @@ impl Server {
 
     /// Runs the loop until shutdown is requested and the clients are closed.
     pub fn run(self) -> Result<(), ServerError> {
-        let Server { poll, ws_listener, api_listener, shutdown, config, .. } = self;
+        let Server {
+            poll,
+            ws_listener,
+            api_listener,
+            shutdown,
+            config,
+            ..
+        } = self;
         let settings = SessionSettings::from_config(&config);
-        let policy = Rc::new(HandshakePolicy { path: config.path.clone() });
+        let policy = Rc::new(HandshakePolicy::from_config(&config));
         let mut event_loop = Loop {
             poll,
             ws_listener,
@@ -259,15 +288,22 @@ impl Loop {
     fn run(&mut self) -> Result<(), ServerError> {
         info!(
             "wspush listening on ws://{}{} (api: {})",
-            self.ws_listener.as_ref().and_then(|l| l.local_addr().ok()).map_or("?".into(), |a| a.to_string()),
+            self.ws_listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map_or("?".into(), |a| a.to_string()),
             self.config.path,
-            self.api_listener.as_ref().and_then(|l| l.local_addr().ok()).map_or("off".into(), |a| a.to_string()),
+            self.api_listener
+                .as_ref()
+                .and_then(|l| l.local_addr().ok())
+                .map_or("off".into(), |a| a.to_string()),
         );
         if let Some((topic, interval)) = self.config.tick.clone() {
             let frame = protocol::encode_push(&topic, "\"publish msg\"");
             let interval = millis(interval);
             self.tick = Some((topic, frame, interval));
-            self.timers.insert(interval, Timeout::Tick { due_ms: interval });
+            self.timers
+                .insert(interval, Timeout::Tick { due_ms: interval });
         }
         let mut events = Events::with_capacity(1024);
         loop {
@@ -292,7 +328,11 @@ impl Loop {
                         let (key, generation) = split_token(token);
                         // A stale event for a key reused within this batch carries the old
                         // generation and is ignored.
-                        if self.conns.get(key).is_some_and(|c| c.generation == generation) {
+                        if self
+                            .conns
+                            .get(key)
+                            .is_some_and(|c| c.generation == generation)
+                        {
                             if event.is_readable() || event.is_read_closed() || event.is_error() {
                                 self.read(key);
                             }
@@ -302,7 +342,11 @@ impl Loop {
                 }
             }
             for (key, generation) in std::mem::take(&mut self.more_to_read) {
-                if self.conns.get(key).is_some_and(|c| c.generation == generation) {
+                if self
+                    .conns
+                    .get(key)
+                    .is_some_and(|c| c.generation == generation)
+                {
                     self.read(key);
                     self.service(key);
                 }
@@ -322,7 +366,9 @@ impl Loop {
             return Some(Duration::ZERO);
         }
         let now = millis(self.started.elapsed());
-        self.timers.next_deadline().map(|d| Duration::from_millis(d.saturating_sub(now)))
+        self.timers
+            .next_deadline()
+            .map(|d| Duration::from_millis(d.saturating_sub(now)))
     }
 
     fn accept_ws(&mut self) {
@@ -330,20 +376,30 @@ impl Loop {
             return;
         }
         loop {
-            let Some(listener) = &self.ws_listener else { return };
+            let Some(listener) = &self.ws_listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((socket, peer)) => {
                     if self.ws_count >= self.config.max_connections {
                         self.stats.refused_over_capacity += 1;
                         if self.accept_log.allow(self.now_ms) {
-                            warn!("refusing {peer}: {} connections (--max-connections)", self.ws_count);
+                            warn!(
+                                "refusing {peer}: {} connections (--max-connections)",
+                                self.ws_count
+                            );
                         }
                         refuse(socket);
                         continue;
                     }
                     let _ = socket.set_nodelay(true);
                     if let Some(key) = self.register(socket, |id, now, this| {
-                        Kind::Ws(Session::new(id, now, Rc::clone(&this.policy), &this.settings))
+                        Kind::Ws(Session::new(
+                            id,
+                            now,
+                            Rc::clone(&this.policy),
+                            &this.settings,
+                        ))
                     }) {
                         self.ws_count += 1;
                         self.stats.accepted += 1;
@@ -362,7 +418,9 @@ impl Loop {
             return;
         }
         loop {
-            let Some(listener) = &self.api_listener else { return };
+            let Some(listener) = &self.api_listener else {
+                return;
+            };
             match listener.accept() {
                 Ok((socket, _)) => {
                     if self.api_count >= MAX_API_CONNECTIONS {
@@ -371,9 +429,9 @@ impl Loop {
                     }
                     let _ = socket.set_nodelay(true);
                     let limits = api::limits(&self.config);
-                    if let Some(key) =
-                        self.register(socket, |_, now, _| Kind::Api(Box::new(api::ApiConn::new(limits, now + API_IDLE_MS))))
-                    {
+                    if let Some(key) = self.register(socket, |_, now, _| {
+                        Kind::Api(Box::new(api::ApiConn::new(limits, now + API_IDLE_MS)))
+                    }) {
                         self.api_count += 1;
                         self.sync_timer(key);
                     }
@@ -393,7 +451,8 @@ impl Loop {
             // Edge-triggered: nothing would wake us for the connections already queued, and
             // retrying now would fail the same way. Both listeners pause; one timer resumes them.
             self.accept_paused = true;
-            self.timers.insert(self.now_ms + ACCEPT_PAUSE_MS, Timeout::ResumeAccept);
+            self.timers
+                .insert(self.now_ms + ACCEPT_PAUSE_MS, Timeout::ResumeAccept);
         }
         // Other errors (ECONNABORTED, ...) concern one connection; the next event retries.
     }
@@ -408,7 +467,11 @@ impl Loop {
         self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
         let generation = self.next_generation;
         let token = token_of(key, generation);
-        if let Err(e) = self.poll.registry().register(&mut socket, token, Interest::READABLE | Interest::WRITABLE) {
+        if let Err(e) = self.poll.registry().register(
+            &mut socket,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
             warn!("register failed: {e}");
             return None;
         }
@@ -429,7 +492,9 @@ impl Loop {
     fn read(&mut self, key: usize) {
         let mut budget = READ_BUDGET;
         loop {
-            let Some(conn) = self.conns.get_mut(key) else { return };
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
             if conn.eof {
                 return;
             }
@@ -478,17 +543,28 @@ impl Loop {
 
     fn api_input(&mut self, key: usize, input: Bytes) {
         let requests = match self.conns.get_mut(key) {
-            Some(Conn { kind: Kind::Api(conn), .. }) => conn.feed(&input, self.now_ms + API_IDLE_MS),
+            Some(Conn {
+                kind: Kind::Api(conn),
+                ..
+            }) => conn.feed(&input, self.now_ms + API_IDLE_MS),
             _ => return,
         };
         for request in requests {
             let authorized = api::authorized(&request, self.config.api_token.as_deref());
             let response = api::handle(request, authorized, &mut ApiTarget { event_loop: self });
-            if let Some(Conn { kind: Kind::Api(conn), .. }) = self.conns.get_mut(key) {
+            if let Some(Conn {
+                kind: Kind::Api(conn),
+                ..
+            }) = self.conns.get_mut(key)
+            {
                 conn.respond(response);
             }
         }
-        if let Some(Conn { kind: Kind::Api(conn), .. }) = self.conns.get_mut(key) {
+        if let Some(Conn {
+            kind: Kind::Api(conn),
+            ..
+        }) = self.conns.get_mut(key)
+        {
             conn.after_requests();
         }
     }
@@ -496,7 +572,9 @@ impl Loop {
     /// Flushes output, advances closing connections, removes finished ones, re-arms timers.
     fn service(&mut self, key: usize) {
         let now = self.now_ms;
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let (status, written) = match &mut conn.kind {
             Kind::Ws(session) => {
                 let mut written = 0;
@@ -536,7 +614,9 @@ impl Loop {
         match status {
             Status::Dead => self.remove(key),
             Status::Finishing => {
-                let Some(conn) = self.conns.get_mut(key) else { return };
+                let Some(conn) = self.conns.get_mut(key) else {
+                    return;
+                };
                 let drained = match &mut conn.kind {
                     Kind::Ws(s) => !s.has_output(),
                     Kind::Api(a) => a.out.is_empty(),
@@ -556,7 +636,9 @@ impl Loop {
     /// Arms the connection's timer at its next deadline if the current one would fire late.
     /// A timer that fires early is cheap: the session re-checks and it is re-armed.
     fn sync_timer(&mut self, key: usize) {
-        let Some(conn) = self.conns.get_mut(key) else { return };
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         let deadline = match &conn.kind {
             Kind::Ws(s) => s.next_deadline(&self.settings),
             Kind::Api(a) => a.deadline_ms(self.settings.write_timeout_ms),
@@ -567,7 +649,13 @@ impl Loop {
             }
             self.timers.cancel(handle);
         }
-        let handle = self.timers.insert(deadline, Timeout::Conn { key, generation: conn.generation });
+        let handle = self.timers.insert(
+            deadline,
+            Timeout::Conn {
+                key,
+                generation: conn.generation,
+            },
+        );
         conn.timer = Some((handle, deadline));
     }
 
@@ -577,7 +665,9 @@ impl Loop {
         while let Some((_, timeout)) = self.timers.poll(now) {
             match timeout {
                 Timeout::Conn { key, generation } => {
-                    let Some(conn) = self.conns.get_mut(key) else { continue };
+                    let Some(conn) = self.conns.get_mut(key) else {
+                        continue;
+                    };
                     if conn.generation != generation {
                         continue;
                     }
@@ -592,7 +682,9 @@ impl Loop {
                             };
                             session.on_timer(&mut ctx);
                         }
-                        Kind::Api(api_conn) => api_conn.on_timer(now, self.settings.write_timeout_ms),
+                        Kind::Api(api_conn) => {
+                            api_conn.on_timer(now, self.settings.write_timeout_ms)
+                        }
                     }
                     self.service(key);
                 }
@@ -630,11 +722,15 @@ impl Loop {
         let mut reached = 0;
         for id in self.broker.subscribers(topic) {
             let (key, generation) = split_token(Token(id.0 as usize));
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             if conn.generation != generation {
                 continue;
             }
-            let Kind::Ws(session) = &mut conn.kind else { continue };
+            let Kind::Ws(session) = &mut conn.kind else {
+                continue;
+            };
             let mut outcome = session.push(frame, &self.settings, &mut self.stats);
             if outcome == Push::Full {
                 if let Some(out) = session.outbound() {
@@ -642,7 +738,8 @@ impl Loop {
                     self.stats.bytes_written += written as u64;
                     session.on_written(written, self.now_ms);
                 }
-                outcome = session.push_or_overflow(frame, &self.settings, &mut self.stats, self.now_ms);
+                outcome =
+                    session.push_or_overflow(frame, &self.settings, &mut self.stats, self.now_ms);
             }
             reached += usize::from(outcome == Push::Queued);
             if matches!(outcome, Push::Queued | Push::Closed) && !conn.dirty {
@@ -671,7 +768,9 @@ impl Loop {
     }
 
     fn remove(&mut self, key: usize) {
-        let Some(mut conn) = self.conns.try_remove(key) else { return };
+        let Some(mut conn) = self.conns.try_remove(key) else {
+            return;
+        };
         let _ = self.poll.registry().deregister(&mut conn.socket);
         if let Some((handle, _)) = conn.timer {
             self.timers.cancel(handle);
@@ -691,20 +790,26 @@ impl Loop {
         }
         info!("shutting down: closing {} connections", self.conns.len());
         self.shutting_down = true;
-        for listener in [self.ws_listener.take(), self.api_listener.take()].into_iter().flatten() {
+        for listener in [self.ws_listener.take(), self.api_listener.take()]
+            .into_iter()
+            .flatten()
+        {
             let mut listener = listener;
             let _ = self.poll.registry().deregister(&mut listener);
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let Some(conn) = self.conns.get_mut(key) else { continue };
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
             match &mut conn.kind {
                 Kind::Ws(session) => session.close(CloseReason::ShuttingDown, self.now_ms),
                 Kind::Api(api_conn) => api_conn.close_after_flush(),
             }
             self.service(key);
         }
-        self.timers.insert(self.now_ms + SHUTDOWN_GRACE_MS, Timeout::ShutdownDeadline);
+        self.timers
+            .insert(self.now_ms + SHUTDOWN_GRACE_MS, Timeout::ShutdownDeadline);
     }
 
     fn gauges(&self) -> api::Gauges {
@@ -741,6 +846,9 @@ impl api::Target for ApiTarget<'_> {
 
 /// Turns away a connection over the cap with a short HTTP 503.
 fn refuse(mut socket: TcpStream) {
-    let _ = socket.write(&crate::session::http_error(503, "server at connection capacity"));
+    let _ = socket.write(&crate::session::http_error(
+        503,
+        "server at connection capacity",
+    ));
     let _ = socket.shutdown(Shutdown::Write);
 }

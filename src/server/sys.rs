@@ -49,7 +49,10 @@ pub fn raise_fd_limit() -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     if lim.cur < lim.max {
-        let raised = RLimit { cur: lim.max, max: lim.max };
+        let raised = RLimit {
+            cur: lim.max,
+            max: lim.max,
+        };
         // SAFETY: `raised` is a valid rlimit struct for the duration of the call.
         if unsafe { setrlimit(RLIMIT_NOFILE, &raised) } == 0 {
             return Ok(raised.cur);

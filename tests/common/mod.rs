@@ -46,7 +46,12 @@ impl TestServer {
         let api = server.api_addr().expect("api on");
         let handle = server.shutdown_handle();
         let thread = std::thread::spawn(move || server.run());
-        TestServer { ws, api, handle, thread: Some(thread) }
+        TestServer {
+            ws,
+            api,
+            handle,
+            thread: Some(thread),
+        }
     }
 
     pub fn url(&self) -> String {
@@ -56,7 +61,11 @@ impl TestServer {
     /// Requests shutdown and waits for the loop to return.
     pub fn stop(mut self) -> Result<(), wspush::ServerError> {
         self.handle.shutdown();
-        self.thread.take().unwrap().join().expect("server thread panicked")
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("server thread panicked")
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {
@@ -64,7 +73,11 @@ impl TestServer {
     }
 
     pub fn join(mut self) -> Result<(), wspush::ServerError> {
-        self.thread.take().unwrap().join().expect("server thread panicked")
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("server thread panicked")
     }
 
     pub fn stats(&self) -> Value {
@@ -74,7 +87,13 @@ impl TestServer {
     }
 
     pub fn publish(&self, topic: &str, data: &str) -> Value {
-        let (status, body) = http(self.api, "POST", &format!("/publish?topic={topic}"), data, &[]);
+        let (status, body) = http(
+            self.api,
+            "POST",
+            &format!("/publish?topic={topic}"),
+            data,
+            &[],
+        );
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
     }
@@ -126,7 +145,11 @@ pub fn next_json(ws: &mut Client) -> Value {
 pub fn assert_nothing_pending(ws: &mut Client) {
     send_json(ws, serde_json::json!({"cmd": "ping"}));
     let next = next_json(ws);
-    assert_eq!(next, serde_json::json!({"cmd": "pong"}), "expected nothing before the pong");
+    assert_eq!(
+        next,
+        serde_json::json!({"cmd": "pong"}),
+        "expected nothing before the pong"
+    );
 }
 
 /// Reads until the server's close frame and returns its code.
@@ -142,10 +165,19 @@ pub fn expect_close(ws: &mut Client) -> CloseCode {
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns status and body.
-pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str, headers: &[(&str, &str)]) -> (u16, String) {
+pub fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -160,7 +192,10 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &str, headers: &[(
 pub fn parse_response(raw: &[u8]) -> (u16, String) {
     let text = String::from_utf8_lossy(raw);
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -195,7 +230,11 @@ pub fn raw_upgrade(server: &TestServer) -> TcpStream {
         stream.read_exact(&mut byte).unwrap();
         head.push(byte[0]);
     }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     stream
 }
 

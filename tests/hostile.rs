@@ -1,0 +1,294 @@
+//! Hostile and broken clients against the real server: each gets its error or close code, and a
+//! well-behaved control client keeps being served throughout.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const HANDSHAKE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
+/// A subscriber that must keep getting pushes while others misbehave.
+fn control_still_served(server: &TestServer, control: &mut Client) {
+    let reply = server.publish("control", "42");
+    assert_eq!(reply["subscribers"], 1, "{reply}");
+    assert_eq!(next_json(control)["data"], 42);
+}
+
+fn short_timeouts() -> wspush::Config {
+    let mut config = test_config();
+    config.handshake_timeout = Duration::from_millis(800);
+    config
+}
+
+#[test]
+fn slowloris_during_the_handshake_is_dropped_on_time() {
+    let server = TestServer::with(short_timeouts());
+    let mut control = subscriber(&server, &["control"]);
+    let mut s = TcpStream::connect(server.ws).unwrap();
+    let started = Instant::now();
+    // One byte every 100 ms: the request would take 15 s to arrive.
+    let mut dropped = false;
+    for &b in HANDSHAKE {
+        if s.write_all(&[b]).is_err() {
+            dropped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the attacker's pace
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    if !dropped {
+        assert!(read_until_closed(&mut s).is_empty());
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "kept for {:?}",
+        started.elapsed()
+    );
+    control_still_served(&server, &mut control);
+}
+
+#[test]
+fn slowloris_after_the_handshake_without_subscribing_is_closed() {
+    let server = TestServer::with(short_timeouts());
+    let mut control = subscriber(&server, &["control"]);
+    let mut raw = raw_upgrade(&server);
+    let frame = masked_frame(0x81, br#"{"topics":["x"]}"#);
+    let started = Instant::now();
+    for b in frame.iter().take(frame.len() - 1) {
+        if raw.write_all(&[*b]).is_err() || started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the attacker's pace
+    }
+    let (op, payload) = read_raw_frame(&mut raw);
+    assert_eq!((op, close_code(&payload)), (8, 1008));
+    control_still_served(&server, &mut control);
+}
+
+#[test]
+fn half_finished_handshakes_up_to_the_cap_then_recovery() {
+    let mut config = short_timeouts();
+    config.max_connections = 20;
+    let server = TestServer::with(config);
+    let mut control = subscriber(&server, &["control"]);
+    let half: Vec<TcpStream> = (0..19)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.ws).unwrap();
+            s.write_all(&HANDSHAKE[..40]).unwrap();
+            s
+        })
+        .collect();
+    // Over the cap: refused with 503.
+    let mut extra = TcpStream::connect(server.ws).unwrap();
+    let reply = read_until_closed(&mut extra);
+    assert!(
+        reply.starts_with(b"HTTP/1.1 503"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    control_still_served(&server, &mut control);
+    // The half-open ones time out; then newcomers get in.
+    for mut s in half {
+        assert!(read_until_closed(&mut s).is_empty());
+    }
+    let mut newcomer = subscriber(&server, &["other"]);
+    assert_nothing_pending(&mut newcomer);
+    control_still_served(&server, &mut control);
+}
+
+#[test]
+fn huge_headers_get_431() {
+    let server = TestServer::start();
+    let mut control = subscriber(&server, &["control"]);
+    let mut s = TcpStream::connect(server.ws).unwrap();
+    let mut req = b"GET /ws HTTP/1.1\r\nHost: x\r\n".to_vec();
+    for i in 0..1000 {
+        req.extend_from_slice(format!("X-Filler-{i}: {}\r\n", "a".repeat(90)).as_bytes());
+    }
+    // The server may close before everything is written.
+    let _ = s.write_all(&req);
+    let reply = read_until_closed(&mut s);
+    assert!(
+        reply.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&reply[..reply.len().min(200)])
+    );
+    control_still_served(&server, &mut control);
+}
+
+#[test]
+fn handshake_with_a_body_after_it_is_rejected() {
+    let server = TestServer::start();
+    let mut control = subscriber(&server, &["control"]);
+    let mut s = TcpStream::connect(server.ws).unwrap();
+    let mut req = HANDSHAKE.to_vec();
+    req.extend_from_slice(b"unexpected body bytes");
+    s.write_all(&req).unwrap();
+    let reply = read_until_closed(&mut s);
+    assert!(
+        reply.starts_with(b"HTTP/1.1 400"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    control_still_served(&server, &mut control);
+}
+
+#[test]
+fn invalid_utf8_split_across_fragments_gets_1007() {
+    let server = TestServer::start();
+    let mut control = subscriber(&server, &["control"]);
+    let mut raw = raw_upgrade(&server);
+    // "κ" is CE BA; send CE at the end of the first fragment and an invalid continuation next.
+    raw.write_all(&masked_frame(0x01, b"abc\xce")).unwrap();
+    raw.write_all(&masked_frame(0x80, b"\x41def")).unwrap();
+    let (op, payload) = read_raw_frame(&mut raw);
+    assert_eq!((op, close_code(&payload)), (8, 1007));
+    control_still_served(&server, &mut control);
+}
+
+#[test]
+fn ten_thousand_topics_and_hostile_names_are_refused() {
+    let server = TestServer::start();
+    let mut control = subscriber(&server, &["control"]);
+    let mut ws = subscriber(&server, &["ok"]);
+    // 5,000 names fit in one 64 KiB message: refused by the per-connection topic cap.
+    let many: Vec<String> = (0..5_000).map(|i| format!("t{i}")).collect();
+    send_json(&mut ws, json!({ "topics": many }));
+    let reply = next_json(&mut ws);
+    assert_eq!(reply["cmd"], "error");
+    assert!(
+        reply["error"].as_str().unwrap().contains("too many topics"),
+        "{reply}"
+    );
+    for name in [
+        "",
+        "../../etc/passwd\u{0}",
+        "a b",
+        "<script>",
+        &"x".repeat(10_000),
+        "\u{202e}evil",
+    ] {
+        send_json(&mut ws, json!({ "topics": [name] }));
+        let reply = next_json(&mut ws);
+        assert_eq!(reply["cmd"], "error", "{name:?}");
+        assert!(
+            reply.to_string().len() < 400,
+            "errors do not echo huge input back"
+        );
+    }
+    let stats = server.stats();
+    assert_eq!(
+        (stats["topics"].as_u64(), stats["subscriptions"].as_u64()),
+        (Some(2), Some(2))
+    );
+    // 10,000 names do not fit in a message at all: 1009.
+    let many: Vec<String> = (0..10_000).map(|i| format!("t{i}")).collect();
+    send_json(&mut ws, json!({ "topics": many }));
+    assert_eq!(
+        expect_close(&mut ws),
+        tungstenite::protocol::frame::coding::CloseCode::Size
+    );
+    control_still_served(&server, &mut control);
+}
+
+#[test]
+fn pipelined_api_requests_with_bad_bodies() {
+    let server = TestServer::start();
+    let mut control = subscriber(&server, &["control"]);
+    let mut s = TcpStream::connect(server.api).unwrap();
+    s.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
+    let req = |path: &str, body: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let pipelined = [
+        req("/publish?topic=control", "1"),
+        req("/publish?topic=control", "{broken"),
+        req("/publish", "{\"topic\":\"control\",\"data\":2}\nnot json\n"),
+        req("/publish?topic=control", "3"),
+        "POST /publish?topic=control HTTP/1.1\r\nContent-Length: nope\r\n\r\n".to_string(),
+        req("/publish?topic=control", "4"),
+    ]
+    .concat();
+    s.write_all(pipelined.as_bytes()).unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    let statuses: Vec<&str> = raw
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &raw[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "400", "400", "200", "400"], "{raw}");
+    // The valid ones were published, in order; the batch with a bad line published nothing.
+    assert_eq!(next_json(&mut control)["data"], 1);
+    assert_eq!(next_json(&mut control)["data"], 3);
+    assert_nothing_pending(&mut control);
+}
+
+#[test]
+fn a_client_that_never_reads_while_megabytes_are_pushed() {
+    let mut config = test_config();
+    config.outbound_cap = 128 * 1024;
+    let server = TestServer::with(config);
+    let mut control = subscriber(&server, &["control"]);
+    let mut sink = subscriber(&server, &["big"]);
+    let payload = format!("\"{}\"", "z".repeat(60_000));
+    for _ in 0..200 {
+        // 12 MB in all, far beyond socket buffers and the cap.
+        server.publish("big", &payload);
+        if server.stats()["slow_consumer_closes"] == 1 {
+            break;
+        }
+    }
+    assert_eq!(server.stats()["slow_consumer_closes"], 1);
+    control_still_served(&server, &mut control);
+    assert_eq!(
+        expect_close(&mut sink),
+        tungstenite::protocol::frame::coding::CloseCode::Again
+    );
+}
+
+#[test]
+fn origin_allow_list_and_client_token() {
+    let mut config = test_config();
+    config.allowed_origins = vec!["https://app.example".into()];
+    config.client_token = Some("tok3n".into());
+    let server = TestServer::with(config);
+    let attempt = |path: &str, origin: Option<&str>| -> u16 {
+        let stream = TcpStream::connect(server.ws).unwrap();
+        stream.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{}{path}",
+            server.ws
+        ))
+        .unwrap();
+        if let Some(o) = origin {
+            request.headers_mut().insert("Origin", o.parse().unwrap());
+        }
+        match tungstenite::client(request, stream) {
+            Ok(_) => 101,
+            Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(r))) => {
+                r.status().as_u16()
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    };
+    assert_eq!(attempt("/ws?token=tok3n", Some("https://app.example")), 101);
+    assert_eq!(attempt("/ws?token=tok3n", None), 101);
+    assert_eq!(
+        attempt("/ws?token=tok3n", Some("https://evil.example")),
+        403
+    );
+    assert_eq!(attempt("/ws?token=wrong", Some("https://app.example")), 401);
+    assert_eq!(attempt("/ws", None), 401);
+}
