@@ -31,13 +31,21 @@ impl Rng {
 }
 
 fn iterations(default: usize) -> usize {
-    std::env::var("WSPUSH_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var("WSPUSH_FUZZ_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn corpus(dir: &str) -> Vec<Vec<u8>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(dir);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus")
+        .join(dir);
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&path)
-        .map(|d| d.filter_map(|e| std::fs::read(e.ok()?.path()).ok()).collect())
+        .map(|d| {
+            d.filter_map(|e| std::fs::read(e.ok()?.path()).ok())
+                .collect()
+        })
         .unwrap_or_default();
     seeds.sort();
     assert!(!seeds.is_empty(), "empty corpus {}", path.display());
@@ -95,7 +103,9 @@ fn fuzz_client_message_parser() {
         let input = mutate(&mut rng, &seeds[i % seeds.len()], &seeds);
         if let Ok(text) = std::str::from_utf8(&input) {
             match protocol::parse_client_message(text) {
-                Ok(protocol::ClientMessage::Subscribe(t) | protocol::ClientMessage::Unsubscribe(t)) => {
+                Ok(
+                    protocol::ClientMessage::Subscribe(t) | protocol::ClientMessage::Unsubscribe(t),
+                ) => {
                     assert!(!t.is_empty());
                     for topic in &t {
                         let _ = protocol::validate_topic(topic, protocol::TopicRules::default());
@@ -111,7 +121,11 @@ fn fuzz_client_message_parser() {
 #[test]
 fn fuzz_http_request_parser() {
     let seeds = corpus("http");
-    let limits = HttpLimits { max_head_bytes: 2048, max_body_bytes: 4096, ..HttpLimits::default() };
+    let limits = HttpLimits {
+        max_head_bytes: 2048,
+        max_body_bytes: 4096,
+        ..HttpLimits::default()
+    };
     let mut rng = Rng(0x5eed_0002);
     for i in 0..iterations(30_000) {
         let input = mutate(&mut rng, &seeds[i % seeds.len()], &seeds);
@@ -167,21 +181,35 @@ impl Write for FlakySink<'_> {
 #[test]
 fn fuzz_session_state_machine() {
     let seeds = corpus("session");
-    let mut config = Config { max_message_size: 4096, outbound_cap: 8192, ..Config::default() };
+    let mut config = Config {
+        max_message_size: 4096,
+        outbound_cap: 8192,
+        ..Config::default()
+    };
     config.max_topics_per_connection = 8;
     let settings = SessionSettings::from_config(&config);
     let policy = Rc::new(HandshakePolicy::from_config(&config));
-    let frames = [protocol::encode_push("t", "1"), protocol::encode_push("t", &format!("\"{}\"", "p".repeat(3000)))];
+    let frames = [
+        protocol::encode_push("t", "1"),
+        protocol::encode_push("t", &format!("\"{}\"", "p".repeat(3000))),
+    ];
     let mut rng = Rng(0x5eed_0003);
     let (mut opened, mut subscribed, mut delivered, mut closed) = (0, 0, 0, 0);
     for i in 0..iterations(4_000) {
         let seed = &seeds[i % seeds.len()];
         // Mostly keep the handshake intact so the frames behind it get exercised.
-        let head_len = seed.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
+        let head_len = seed
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map_or(0, |p| p + 4);
         let script = match rng.below(4) {
             0 => mutate(&mut rng, seed, &seeds),
             1 => seed.clone(),
-            _ => [&seed[..head_len], &mutate(&mut rng, &seed[head_len..], &seeds)[..]].concat(),
+            _ => [
+                &seed[..head_len],
+                &mutate(&mut rng, &seed[head_len..], &seeds)[..],
+            ]
+            .concat(),
         };
         let mut broker = Broker::new();
         let mut stats = Stats::default();
@@ -191,7 +219,12 @@ fn fuzz_session_state_machine() {
         let mut rest = &script[..];
         if script.starts_with(&seed[..head_len]) && head_len > 0 && rng.below(8) != 0 {
             // Real clients wait for the 101 before sending frames: deliver the request alone.
-            let mut ctx = Ctx { broker: &mut broker, settings: &settings, stats: &mut stats, now_ms: now };
+            let mut ctx = Ctx {
+                broker: &mut broker,
+                settings: &settings,
+                stats: &mut stats,
+                now_ms: now,
+            };
             session.on_input(Bytes::copy_from_slice(&script[..head_len]), &mut ctx);
             rest = &script[head_len..];
         }
@@ -203,7 +236,12 @@ fn fuzz_session_state_machine() {
                 // Bytes from the network, in random chunk sizes.
                 0 | 1 if !rest.is_empty() => {
                     let n = 1 + rng.below(rest.len().min(300));
-                    let mut ctx = Ctx { broker: &mut broker, settings: &settings, stats: &mut stats, now_ms: now };
+                    let mut ctx = Ctx {
+                        broker: &mut broker,
+                        settings: &settings,
+                        stats: &mut stats,
+                        now_ms: now,
+                    };
                     session.on_input(Bytes::copy_from_slice(&rest[..n]), &mut ctx);
                     rest = &rest[n..];
                 }
@@ -211,7 +249,12 @@ fn fuzz_session_state_machine() {
                 2 => {
                     now += [1, 50, 1_000, 10_000, 30_000][rng.below(5)];
                     if now >= session.next_deadline(&settings) {
-                        let mut ctx = Ctx { broker: &mut broker, settings: &settings, stats: &mut stats, now_ms: now };
+                        let mut ctx = Ctx {
+                            broker: &mut broker,
+                            settings: &settings,
+                            stats: &mut stats,
+                            now_ms: now,
+                        };
                         session.on_timer(&mut ctx);
                     }
                 }
@@ -223,7 +266,10 @@ fn fuzz_session_state_machine() {
                 // The socket takes some bytes.
                 4 => {
                     if let Some(out) = session.outbound() {
-                        let mut sink = FlakySink { rng: &mut rng, taken: 0 };
+                        let mut sink = FlakySink {
+                            rng: &mut rng,
+                            taken: 0,
+                        };
                         let written = out.write_to(&mut sink).unwrap_or(0);
                         session.on_written(written, now);
                     }
@@ -236,7 +282,11 @@ fn fuzz_session_state_machine() {
             }
             // Bounded memory whatever the input: the cap, plus one frame, plus control slack.
             if let Some(out) = session.outbound() {
-                assert!(out.queued_bytes() <= 8192 + 4096 + 16 * 1024 + 64, "queue grew to {}", out.queued_bytes());
+                assert!(
+                    out.queued_bytes() <= 8192 + 4096 + 16 * 1024 + 64,
+                    "queue grew to {}",
+                    out.queued_bytes()
+                );
             }
             assert!(broker.topics_of(id) <= 8);
             subscribed += usize::from(broker.topics_of(id) > 0);
@@ -250,6 +300,8 @@ fn fuzz_session_state_machine() {
         assert!(broker.topic_count() <= 8);
     }
     // The mutations must reach deep states, or the fuzzer proves little.
-    eprintln!("sessions: {opened} without handshake failure, {subscribed} steps subscribed, {delivered} deliveries, {closed} closes");
+    eprintln!(
+        "sessions: {opened} without handshake failure, {subscribed} steps subscribed, {delivered} deliveries, {closed} closes"
+    );
     assert!(subscribed > 0 && delivered > 0 && closed > 0);
 }

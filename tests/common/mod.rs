@@ -214,16 +214,16 @@ pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// A valid client handshake request for `/ws`.
+pub const HANDSHAKE_REQUEST: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
 /// A raw, completed WebSocket handshake on a plain TcpStream (for hand-made frames).
 pub fn raw_upgrade(server: &TestServer) -> TcpStream {
     let mut stream = TcpStream::connect(server.ws).unwrap();
     stream.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
-    stream
-        .write_all(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-              Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        )
-        .unwrap();
+    stream.write_all(HANDSHAKE_REQUEST).unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
