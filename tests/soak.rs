@@ -211,7 +211,7 @@ fn soak_churn_leaves_no_leak_and_loses_nothing() {
     let (tx, rx) = std::sync::mpsc::channel();
     let healthy = healthy_subscribers(server.ws, rx);
     let mut published: u64 = 0;
-    let mut publish = |topic: &str, n: usize| -> u64 {
+    let publish = |topic: &str, n: usize| -> u64 {
         let body: String = (0..n)
             .map(|i| format!("{{\"topic\":\"{topic}\",\"data\":{{\"i\":{i}}}}}\n"))
             .collect();
@@ -219,7 +219,7 @@ fn soak_churn_leaves_no_leak_and_loses_nothing() {
         assert_eq!(status, 200, "{reply}");
         n as u64
     };
-    let mut cycle = |round: usize| {
+    let cycle = |round: usize| {
         // Churners: subscribe to a few of 50 topics, get some pushes, leave (half abruptly).
         let mut churners: Vec<TcpStream> = (0..CHURN_PER_CYCLE)
             .map(|i| {
@@ -243,7 +243,7 @@ fn soak_churn_leaves_no_leak_and_loses_nothing() {
     // Warm-up cycle; then the baseline.
     cycle(0);
     published += publish("soak", 100);
-    let mut settle = || {
+    let settle = || {
         for _ in 0..200 {
             if stats(server.api)["connections"] == HEALTHY as u64 {
                 return;
