@@ -54,7 +54,7 @@ fn start_server() -> ServerProcess {
     std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
     let addr = |prefix: &str| -> SocketAddr {
         let start = line.find(prefix).expect(&line) + prefix.len();
-        let end = line[start..].find(|c: char| c == '/' || c == ')').unwrap() + start;
+        let end = line[start..].find(['/', ')']).unwrap() + start;
         line[start..end].parse().unwrap()
     };
     let (ws, api) = (addr("ws://"), addr("api: "));
