@@ -45,6 +45,8 @@ pub struct Response {
     body: String,
     keep_alive: bool,
     extra_headers: &'static [(&'static str, &'static str)],
+    /// A reply to HEAD: headers only (Content-Length still tells the body's size).
+    head_only: bool,
 }
 
 impl Response {
@@ -54,6 +56,7 @@ impl Response {
             body: body.to_string(),
             keep_alive,
             extra_headers: &[],
+            head_only: false,
         }
     }
 
@@ -142,6 +145,9 @@ impl ApiConn {
             response.keep_alive,
             response.extra_headers,
         );
+        if response.head_only {
+            buf.truncate(buf.len() - response.body.len());
+        }
         self.out.push(Bytes::from(buf));
         if !response.keep_alive {
             self.closing = true;
