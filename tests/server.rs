@@ -511,3 +511,32 @@ fn stats_report_the_counters() {
     );
     assert_eq!(stats["deliveries"], 1);
 }
+
+#[test]
+fn api_expect_continue_chunked_and_limits() {
+    let mut config = test_config();
+    config.api_max_body = 1024;
+    let server = TestServer::with(config);
+    let mut ws = subscriber(&server, &["a"]);
+    // Expect: 100-continue, as curl sends for larger bodies.
+    let mut s = TcpStream::connect(server.api).unwrap();
+    s.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
+    s.write_all(b"POST /publish?topic=a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n").unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"true").unwrap();
+    assert_eq!(next_json(&mut ws)["data"], true);
+    // A chunked body.
+    s.write_all(b"POST /publish?topic=a HTTP/1.1\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n[1\r\n1\r\n]\r\n0\r\n\r\n")
+        .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    assert_eq!(raw.matches("HTTP/1.1 200").count(), 2, "{raw}");
+    assert_eq!(next_json(&mut ws)["data"], json!([1]));
+    // Too large: body and head.
+    let (status, _) = http(server.api, "POST", "/publish?topic=a", &"1".repeat(2000), &[]);
+    assert_eq!(status, 413);
+    let (status, _) = http(server.api, "GET", "/stats", "", &[("X-Big", &"b".repeat(10_000))]);
+    assert_eq!(status, 431);
+}
