@@ -151,6 +151,16 @@ fn out_of_descriptors_does_not_spin_and_recovers() {
     // Keep draining the (rate-limited) log so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     let pid = child.id();
+    // A subscriber connected before the descriptors run out.
+    let url = format!("ws://{addr}/ws");
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (mut first, _) = tungstenite::client(url.as_str(), stream).unwrap();
+    first
+        .send(Message::text(r#"{"topics":["test-topic"]}"#))
+        .unwrap();
     // Twice as many clients as descriptors; each sends a handshake and waits.
     let mut clients = Vec::new();
     for _ in 0..90 {
@@ -172,7 +182,6 @@ fn out_of_descriptors_does_not_spin_and_recovers() {
     );
     // Free the descriptors; the backlog is accepted and served again.
     drop(clients);
-    let url = format!("ws://{addr}/ws");
     let mut served = false;
     for _ in 0..100 {
         let s = TcpStream::connect(addr).unwrap();

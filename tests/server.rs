@@ -521,7 +521,10 @@ fn api_expect_continue_chunked_and_limits() {
     // Expect: 100-continue, as curl sends for larger bodies.
     let mut s = TcpStream::connect(server.api).unwrap();
     s.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
-    s.write_all(b"POST /publish?topic=a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n").unwrap();
+    s.write_all(
+        b"POST /publish?topic=a HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+    )
+    .unwrap();
     let mut interim = [0u8; 25];
     s.read_exact(&mut interim).unwrap();
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
@@ -535,8 +538,20 @@ fn api_expect_continue_chunked_and_limits() {
     assert_eq!(raw.matches("HTTP/1.1 200").count(), 2, "{raw}");
     assert_eq!(next_json(&mut ws)["data"], json!([1]));
     // Too large: body and head.
-    let (status, _) = http(server.api, "POST", "/publish?topic=a", &"1".repeat(2000), &[]);
+    let (status, _) = http(
+        server.api,
+        "POST",
+        "/publish?topic=a",
+        &"1".repeat(2000),
+        &[],
+    );
     assert_eq!(status, 413);
-    let (status, _) = http(server.api, "GET", "/stats", "", &[("X-Big", &"b".repeat(10_000))]);
+    let (status, _) = http(
+        server.api,
+        "GET",
+        "/stats",
+        "",
+        &[("X-Big", &"b".repeat(10_000))],
+    );
     assert_eq!(status, 431);
 }
