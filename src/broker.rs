@@ -36,11 +36,46 @@ impl Hasher for IdHasher {
 type IdSet = HashSet<SubscriberId, BuildHasherDefault<IdHasher>>;
 type IdMap<V> = HashMap<SubscriberId, V, BuildHasherDefault<IdHasher>>;
 
+/// One subscriber's topics. Most clients hold one topic: keep it inline, without a `Vec`.
+enum TopicList {
+    One(Rc<str>),
+    Many(Vec<Rc<str>>),
+}
+
+impl TopicList {
+    fn len(&self) -> usize {
+        match self {
+            TopicList::One(_) => 1,
+            TopicList::Many(v) => v.len(),
+        }
+    }
+
+    fn push(&mut self, topic: Rc<str>) {
+        match self {
+            TopicList::One(first) => *self = TopicList::Many(vec![Rc::clone(first), topic]),
+            TopicList::Many(v) => v.push(topic),
+        }
+    }
+
+    /// Removes `topic`; returns it and whether the list is now empty.
+    fn remove(&mut self, topic: &str) -> Option<(Rc<str>, bool)> {
+        match self {
+            TopicList::One(t) if &**t == topic => Some((Rc::clone(t), true)),
+            TopicList::One(_) => None,
+            TopicList::Many(v) => {
+                let pos = v.iter().position(|t| &**t == topic)?;
+                let removed = v.swap_remove(pos);
+                Some((removed, v.is_empty()))
+            }
+        }
+    }
+}
+
 #[derive(Default)]
 pub struct Broker {
     topics: HashMap<Rc<str>, IdSet>,
     /// Each subscriber's topics, for cleanup when it leaves.
-    subscriptions: IdMap<Vec<Rc<str>>>,
+    subscriptions: IdMap<TopicList>,
     subscription_count: usize,
 }
 
@@ -59,7 +94,12 @@ impl Broker {
         if !members.insert(subscriber) {
             return false;
         }
-        self.subscriptions.entry(subscriber).or_default().push(name);
+        match self.subscriptions.get_mut(&subscriber) {
+            Some(list) => list.push(name),
+            None => {
+                self.subscriptions.insert(subscriber, TopicList::One(name));
+            }
+        }
         self.subscription_count += 1;
         true
     }
@@ -69,11 +109,10 @@ impl Broker {
         let Some(list) = self.subscriptions.get_mut(&subscriber) else {
             return false;
         };
-        let Some(pos) = list.iter().position(|t| &**t == topic) else {
+        let Some((name, now_empty)) = list.remove(topic) else {
             return false;
         };
-        let name = list.swap_remove(pos);
-        if list.is_empty() {
+        if now_empty {
             self.subscriptions.remove(&subscriber);
         }
         self.leave(subscriber, &name);
@@ -82,10 +121,14 @@ impl Broker {
 
     /// Removes every subscription of `subscriber` (it disconnected).
     pub fn remove_subscriber(&mut self, subscriber: SubscriberId) {
-        if let Some(list) = self.subscriptions.remove(&subscriber) {
-            for name in list {
-                self.leave(subscriber, &name);
+        match self.subscriptions.remove(&subscriber) {
+            Some(TopicList::One(name)) => self.leave(subscriber, &name),
+            Some(TopicList::Many(names)) => {
+                for name in names {
+                    self.leave(subscriber, &name);
+                }
             }
+            None => {}
         }
     }
 
@@ -111,7 +154,7 @@ impl Broker {
 
     /// How many topics `subscriber` has.
     pub fn topics_of(&self, subscriber: SubscriberId) -> usize {
-        self.subscriptions.get(&subscriber).map_or(0, Vec::len)
+        self.subscriptions.get(&subscriber).map_or(0, TopicList::len)
     }
 
     pub fn is_subscribed(&self, subscriber: SubscriberId, topic: &str) -> bool {
