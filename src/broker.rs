@@ -154,7 +154,9 @@ impl Broker {
 
     /// How many topics `subscriber` has.
     pub fn topics_of(&self, subscriber: SubscriberId) -> usize {
-        self.subscriptions.get(&subscriber).map_or(0, TopicList::len)
+        self.subscriptions
+            .get(&subscriber)
+            .map_or(0, TopicList::len)
     }
 
     pub fn is_subscribed(&self, subscriber: SubscriberId, topic: &str) -> bool {

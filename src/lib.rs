@@ -13,6 +13,7 @@
 //! - [`http`]: HTTP/1.1 request parsing for the backend API.
 //! - [`server`]: the mio loop, the only code that touches sockets: accept, read, write, expire.
 //! - [`config`]: settings, defaults, validation and the command-line parser.
+//! - [`client`]: a reconnecting client (heartbeat, backoff, resubscribe) on one background thread.
 //!
 //! The library never installs a logger; it logs through the `log` facade.
 //!
@@ -30,6 +31,7 @@
 
 pub mod auth;
 pub mod broker;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod http;

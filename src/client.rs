@@ -1,0 +1,636 @@
+//! A blocking-API push client with heartbeat and reconnect, on one background thread.
+//!
+//! The thread runs a small mio loop over one connection: it pings every `ping_interval`, treats
+//! the connection as dead when nothing at all arrives within `heartbeat_timeout` of a ping (a
+//! server that keeps TCP open but stops answering, or a path that silently drops packets), and
+//! on any failure reconnects with exponential backoff and jitter, then resubscribes to every
+//! topic. Callers receive [`Event`]s over a channel and change topics or stop through commands
+//! that wake the loop at once (a `mio::Waker`); nothing polls on a short sleep.
+//!
+//! ```no_run
+//! use wspush::client::{Client, ClientConfig, Event};
+//!
+//! let mut config = ClientConfig::new("ws://127.0.0.1:8091/ws");
+//! config.topics = vec!["test-topic".into()];
+//! let client = Client::connect(config).expect("valid config");
+//! client.subscribe("orders/42");
+//! for event in client.iter().take(3) {
+//!     if let Event::Push { topic, data } = event {
+//!         println!("{topic}: {data}");
+//!     }
+//! }
+//! client.stop();
+//! ```
+
+use std::collections::BTreeSet;
+use std::collections::hash_map::RandomState;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::io;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tungstenite::Message;
+use tungstenite::handshake::HandshakeError;
+use tungstenite::handshake::client::ClientHandshake;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::{CloseFrame, WebSocket};
+
+/// Client settings; every default follows the seed's client or improves on it.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// `ws://host:port/path`.
+    pub url: String,
+    pub topics: Vec<String>,
+    /// `{"cmd":"ping"}` every this long (10 s, as the seed).
+    pub ping_interval: Duration,
+    /// After a ping, the connection is dead if nothing arrives within this (10 s).
+    pub heartbeat_timeout: Duration,
+    /// A write that cannot complete within this kills the connection (10 s, the seed's deadline).
+    pub write_timeout: Duration,
+    /// TCP connect plus WebSocket handshake (10 s).
+    pub connect_timeout: Duration,
+    /// First reconnect delay (3 s, the seed's fixed delay), doubled per failure with ±20 % jitter.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay (30 s).
+    pub backoff_max: Duration,
+}
+
+impl ClientConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        ClientConfig {
+            url: url.into(),
+            topics: vec!["test-topic".into()],
+            ping_interval: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+            backoff_initial: Duration::from_secs(3),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the client reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Connected and (re)subscribed to every topic.
+    Connected,
+    Push {
+        topic: String,
+        data: serde_json::Value,
+    },
+    /// The connection failed or closed; the next attempt comes after `retry_in`.
+    Disconnected { reason: String, retry_in: Duration },
+    /// The server answered a request with `{"cmd":"error"}`.
+    ServerError(String),
+}
+
+#[derive(Debug)]
+pub enum ClientError {
+    InvalidUrl(String),
+    Io(io::Error),
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidUrl(why) => write!(f, "invalid server URL: {why}"),
+            Self::Io(e) => write!(f, "I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {}
+
+/// Host, port and path of a `ws://` URL (or a bare `host:port`, as the seed's `-r`).
+pub fn parse_url(url: &str) -> Result<(String, u16, String), ClientError> {
+    let rest = url.strip_prefix("ws://").unwrap_or(url);
+    if rest.contains("://") {
+        return Err(ClientError::InvalidUrl(format!(
+            "{url}: only ws:// is supported (use a TLS proxy for wss)"
+        )));
+    }
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/ws"),
+    };
+    let (host, port) = authority
+        .rsplit_once(':')
+        .ok_or_else(|| ClientError::InvalidUrl(format!("{url}: expected host:port")))?;
+    let port = port
+        .parse()
+        .map_err(|_| ClientError::InvalidUrl(format!("{url}: bad port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(ClientError::InvalidUrl(format!("{url}: empty host")));
+    }
+    Ok((host.to_owned(), port, path.to_owned()))
+}
+
+/// Reconnect delays: exponential with jitter, capped; sans-IO (randomness passed in).
+#[derive(Clone, Debug)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    failures: u32,
+}
+
+impl Backoff {
+    pub fn new(initial: Duration, max: Duration) -> Self {
+        Backoff {
+            initial,
+            max: max.max(initial),
+            failures: 0,
+        }
+    }
+
+    /// The delay before the next attempt. `jitter` is uniform in [0, 1); `overloaded` (close
+    /// 1013) skips a step so an overloaded server is not hit at once.
+    pub fn next_delay(&mut self, jitter: f64, overloaded: bool) -> Duration {
+        if overloaded {
+            self.failures = self.failures.max(1);
+        }
+        let base = self.initial.saturating_mul(1 << self.failures.min(16));
+        self.failures = self.failures.saturating_add(1);
+        let factor = 0.8 + 0.4 * jitter.clamp(0.0, 1.0);
+        base.mul_f64(factor).min(self.max)
+    }
+
+    /// A healthy connection: the next failure starts from the initial delay again.
+    pub fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+    Stop,
+}
+
+/// A running client. Dropping it stops the background thread.
+pub struct Client {
+    events: Receiver<Event>,
+    commands: Sender<Command>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+
+impl Client {
+    pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
+        parse_url(&config.url)?;
+        let poll = Poll::new().map_err(ClientError::Io)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ClientError::Io)?);
+        let (event_tx, events) = mpsc::channel();
+        let (commands, command_rx) = mpsc::channel();
+        let worker = Worker {
+            topics: config.topics.iter().cloned().collect(),
+            backoff: Backoff::new(config.backoff_initial, config.backoff_max),
+            config,
+            poll,
+            events: event_tx,
+            commands: command_rx,
+            rng: RandomState::new().build_hasher().finish() | 1,
+            stopping: false,
+        };
+        let thread = std::thread::Builder::new()
+            .name("wspush-client".into())
+            .spawn(move || worker.run())
+            .map_err(ClientError::Io)?;
+        Ok(Client {
+            events,
+            commands,
+            waker,
+            thread: Some(thread),
+        })
+    }
+
+    /// The next event; `None` once the client has stopped.
+    pub fn recv(&self) -> Option<Event> {
+        self.events.recv().ok()
+    }
+
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvTimeoutError> {
+        self.events.recv_timeout(timeout)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
+        self.events.iter()
+    }
+
+    fn command(&self, command: Command) {
+        if self.commands.send(command).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+
+    /// Adds a topic now and on every reconnect.
+    pub fn subscribe(&self, topic: &str) {
+        self.command(Command::Subscribe(topic.to_owned()));
+    }
+
+    pub fn unsubscribe(&self, topic: &str) {
+        self.command(Command::Unsubscribe(topic.to_owned()));
+    }
+
+    /// Closes the connection with 1000 and waits for the thread to end.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        self.command(Command::Stop);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Why a connection ended.
+struct Ended {
+    reason: String,
+    overloaded: bool,
+    healthy: bool,
+}
+
+struct Worker {
+    config: ClientConfig,
+    topics: BTreeSet<String>,
+    backoff: Backoff,
+    poll: Poll,
+    events: Sender<Event>,
+    commands: Receiver<Command>,
+    rng: u64,
+    stopping: bool,
+}
+
+impl Worker {
+    fn jitter(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn run(mut self) {
+        while !self.stopping {
+            let ended = self.connection();
+            if self.stopping {
+                break;
+            }
+            if ended.healthy {
+                self.backoff.reset();
+            }
+            let jitter = self.jitter();
+            let delay = self.backoff.next_delay(jitter, ended.overloaded);
+            warn!("disconnected: {}; reconnecting in {delay:?}", ended.reason);
+            if self
+                .events
+                .send(Event::Disconnected {
+                    reason: ended.reason,
+                    retry_in: delay,
+                })
+                .is_err()
+            {
+                return; // nobody listens any more
+            }
+            self.wait(delay);
+        }
+    }
+
+    /// Sleeps for `delay`, but wakes at once for commands.
+    fn wait(&mut self, delay: Duration) {
+        let until = Instant::now() + delay;
+        let mut events = Events::with_capacity(4);
+        while !self.stopping {
+            let now = Instant::now();
+            if now >= until {
+                return;
+            }
+            let _ = self.poll.poll(&mut events, Some(until - now));
+            self.drain_commands(None);
+        }
+    }
+
+    /// Applies caller commands; writes (un)subscribe requests when connected.
+    fn drain_commands(&mut self, mut ws: Option<&mut WebSocket<TcpStream>>) {
+        while let Ok(command) = self.commands.try_recv() {
+            let (cmd, topic) = match command {
+                Command::Stop => {
+                    self.stopping = true;
+                    if let Some(ws) = ws.as_deref_mut() {
+                        let _ = ws.close(Some(CloseFrame {
+                            code: CloseCode::Normal,
+                            reason: "client stopped".into(),
+                        }));
+                    }
+                    continue;
+                }
+                Command::Subscribe(t) => {
+                    self.topics.insert(t.clone());
+                    ("subscribe", t)
+                }
+                Command::Unsubscribe(t) => {
+                    self.topics.remove(&t);
+                    ("unsubscribe", t)
+                }
+            };
+            if let Some(ws) = ws.as_deref_mut() {
+                let request = serde_json::json!({ "cmd": cmd, "topics": [topic] }).to_string();
+                let _ = ws.write(Message::text(request));
+                let _ = ws.flush();
+            }
+        }
+    }
+
+    fn resolve(&self) -> Result<(SocketAddr, String), String> {
+        let (host, port, path) = parse_url(&self.config.url).map_err(|e| e.to_string())?;
+        let addr = (host.as_str(), port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("no address for {host}"))?;
+        Ok((addr, format!("ws://{host}:{port}{path}")))
+    }
+
+    /// One connection, from connect to failure.
+    fn connection(&mut self) -> Ended {
+        let fail = |reason: String| Ended {
+            reason,
+            overloaded: false,
+            healthy: false,
+        };
+        let (addr, url) = match self.resolve() {
+            Ok(x) => x,
+            Err(e) => return fail(e),
+        };
+        info!("connecting to {url}");
+        let mut stream = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => return fail(format!("connect: {e}")),
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            SOCKET,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return fail(format!("register: {e}"));
+        }
+        let result = self.drive(stream, &url);
+        result.unwrap_or_else(fail)
+    }
+
+    fn drive(&mut self, stream: TcpStream, url: &str) -> Result<Ended, String> {
+        let mut events = Events::with_capacity(16);
+        let connect_deadline = Instant::now() + self.config.connect_timeout;
+        // Non-blocking connect: wait for writability, then check the socket error.
+        loop {
+            if self.stopping {
+                return Err("stopped".into());
+            }
+            let now = Instant::now();
+            if now >= connect_deadline {
+                return Err("connect timeout".into());
+            }
+            self.poll
+                .poll(&mut events, Some(connect_deadline - now))
+                .map_err(|e| e.to_string())?;
+            self.drain_commands(None);
+            if events
+                .iter()
+                .any(|e| e.token() == SOCKET && (e.is_writable() || e.is_error()))
+            {
+                if let Ok(Some(e)) | Err(e) = stream.take_error() {
+                    return Err(format!("connect: {e}"));
+                }
+                if stream.peer_addr().is_ok() {
+                    break;
+                }
+            }
+        }
+        let request = tungstenite::client::IntoClientRequest::into_client_request(url)
+            .map_err(|e| e.to_string())?;
+        let mut handshake =
+            ClientHandshake::start(stream, request, None).map_err(|e| e.to_string())?;
+        let mut ws = loop {
+            match handshake.handshake() {
+                Ok((ws, _)) => break ws,
+                Err(HandshakeError::Interrupted(mid)) => handshake = mid,
+                Err(HandshakeError::Failure(e)) => return Err(format!("handshake: {e}")),
+            }
+            let now = Instant::now();
+            if now >= connect_deadline || self.stopping {
+                return Err("handshake timeout".into());
+            }
+            self.poll
+                .poll(&mut events, Some(connect_deadline - now))
+                .map_err(|e| e.to_string())?;
+            self.drain_commands(None);
+        };
+        let topics: Vec<&String> = self.topics.iter().collect();
+        let subscribe = serde_json::json!({ "topics": topics }).to_string();
+        ws.send(Message::text(subscribe))
+            .or_else(would_block)
+            .map_err(|e| format!("subscribe: {e}"))?;
+        self.session(ws, &mut events)
+    }
+
+    /// The connected phase: heartbeat, pushes, commands.
+    fn session(
+        &mut self,
+        mut ws: WebSocket<TcpStream>,
+        events: &mut Events,
+    ) -> Result<Ended, String> {
+        let started = Instant::now();
+        let mut subscribed = false;
+        let mut next_ping = Instant::now() + self.config.ping_interval;
+        // Set when a ping is out and nothing has arrived since.
+        let mut awaiting_since: Option<Instant> = None;
+        let mut write_stalled_since: Option<Instant> = None;
+        let healthy_after = self.config.ping_interval * 2;
+        loop {
+            let healthy = subscribed && started.elapsed() >= healthy_after;
+            let ended = |reason: String, overloaded| {
+                Ok(Ended {
+                    reason,
+                    overloaded,
+                    healthy,
+                })
+            };
+            let now = Instant::now();
+            if let Some(since) = awaiting_since
+                && now >= since + self.config.heartbeat_timeout
+            {
+                return ended(
+                    format!(
+                        "no answer within {:?} of a ping",
+                        self.config.heartbeat_timeout
+                    ),
+                    false,
+                );
+            }
+            if let Some(since) = write_stalled_since
+                && now >= since + self.config.write_timeout
+            {
+                return ended("write timeout".into(), false);
+            }
+            if now >= next_ping {
+                debug!("ping");
+                let _ = ws.write(Message::text(r#"{"cmd":"ping"}"#));
+                next_ping = now + self.config.ping_interval;
+                awaiting_since.get_or_insert(now);
+            }
+            match ws.flush() {
+                Ok(()) => write_stalled_since = None,
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    write_stalled_since.get_or_insert(now);
+                }
+                Err(tungstenite::Error::ConnectionClosed) => return ended("closed".into(), false),
+                Err(e) => return ended(format!("write: {e}"), false),
+            }
+            // Sleep until the next thing due.
+            let mut due = next_ping;
+            if let Some(since) = awaiting_since {
+                due = due.min(since + self.config.heartbeat_timeout);
+            }
+            if let Some(since) = write_stalled_since {
+                due = due.min(since + self.config.write_timeout);
+            }
+            self.poll
+                .poll(events, Some(due.saturating_duration_since(Instant::now())))
+                .map_err(|e| e.to_string())?;
+            self.drain_commands(Some(&mut ws));
+            loop {
+                match ws.read() {
+                    Ok(msg) => {
+                        awaiting_since = None; // anything at all is a sign of life
+                        match msg {
+                            Message::Text(text) if self.on_text(&text, &mut subscribed) => {
+                                return ended("the event receiver is gone".into(), false);
+                            }
+                            Message::Close(frame) => {
+                                let (code, why) = frame
+                                    .map_or((CloseCode::Status, String::new()), |f| {
+                                        (f.code, f.reason.to_string())
+                                    });
+                                let overloaded = code == CloseCode::Again;
+                                return ended(
+                                    format!("server closed: {} {why}", u16::from(code)),
+                                    overloaded,
+                                );
+                            }
+                            _ => {}
+                        }
+                    }
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        break;
+                    }
+                    Err(
+                        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+                    ) => {
+                        return ended("closed".into(), false);
+                    }
+                    Err(e) => return ended(format!("read: {e}"), false),
+                }
+            }
+            if self.stopping {
+                let _ = ws.flush();
+                return ended("stopped".into(), false);
+            }
+        }
+    }
+
+    /// Handles one server message; returns true if the caller has gone away.
+    fn on_text(&mut self, text: &str, subscribed: &mut bool) -> bool {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+            warn!("ignoring a non-JSON message from the server");
+            return false;
+        };
+        let event = match value["cmd"].as_str() {
+            Some("push") => Event::Push {
+                topic: value["topic"].as_str().unwrap_or_default().to_owned(),
+                data: value
+                    .get("data")
+                    .cloned()
+                    .unwrap_or(serde_json::Value::Null),
+            },
+            Some("subscribed") if !*subscribed => {
+                *subscribed = true;
+                info!("subscribed to {}", value["topics"]);
+                Event::Connected
+            }
+            Some("error") => {
+                Event::ServerError(value["error"].as_str().unwrap_or_default().to_owned())
+            }
+            _ => return false,
+        };
+        self.events.send(event).is_err()
+    }
+}
+
+fn would_block(e: tungstenite::Error) -> Result<(), tungstenite::Error> {
+    match e {
+        tungstenite::Error::Io(io) if io.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        other => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("127.0.0.1:8091").unwrap(),
+            ("127.0.0.1".into(), 8091, "/ws".into())
+        );
+        assert_eq!(
+            parse_url("ws://example.com:80/push").unwrap(),
+            ("example.com".into(), 80, "/push".into())
+        );
+        assert_eq!(parse_url("ws://[::1]:9/ws").unwrap().0, "::1");
+        assert!(parse_url("wss://x:1/ws").is_err());
+        assert!(parse_url("nohost").is_err());
+        assert!(parse_url("h:notaport").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_stays_capped() {
+        let mut b = Backoff::new(Duration::from_secs(3), Duration::from_secs(30));
+        let first = b.next_delay(0.5, false);
+        assert_eq!(first, Duration::from_secs(3));
+        let delays: Vec<Duration> = (0..10)
+            .map(|i| b.next_delay((i % 3) as f64 / 3.0, false))
+            .collect();
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
+        assert!(
+            delays[0] >= Duration::from_millis(4800) && delays[0] <= Duration::from_millis(7200)
+        );
+        assert_eq!(delays[9], Duration::from_secs(30));
+        b.reset();
+        let low = b.next_delay(0.0, false);
+        assert_eq!(low, Duration::from_millis(2400));
+        b.reset();
+        assert!(
+            b.next_delay(0.5, true) >= Duration::from_secs(6),
+            "1013 backs off harder"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! The reconnecting client against the real server (and a fake one that never answers).
+
+mod common;
+
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+use wspush::client::{Client, ClientConfig, Event};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn fast_config(url: String) -> ClientConfig {
+    ClientConfig {
+        ping_interval: Duration::from_millis(200),
+        heartbeat_timeout: Duration::from_millis(300),
+        connect_timeout: Duration::from_secs(2),
+        backoff_initial: Duration::from_millis(100),
+        backoff_max: Duration::from_millis(800),
+        ..ClientConfig::new(url)
+    }
+}
+
+/// The next push, skipping other events.
+fn next_push(client: &Client) -> (String, serde_json::Value) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.recv_timeout(left).expect("no push in time") {
+            Event::Push { topic, data } => return (topic, data),
+            _ => continue,
+        }
+    }
+}
+
+fn wait_connected(client: &Client) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if client.recv_timeout(left).expect("not connected in time") == Event::Connected {
+            return;
+        }
+    }
+}
+
+#[test]
+fn receives_the_tick_and_api_publishes() {
+    let mut config = test_config();
+    config.tick = Some(("test-topic".into(), Duration::from_millis(100)));
+    let server = TestServer::with(config);
+    let mut cfg = fast_config(server.url());
+    cfg.topics = vec!["test-topic".into(), "news".into()];
+    let client = Client::connect(cfg).unwrap();
+    wait_connected(&client);
+    assert_eq!(
+        next_push(&client),
+        ("test-topic".into(), json!("publish msg"))
+    );
+    server.publish("news", r#"{"n":1}"#);
+    loop {
+        let (topic, data) = next_push(&client);
+        if topic == "news" {
+            assert_eq!(data, json!({"n": 1}));
+            break;
+        }
+    }
+    client.stop();
+}
+
+#[test]
+fn reconnects_and_resubscribes_after_a_server_restart() {
+    let server = TestServer::start();
+    let addr = server.ws;
+    let client = Client::connect(fast_config(server.url())).unwrap();
+    wait_connected(&client);
+    client.subscribe("added-later");
+    // The subscribe command is applied before the publish below is answered: await its effect.
+    let deadline = Instant::now() + WAIT;
+    while server.stats()["subscriptions"] != 2 {
+        assert!(
+            Instant::now() < deadline,
+            "subscribe() never reached the server"
+        );
+        std::thread::yield_now();
+    }
+    drop(server); // stops the server: the client sees 1001
+    let mut config = test_config();
+    config.listen = addr;
+    let server = TestServer::with(config);
+    wait_connected(&client);
+    assert_eq!(
+        server.stats()["subscriptions"],
+        2,
+        "both topics resubscribed"
+    );
+    server.publish("added-later", "7");
+    assert_eq!(next_push(&client), ("added-later".into(), json!(7)));
+    client.unsubscribe("added-later");
+    client.stop();
+}
+
+#[test]
+fn a_server_that_never_answers_is_left_within_the_heartbeat_limit() {
+    // Accepts the upgrade, then neither reads nor writes.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let fake = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        let mut accepted_at = Vec::new();
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().unwrap();
+            accepted_at.push(Instant::now());
+            held.push(tungstenite::accept(stream).unwrap());
+        }
+        accepted_at[1] - accepted_at[0]
+    });
+    let client = Client::connect(fast_config(url)).unwrap();
+    let gap = fake.join().unwrap();
+    // ping 200 ms + no answer 300 ms + first backoff ~100 ms (+ scheduling slack)
+    assert!(
+        gap < Duration::from_millis(1500),
+        "reconnected after {gap:?}"
+    );
+    assert!(
+        gap >= Duration::from_millis(450),
+        "gave up too early: {gap:?}"
+    );
+    client.stop();
+}
+
+#[test]
+fn backoff_grows_while_the_server_is_down_and_stays_capped() {
+    // A port with nothing listening.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let client = Client::connect(fast_config(format!("ws://127.0.0.1:{port}/ws"))).unwrap();
+    let mut delays = Vec::new();
+    while delays.len() < 7 {
+        if let Event::Disconnected { retry_in, .. } = client.recv_timeout(WAIT).unwrap() {
+            delays.push(retry_in);
+        }
+    }
+    let cap = Duration::from_millis(800);
+    assert!(delays.iter().all(|d| *d <= cap), "{delays:?}");
+    assert!(delays[0] <= Duration::from_millis(120), "{delays:?}");
+    assert!(delays[3] > delays[0] * 4, "{delays:?}");
+    assert!(delays[6] >= cap.mul_f64(0.8), "{delays:?}");
+    client.stop();
+}
+
+#[test]
+fn the_binary_prints_pushes_like_the_seed() {
+    let mut config = test_config();
+    config.tick = Some(("test-topic".into(), Duration::from_millis(50)));
+    let server = TestServer::with(config);
+    let out = Command::new(env!("CARGO_BIN_EXE_wspush-client"))
+        .args([
+            "-r",
+            &server.ws.to_string(),
+            "--count",
+            "2",
+            "--log-level",
+            "warn",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "test-topic \"publish msg\"\ntest-topic \"publish msg\"\n"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_wspush-client"))
+        .args([
+            "-r",
+            &server.url(),
+            "--json",
+            "--count",
+            "1",
+            "-t",
+            "test-topic",
+        ])
+        .output()
+        .unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line, json!({"topic": "test-topic", "data": "publish msg"}));
+}
+
+#[test]
+fn stop_closes_the_connection() {
+    let server = TestServer::start();
+    let client = Client::connect(fast_config(server.url())).unwrap();
+    wait_connected(&client);
+    assert_eq!(server.stats()["connections"], 1);
+    client.stop();
+    let deadline = Instant::now() + WAIT;
+    while server.stats()["connections"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server still sees the client"
+        );
+        std::thread::yield_now();
+    }
+}
