@@ -92,6 +92,9 @@ struct Conn {
     eof: bool,
     /// We closed our side after the last byte went out.
     write_closed: bool,
+    /// Registered for writability: only while output waits on a full socket buffer, so a fast
+    /// reader's acknowledgements do not wake the loop after every write.
+    wants_write: bool,
 }
 
 fn token_of(key: usize, generation: u32) -> Token {
@@ -467,11 +470,11 @@ impl Loop {
         self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
         let generation = self.next_generation;
         let token = token_of(key, generation);
-        if let Err(e) = self.poll.registry().register(
-            &mut socket,
-            token,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut socket, token, Interest::READABLE)
+        {
             warn!("register failed: {e}");
             return None;
         }
@@ -484,6 +487,7 @@ impl Loop {
             dirty: false,
             eof: false,
             write_closed: false,
+            wants_write: false,
         });
         Some(key)
     }
@@ -611,6 +615,9 @@ impl Loop {
             }
         };
         self.stats.bytes_written += written as u64;
+        if status != Status::Dead {
+            self.update_interest(key);
+        }
         match status {
             Status::Dead => self.remove(key),
             Status::Finishing => {
@@ -630,6 +637,37 @@ impl Loop {
                 self.sync_timer(key);
             }
             Status::Live => self.sync_timer(key),
+        }
+    }
+
+    /// Registers for writability exactly while output is stuck behind a full socket buffer.
+    fn update_interest(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let pending = !conn.write_closed
+            && match &mut conn.kind {
+                Kind::Ws(s) => s.has_output(),
+                Kind::Api(a) => !a.out.is_empty(),
+            };
+        if pending != conn.wants_write {
+            let interest = if pending {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            let token = token_of(key, conn.generation);
+            match self
+                .poll
+                .registry()
+                .reregister(&mut conn.socket, token, interest)
+            {
+                Ok(()) => conn.wants_write = pending,
+                Err(e) => {
+                    debug!("reregister failed: {e}");
+                    conn.eof = true;
+                }
+            }
         }
     }
 

@@ -1,0 +1,819 @@
+//! `wspush-bench`: the load generator. One thread, one mio poll loop, raw WebSocket framing, so
+//! the generator is not the bottleneck: pin it to the other core with `taskset -c 1`.
+//!
+//! Scenarios (see BENCHMARKS.md): `connect`, `fanout`, `flood`, `slow`, `churn`, `floor`.
+//! Each prints a summary, and with `--json` one JSON line.
+
+use std::collections::VecDeque;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use serde_json::{Value, json};
+use wspush::config::{parse_duration, parse_size};
+
+const HANDSHAKE: &[u8] =
+    b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+const API: Token = Token(usize::MAX - 1);
+
+struct Opts {
+    scenario: String,
+    ws: SocketAddr,
+    api: SocketAddr,
+    pid: Option<u32>,
+    n: usize,
+    concurrency: usize,
+    messages: usize,
+    rate: f64,
+    duration: Duration,
+    payload: usize,
+    stuck: usize,
+    cycles: usize,
+    json: bool,
+}
+
+fn usage() -> &'static str {
+    "usage: wspush-bench SCENARIO [--ws ADDR] [--api ADDR] [--server-pid PID] [-n N] [--concurrency C]
+       [--messages M] [--rate R] [--duration 10s] [--payload 100] [--stuck K] [--cycles 5] [--json]
+scenarios: connect | fanout | flood | slow | churn | floor
+defaults: --ws 127.0.0.1:8091 --api 127.0.0.1:8092 -n 1000 --concurrency 256 --messages 100
+          --rate 10 --duration 10s --payload 100 --stuck 10 --cycles 5"
+}
+
+fn parse_opts() -> Result<Opts, String> {
+    let mut args = std::env::args().skip(1);
+    let scenario = args.next().ok_or(usage())?;
+    let mut o = Opts {
+        scenario,
+        ws: "127.0.0.1:8091".parse().map_err(|_| "addr")?,
+        api: "127.0.0.1:8092".parse().map_err(|_| "addr")?,
+        pid: None,
+        n: 1000,
+        concurrency: 256,
+        messages: 100,
+        rate: 10.0,
+        duration: Duration::from_secs(10),
+        payload: 100,
+        stuck: 10,
+        cycles: 5,
+        json: false,
+    };
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        let num = |v: String| v.parse::<usize>().map_err(|_| format!("bad number {v}"));
+        match flag.as_str() {
+            "--ws" => o.ws = value()?.parse().map_err(|_| "bad --ws")?,
+            "--api" => o.api = value()?.parse().map_err(|_| "bad --api")?,
+            "--server-pid" => o.pid = Some(value()?.parse().map_err(|_| "bad pid")?),
+            "-n" => o.n = num(value()?)?,
+            "--concurrency" => o.concurrency = num(value()?)?.max(1),
+            "--messages" => o.messages = num(value()?)?,
+            "--rate" => o.rate = value()?.parse().map_err(|_| "bad rate")?,
+            "--duration" => o.duration = parse_duration(&value()?).ok_or("bad duration")?,
+            "--payload" => o.payload = parse_size(&value()?).ok_or("bad size")?,
+            "--stuck" => o.stuck = num(value()?)?,
+            "--cycles" => o.cycles = num(value()?)?,
+            "--json" => o.json = true,
+            _ => return Err(format!("unknown flag {flag}\n{}", usage())),
+        }
+    }
+    Ok(o)
+}
+
+// ---- /proc readings -------------------------------------------------------------------------
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .ok()
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = s.get(s.rfind(')')? + 2..)?.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+// ---- raw WebSocket client connections -----------------------------------------------------------
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Phase {
+    Connecting,
+    Upgrading,
+    Subscribing,
+    Ready,
+}
+
+struct Conn {
+    stream: TcpStream,
+    phase: Phase,
+    buf: Vec<u8>,
+    /// Stuck clients never read after subscribing.
+    stuck: bool,
+    frames: u64,
+}
+
+fn masked_text(payload: &[u8], seed: u32) -> Vec<u8> {
+    let mask = seed.wrapping_mul(2_654_435_761).to_be_bytes();
+    let mut f = vec![0x81];
+    match payload.len() {
+        n @ 0..=125 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+/// Splits complete server frames off `buf`: (opcode, payload range) for each.
+fn frames(buf: &[u8], mut each: impl FnMut(u8, &[u8])) -> usize {
+    let mut at = 0;
+    while buf.len() >= at + 2 {
+        let (hdr, len) = match buf[at + 1] & 0x7f {
+            126 if buf.len() >= at + 4 => {
+                (4, u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize)
+            }
+            127 if buf.len() >= at + 10 => {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&buf[at + 2..at + 10]);
+                (10, u64::from_be_bytes(b) as usize)
+            }
+            126 | 127 => break,
+            n => (2, n as usize),
+        };
+        if buf.len() < at + hdr + len {
+            break;
+        }
+        each(buf[at] & 0x0f, &buf[at + hdr..at + hdr + len]);
+        at += hdr + len;
+    }
+    at
+}
+
+struct Bench {
+    poll: Poll,
+    conns: Vec<Conn>,
+    ready: usize,
+    failed: usize,
+    started: Instant,
+    /// Latencies (ns) of pushes carrying a `"t":` timestamp, and per-message last arrival.
+    latencies: Vec<u64>,
+    last_arrival: std::collections::HashMap<u64, u64>,
+    parse_timestamps: bool,
+    read_buf: Vec<u8>,
+}
+
+impl Bench {
+    fn new() -> io::Result<Bench> {
+        Ok(Bench {
+            poll: Poll::new()?,
+            conns: Vec::new(),
+            ready: 0,
+            failed: 0,
+            started: Instant::now(),
+            latencies: Vec::new(),
+            last_arrival: Default::default(),
+            parse_timestamps: false,
+            read_buf: vec![0; 256 * 1024],
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    fn open(&mut self, ws: SocketAddr, stuck: bool) -> io::Result<()> {
+        // Past ~28,000 connections one destination address runs out of ephemeral ports: spread
+        // over 127.0.0.x (the server must then listen on 0.0.0.0).
+        let mut addr = ws;
+        if let SocketAddr::V4(v4) = &mut addr
+            && v4.ip().is_loopback()
+        {
+            let spread = (self.conns.len() / 25_000) as u8;
+            v4.set_ip(std::net::Ipv4Addr::new(
+                127,
+                0,
+                0,
+                v4.ip().octets()[3].wrapping_add(spread),
+            ));
+        }
+        let mut stream = TcpStream::connect(addr)?;
+        let token = Token(self.conns.len());
+        self.poll.registry().register(
+            &mut stream,
+            token,
+            Interest::READABLE | Interest::WRITABLE,
+        )?;
+        self.conns.push(Conn {
+            stream,
+            phase: Phase::Connecting,
+            buf: Vec::new(),
+            stuck,
+            frames: 0,
+        });
+        Ok(())
+    }
+
+    /// Runs the loop until `done` or the timeout; returns false on timeout.
+    fn run_until(&mut self, timeout: Duration, mut done: impl FnMut(&mut Bench) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut events = Events::with_capacity(4096);
+        while !done(self) {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            if self
+                .poll
+                .poll(
+                    &mut events,
+                    Some((deadline - now).min(Duration::from_millis(50))),
+                )
+                .is_err()
+            {
+                continue;
+            }
+            for ev in events.iter() {
+                if ev.token() != API {
+                    self.on_event(ev.token().0);
+                }
+            }
+        }
+        true
+    }
+
+    fn on_event(&mut self, i: usize) {
+        let now_ns = self.now_ns();
+        let Some(c) = self.conns.get_mut(i) else {
+            return;
+        };
+        if c.phase == Phase::Connecting {
+            if c.stream.peer_addr().is_err() {
+                if let Ok(Some(_)) | Err(_) = c.stream.take_error() {
+                    c.phase = Phase::Ready;
+                    self.failed += 1;
+                }
+                return;
+            }
+            if c.stream.write_all(HANDSHAKE).is_err() {
+                self.failed += 1;
+                c.phase = Phase::Ready;
+                return;
+            }
+            c.phase = Phase::Upgrading;
+        }
+        if c.stuck && c.phase == Phase::Ready {
+            return;
+        }
+        loop {
+            match c.stream.read(&mut self.read_buf) {
+                Ok(0) => return,
+                Ok(n) => c.buf.extend_from_slice(&self.read_buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(_) => return,
+            }
+        }
+        if c.phase == Phase::Upgrading {
+            let Some(end) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                return;
+            };
+            c.buf.drain(..end + 4);
+            let sub = masked_text(br#"{"topics":["bench"]}"#, i as u32);
+            if c.stream.write_all(&sub).is_err() {
+                self.failed += 1;
+                return;
+            }
+            c.phase = Phase::Subscribing;
+        }
+        let parse = self.parse_timestamps;
+        let (mut count, mut acked) = (0u64, false);
+        let latencies = &mut self.latencies;
+        let last = &mut self.last_arrival;
+        let used = frames(&c.buf, |op, payload| {
+            if op != 1 {
+                return;
+            }
+            if payload.starts_with(br#"{"cmd":"subscribed""#) {
+                acked = true;
+                return;
+            }
+            count += 1;
+            if parse && let Some(t) = timestamp(payload) {
+                latencies.push(now_ns.saturating_sub(t));
+                let e = last.entry(t).or_insert(0);
+                *e = (*e).max(now_ns);
+            }
+        });
+        c.buf.drain(..used);
+        c.frames += count;
+        if acked && c.phase == Phase::Subscribing {
+            c.phase = Phase::Ready;
+            self.ready += 1;
+        }
+    }
+
+    fn total_frames(&self) -> u64 {
+        self.conns.iter().map(|c| c.frames).sum()
+    }
+
+    /// Opens `n` subscribers, at most `concurrency` handshaking at once; returns the seconds it took.
+    fn connect_all(
+        &mut self,
+        ws: SocketAddr,
+        n: usize,
+        concurrency: usize,
+        stuck: usize,
+    ) -> Result<f64, String> {
+        let t0 = Instant::now();
+        let mut opened = 0;
+        while self.ready + self.failed < n {
+            while opened < n && opened - (self.ready + self.failed) < concurrency {
+                if let Err(e) = self.open(ws, opened < stuck) {
+                    return Err(if e.raw_os_error() == Some(24) {
+                        format!("hit the open-file limit after {opened} connections (ulimit -n)")
+                    } else {
+                        format!("connect failed after {opened}: {e}")
+                    });
+                }
+                opened += 1;
+            }
+            let target = (self.ready + self.failed + 1).min(n);
+            if !self.run_until(Duration::from_secs(30), |b| b.ready + b.failed >= target) {
+                return Err(format!("stalled at {} ready of {n}", self.ready));
+            }
+        }
+        if self.failed > 0 {
+            return Err(format!("{} connections failed", self.failed));
+        }
+        Ok(t0.elapsed().as_secs_f64())
+    }
+}
+
+/// The `"t":<ns>` timestamp the generator put in a push's data.
+fn timestamp(payload: &[u8]) -> Option<u64> {
+    let at = payload.windows(4).position(|w| w == b"\"t\":")? + 4;
+    let digits = payload[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&payload[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+// ---- the API publisher -----------------------------------------------------------------------
+
+/// A keep-alive, pipelining API connection (blocking writes, non-blocking response counting).
+struct Publisher {
+    stream: std::net::TcpStream,
+    pending: usize,
+    buf: Vec<u8>,
+}
+
+impl Publisher {
+    fn new(api: SocketAddr) -> io::Result<Publisher> {
+        let stream = std::net::TcpStream::connect(api)?;
+        stream.set_nodelay(true)?;
+        Ok(Publisher {
+            stream,
+            pending: 0,
+            buf: Vec::new(),
+        })
+    }
+
+    fn send(&mut self, path: &str, body: &[u8]) -> io::Result<()> {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        self.stream.write_all(head.as_bytes())?;
+        self.stream.write_all(body)?;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// Reads responses; returns how many are still outstanding.
+    fn collect(&mut self, block: bool) -> io::Result<usize> {
+        self.stream.set_nonblocking(!block)?;
+        let mut chunk = [0u8; 16 * 1024];
+        while self.pending > 0 {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+            // Each response is a head with Content-Length and a small body.
+            while let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+                if !head.starts_with("HTTP/1.1 200") {
+                    return Err(io::Error::other(format!(
+                        "API said: {}",
+                        head.lines().next().unwrap_or("")
+                    )));
+                }
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Content-Length: "))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if self.buf.len() < end + 4 + len {
+                    break;
+                }
+                self.buf.drain(..end + 4 + len);
+                self.pending -= 1;
+            }
+        }
+        self.stream.set_nonblocking(false)?;
+        Ok(self.pending)
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1e6
+}
+
+fn report(o: &Opts, text: String, value: Value) {
+    if o.json {
+        println!("{}", json!({ "scenario": o.scenario, "result": value }));
+    } else {
+        println!("{text}");
+    }
+}
+
+// ---- scenarios -------------------------------------------------------------------------------
+
+fn connect(o: &Opts) -> Result<(), String> {
+    let mut b = Bench::new().map_err(|e| e.to_string())?;
+    let rss_before = o.pid.and_then(rss_kib);
+    let secs = b.connect_all(o.ws, o.n, o.concurrency, 0)?;
+    let rate = o.n as f64 / secs;
+    // Idle for a moment so deferred work (freed handshake buffers) settles.
+    b.run_until(Duration::from_secs(2), |_| false);
+    let rss_after = o.pid.and_then(rss_kib);
+    let per_conn = match (rss_before, rss_after) {
+        (Some(a), Some(z)) => Some((z.saturating_sub(a)) as f64 * 1024.0 / o.n as f64),
+        _ => None,
+    };
+    report(
+        o,
+        format!(
+            "connect: {} connections (concurrency {}) in {secs:.2} s = {rate:.0}/s; server RSS {:?} -> {:?} KiB = {} B per idle subscribed connection",
+            o.n,
+            o.concurrency,
+            rss_before,
+            rss_after,
+            per_conn.map_or("?".into(), |p| format!("{p:.0}"))
+        ),
+        json!({ "connections": o.n, "per_sec": rate, "rss_before_kib": rss_before, "rss_after_kib": rss_after, "bytes_per_conn": per_conn }),
+    );
+    Ok(())
+}
+
+fn fanout(o: &Opts) -> Result<(), String> {
+    let mut b = Bench::new().map_err(|e| e.to_string())?;
+    b.connect_all(o.ws, o.n, o.concurrency, 0)?;
+    b.parse_timestamps = true;
+    let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
+    let cpu0 = o.pid.and_then(cpu_secs);
+    let interval = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
+    let pad = "x".repeat(o.payload.saturating_sub(30));
+    let start = Instant::now();
+    for m in 0..o.messages {
+        let due = start + interval * m as u32;
+        b.run_until(due.saturating_duration_since(Instant::now()), |_| false);
+        let body = format!("{{\"t\":{},\"p\":\"{pad}\"}}", b.now_ns());
+        publisher
+            .send("/publish?topic=bench", body.as_bytes())
+            .map_err(|e| e.to_string())?;
+        publisher.collect(false).map_err(|e| e.to_string())?;
+    }
+    let expected = (o.messages * o.n) as u64;
+    b.run_until(Duration::from_secs(10), |b| b.total_frames() >= expected);
+    publisher.collect(true).map_err(|e| e.to_string())?;
+    let cpu = o.pid.and_then(cpu_secs).zip(cpu0).map(|(z, a)| z - a);
+    let delivered = b.total_frames();
+    let mut lat = std::mem::take(&mut b.latencies);
+    lat.sort_unstable();
+    // Fan-out time: publish to the last subscriber's receipt, per message (median).
+    let mut spans: Vec<u64> = b.last_arrival.iter().map(|(t, last)| last - t).collect();
+    spans.sort_unstable();
+    let fanout_ms = percentile(&spans, 0.5);
+    let (p50, p90, p99, p999, max) = (
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        percentile(&lat, 0.999),
+        percentile(&lat, 1.0),
+    );
+    let cpu_per_delivery_ns = cpu.map(|c| c * 1e9 / delivered.max(1) as f64);
+    report(
+        o,
+        format!(
+            "fanout: {} subscribers x {} messages at {}/s, {} B: delivered {delivered}/{expected} (loss {}); latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} p99.9 {p999:.2} max {max:.2}; median full fan-out {fanout_ms:.2} ms; server CPU {}",
+            o.n,
+            o.messages,
+            o.rate,
+            o.payload,
+            expected.saturating_sub(delivered),
+            cpu_per_delivery_ns.map_or("?".into(), |c| format!("{c:.0} ns/delivery"))
+        ),
+        json!({ "subscribers": o.n, "messages": o.messages, "delivered": delivered, "expected": expected,
+                "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "p999_ms": p999, "max_ms": max,
+                "fanout_ms": fanout_ms, "cpu_ns_per_delivery": cpu_per_delivery_ns }),
+    );
+    Ok(())
+}
+
+fn flood(o: &Opts) -> Result<(), String> {
+    let mut b = Bench::new().map_err(|e| e.to_string())?;
+    b.connect_all(o.ws, o.n, o.concurrency, 0)?;
+    let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
+    let data = format!("\"{}\"", "f".repeat(o.payload.saturating_sub(2)));
+    let line = format!("{{\"topic\":\"bench\",\"data\":{data}}}\n");
+    let batch = line.repeat(100);
+    let cpu0 = o.pid.and_then(cpu_secs);
+    let start = Instant::now();
+    let mut published = 0u64;
+    let mut queue: VecDeque<()> = VecDeque::new();
+    while start.elapsed() < o.duration {
+        // Keep a few batches in flight (pipelining), and keep reading pushes meanwhile.
+        while publisher.pending < 4 {
+            publisher
+                .send("/publish", batch.as_bytes())
+                .map_err(|e| e.to_string())?;
+            published += 100;
+            queue.push_back(());
+        }
+        publisher.collect(false).map_err(|e| e.to_string())?;
+        b.run_until(Duration::from_millis(1), |_| false);
+    }
+    publisher.collect(true).map_err(|e| e.to_string())?;
+    let expected = published * o.n as u64;
+    b.run_until(Duration::from_secs(20), |b| b.total_frames() >= expected);
+    let elapsed = start.elapsed().as_secs_f64();
+    let cpu = o.pid.and_then(cpu_secs).zip(cpu0).map(|(z, a)| z - a);
+    let delivered = b.total_frames();
+    let per_sec = delivered as f64 / elapsed;
+    let cpu_ns = cpu.map(|c| c * 1e9 / delivered.max(1) as f64);
+    report(
+        o,
+        format!(
+            "flood: {} subscribers, {published} publishes of {} B in {elapsed:.1} s: {delivered}/{expected} delivered (loss {}), {:.0} deliveries/s; server CPU {}",
+            o.n,
+            o.payload,
+            expected.saturating_sub(delivered),
+            per_sec,
+            cpu_ns.map_or("?".into(), |c| format!(
+                "{c:.0} ns/delivery ({:.0} deliveries per CPU-second)",
+                1e9 / c
+            ))
+        ),
+        json!({ "subscribers": o.n, "published": published, "delivered": delivered, "expected": expected,
+                "deliveries_per_sec": per_sec, "cpu_ns_per_delivery": cpu_ns }),
+    );
+    Ok(())
+}
+
+fn slow(o: &Opts) -> Result<(), String> {
+    let mut b = Bench::new().map_err(|e| e.to_string())?;
+    b.connect_all(o.ws, o.n, o.concurrency, o.stuck)?;
+    b.parse_timestamps = true;
+    let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
+    let pad = "s".repeat(o.payload.saturating_sub(30));
+    let interval = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
+    let start = Instant::now();
+    let mut peak_rss = 0;
+    for m in 0..o.messages {
+        let due = start + interval * m as u32;
+        b.run_until(due.saturating_duration_since(Instant::now()), |_| false);
+        let body = format!("{{\"t\":{},\"p\":\"{pad}\"}}", b.now_ns());
+        publisher
+            .send("/publish?topic=bench", body.as_bytes())
+            .map_err(|e| e.to_string())?;
+        publisher.collect(false).map_err(|e| e.to_string())?;
+        peak_rss = peak_rss.max(o.pid.and_then(rss_kib).unwrap_or(0));
+    }
+    let healthy = (o.n - o.stuck) as u64;
+    let expected = o.messages as u64 * healthy;
+    b.run_until(Duration::from_secs(10), |b| {
+        b.conns
+            .iter()
+            .filter(|c| !c.stuck)
+            .map(|c| c.frames)
+            .sum::<u64>()
+            >= expected
+    });
+    let delivered: u64 = b.conns.iter().filter(|c| !c.stuck).map(|c| c.frames).sum();
+    let mut lat = std::mem::take(&mut b.latencies);
+    lat.sort_unstable();
+    let p99 = percentile(&lat, 0.99);
+    report(
+        o,
+        format!(
+            "slow: {} subscribers, {} stuck, {} messages of {} B: healthy got {delivered}/{expected} (loss {}), p50 {:.2} ms p99 {p99:.2} ms max {:.2} ms; server peak RSS {peak_rss} KiB",
+            o.n,
+            o.stuck,
+            o.messages,
+            o.payload,
+            expected.saturating_sub(delivered),
+            percentile(&lat, 0.5),
+            percentile(&lat, 1.0)
+        ),
+        json!({ "subscribers": o.n, "stuck": o.stuck, "delivered": delivered, "expected": expected, "p99_ms": p99, "peak_rss_kib": peak_rss }),
+    );
+    Ok(())
+}
+
+fn churn(o: &Opts) -> Result<(), String> {
+    let pid = o.pid.ok_or("churn needs --server-pid")?;
+    let (rss0, fd0) = (rss_kib(pid), fd_count(pid));
+    let mut rows = Vec::new();
+    for cycle in 0..o.cycles {
+        let mut b = Bench::new().map_err(|e| e.to_string())?;
+        b.connect_all(o.ws, o.n, o.concurrency, 0)?;
+        drop(b);
+        // Let the server see the disconnects.
+        let t0 = Instant::now();
+        while fd_count(pid) != fd0 && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        rows.push((cycle, rss_kib(pid), fd_count(pid)));
+    }
+    let (_, rss_end, fd_end) = rows.last().copied().unwrap_or((0, None, None));
+    report(
+        o,
+        format!(
+            "churn: {} cycles of {} connections: RSS {rss0:?} -> {rss_end:?} KiB, descriptors {fd0:?} -> {fd_end:?} (per cycle: {:?})",
+            o.cycles,
+            o.n,
+            rows.iter().map(|r| (r.1, r.2)).collect::<Vec<_>>()
+        ),
+        json!({ "cycles": o.cycles, "connections": o.n, "rss_before_kib": rss0, "rss_after_kib": rss_end, "fds_before": fd0, "fds_after": fd_end }),
+    );
+    Ok(())
+}
+
+/// The floor: one `write()` of a pre-encoded frame per socket, over loopback TCP connections
+/// whose other ends a separate reader process (on core 1, epoll, like the real generator) drains.
+fn floor(o: &Opts) -> Result<(), String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let pairs = o.n.min(9_000);
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut reader = std::process::Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(exe)
+        .args([
+            "floor-reader",
+            "--ws",
+            &addr.to_string(),
+            "-n",
+            &pairs.to_string(),
+        ])
+        .spawn()
+        .map_err(|e| format!("spawning the reader: {e}"))?;
+    let mut writers = Vec::with_capacity(pairs);
+    for _ in 0..pairs {
+        let (w, _) = listener.accept().map_err(|e| e.to_string())?;
+        w.set_nodelay(true).map_err(|e| e.to_string())?;
+        writers.push(w);
+    }
+    let frame = wspush::protocol::encode_push(
+        "bench",
+        &format!("\"{}\"", "x".repeat(o.payload.saturating_sub(2))),
+    );
+    let rounds = (1_000_000 / pairs).max(10);
+    let mut spent = Duration::ZERO;
+    for _ in 0..rounds {
+        let t0 = Instant::now();
+        for w in &mut writers {
+            let _ = w.write(&frame);
+        }
+        spent += t0.elapsed();
+        // Pace the rounds like a publish rate, so the reader keeps up and buffers stay empty.
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    drop(writers);
+    let _ = reader.wait();
+    let writes = (rounds * pairs) as f64;
+    let ns = spent.as_nanos() as f64 / writes;
+    report(
+        o,
+        format!(
+            "floor: {writes} writes of a {}-byte frame over {pairs} loopback sockets (reader on core 1): {ns:.0} ns per write()",
+            frame.len()
+        ),
+        json!({ "writes": writes, "ns_per_write": ns, "frame_bytes": frame.len() }),
+    );
+    Ok(())
+}
+
+/// The floor's reader: connects `n` sockets and drains them until they close.
+fn floor_reader(o: &Opts) -> Result<(), String> {
+    let poll = Poll::new().map_err(|e| e.to_string())?;
+    let mut socks = Vec::new();
+    for i in 0..o.n {
+        let mut s =
+            TcpStream::from_std(std::net::TcpStream::connect(o.ws).map_err(|e| e.to_string())?);
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        poll.registry()
+            .register(&mut s, Token(i), Interest::READABLE)
+            .map_err(|e| e.to_string())?;
+        socks.push(Some(s));
+    }
+    let mut poll = poll;
+    let mut events = Events::with_capacity(1024);
+    let mut open = o.n;
+    let mut buf = vec![0u8; 64 * 1024];
+    while open > 0 {
+        if poll
+            .poll(&mut events, Some(Duration::from_secs(60)))
+            .is_err()
+        {
+            continue;
+        }
+        if events.is_empty() {
+            return Err("floor reader: no data for 60 s".into());
+        }
+        for ev in events.iter() {
+            let Some(s) = socks[ev.token().0].as_mut() else {
+                continue;
+            };
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        socks[ev.token().0] = None;
+                        open -= 1;
+                        break;
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        socks[ev.token().0] = None;
+                        open -= 1;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let opts = match parse_opts() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Ok(limit) = wspush::server::sys::raise_fd_limit()
+        && (limit as usize) < opts.n + 64
+    {
+        eprintln!(
+            "wspush-bench: open-file limit {limit} is too low for -n {}",
+            opts.n
+        );
+    }
+    let result = match opts.scenario.as_str() {
+        "connect" => connect(&opts),
+        "fanout" => fanout(&opts),
+        "flood" => flood(&opts),
+        "slow" => slow(&opts),
+        "churn" => churn(&opts),
+        "floor" => floor(&opts),
+        "floor-reader" => floor_reader(&opts),
+        other => Err(format!("unknown scenario {other}\n{}", usage())),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wspush-bench {}: {e}", opts.scenario);
+            ExitCode::FAILURE
+        }
+    }
+}
