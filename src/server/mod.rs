@@ -238,6 +238,8 @@ impl Server {
             shutting_down: false,
             tick: None,
             accept_log: LogLimiter::default(),
+            removed_since_trim: 0,
+            last_trim_ms: 0,
             config,
         };
         event_loop.run()
@@ -272,7 +274,13 @@ struct Loop {
     /// The demo publisher: topic, its pre-encoded push frame, interval, next due time.
     tick: Option<(String, Bytes, u64)>,
     accept_log: LogLimiter,
+    /// Connections closed since freed memory was last returned to the OS.
+    removed_since_trim: usize,
+    last_trim_ms: u64,
 }
+
+/// After this many connections have gone, return freed memory to the OS (at most once a second).
+const TRIM_AFTER_REMOVALS: usize = 1024;
 
 fn would_block(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::WouldBlock
@@ -356,6 +364,13 @@ impl Loop {
             }
             self.expire_timers();
             self.flush_dirty();
+            if self.removed_since_trim >= TRIM_AFTER_REMOVALS
+                && self.now_ms >= self.last_trim_ms + 1000
+            {
+                sys::release_free_memory();
+                self.removed_since_trim = 0;
+                self.last_trim_ms = self.now_ms;
+            }
             if self.shutting_down && self.conns.is_empty() {
                 info!("shutdown complete");
                 return Ok(());
@@ -809,6 +824,7 @@ impl Loop {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
+        self.removed_since_trim += 1;
         let _ = self.poll.registry().deregister(&mut conn.socket);
         if let Some((handle, _)) = conn.timer {
             self.timers.cancel(handle);
