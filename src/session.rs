@@ -182,6 +182,10 @@ impl Write for SessionIo {
 type Handshake = MidHandshake<ServerHandshake<SessionIo, HandshakeCheck>>;
 
 enum Phase {
+    /// Nothing has arrived yet. tungstenite's handshake state (8 KiB of buffers) is created only
+    /// when the request's first bytes do, and a whole request completes in that same call, so a
+    /// burst of connects does not hold (or fragment) handshake buffers while clients are slow.
+    Accepted(Rc<HandshakePolicy>),
     Handshaking(Box<Handshake>),
     Open(Box<WebSocket<SessionIo>>),
     /// Our last bytes (a close frame or an HTTP error) are queued: flush them, half-close, and
@@ -280,19 +284,9 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(
-        id: SubscriberId,
-        now_ms: u64,
-        policy: Rc<HandshakePolicy>,
-        settings: &SessionSettings,
-    ) -> Self {
-        let handshake = ServerHandshake::start(
-            SessionIo::default(),
-            HandshakeCheck(policy),
-            Some(settings.ws_config),
-        );
+    pub fn new(id: SubscriberId, now_ms: u64, policy: Rc<HandshakePolicy>) -> Self {
         Session {
-            phase: Phase::Handshaking(Box::new(handshake)),
+            phase: Phase::Accepted(policy),
             id,
             created_ms: now_ms,
             last_input_ms: now_ms,
@@ -307,7 +301,7 @@ impl Session {
 
     pub fn status(&self) -> Status {
         match self.phase {
-            Phase::Handshaking(_) | Phase::Open(_) => Status::Live,
+            Phase::Accepted(_) | Phase::Handshaking(_) | Phase::Open(_) => Status::Live,
             Phase::Finishing { .. } => Status::Finishing,
             Phase::Gone => Status::Dead,
         }
@@ -320,6 +314,7 @@ impl Session {
     /// The queue the loop writes to the socket.
     pub fn outbound(&mut self) -> Option<&mut OutQueue> {
         match &mut self.phase {
+            Phase::Accepted(_) => None,
             Phase::Handshaking(hs) => Some(&mut hs.get_mut().get_mut().out),
             Phase::Open(ws) => Some(&mut ws.get_mut().out),
             Phase::Finishing { io, .. } => Some(&mut io.out),
@@ -334,6 +329,14 @@ impl Session {
     /// Bytes read from the socket. All of `input` is consumed.
     pub fn on_input(&mut self, input: Bytes, ctx: &mut Ctx<'_>) {
         self.last_input_ms = ctx.now_ms;
+        if let Phase::Accepted(policy) = &self.phase {
+            let handshake = ServerHandshake::start(
+                SessionIo::default(),
+                HandshakeCheck(Rc::clone(policy)),
+                Some(ctx.settings.ws_config),
+            );
+            self.phase = Phase::Handshaking(Box::new(handshake));
+        }
         match &mut self.phase {
             Phase::Handshaking(hs) => {
                 hs.get_mut().get_mut().input = input;
@@ -345,7 +348,7 @@ impl Session {
                 self.read_messages(ctx);
             }
             // Closing: whatever the peer still sends is not for us any more.
-            Phase::Finishing { .. } | Phase::Gone => {}
+            Phase::Accepted(_) | Phase::Finishing { .. } | Phase::Gone => {}
         }
         if let Some(io) = self.io_mut() {
             io.input = Bytes::new();
@@ -354,6 +357,7 @@ impl Session {
 
     fn io_mut(&mut self) -> Option<&mut SessionIo> {
         match &mut self.phase {
+            Phase::Accepted(_) => None,
             Phase::Handshaking(hs) => Some(hs.get_mut().get_mut()),
             Phase::Open(ws) => Some(ws.get_mut()),
             Phase::Finishing { io, .. } => Some(&mut **io),
@@ -590,7 +594,7 @@ impl Session {
                 };
             }
             // Not a WebSocket yet: just drop it.
-            Phase::Handshaking(_) | Phase::Gone => {}
+            Phase::Accepted(_) | Phase::Handshaking(_) | Phase::Gone => {}
             finishing @ Phase::Finishing { .. } => self.phase = finishing,
         }
     }
@@ -619,7 +623,9 @@ impl Session {
     /// The earliest time this session needs `on_timer`.
     pub fn next_deadline(&self, settings: &SessionSettings) -> u64 {
         let mut deadline = match &self.phase {
-            Phase::Handshaking(_) => self.created_ms + settings.handshake_timeout_ms,
+            Phase::Accepted(_) | Phase::Handshaking(_) => {
+                self.created_ms + settings.handshake_timeout_ms
+            }
             Phase::Open(_) => {
                 let idle = self.last_input_ms + settings.idle_limit_ms;
                 if self.subscribed || settings.echo {
@@ -651,7 +657,9 @@ impl Session {
             return;
         }
         match &self.phase {
-            Phase::Handshaking(_) if now >= self.created_ms + s.handshake_timeout_ms => {
+            Phase::Accepted(_) | Phase::Handshaking(_)
+                if now >= self.created_ms + s.handshake_timeout_ms =>
+            {
                 ctx.stats.handshake_timeouts += 1;
                 self.phase = Phase::Gone;
             }

@@ -344,8 +344,9 @@ impl Loop {
                             .get(key)
                             .is_some_and(|c| c.generation == generation)
                         {
-                            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                self.read(key);
+                            let hangup = event.is_read_closed() || event.is_error();
+                            if event.is_readable() || hangup {
+                                self.read(key, hangup);
                             }
                             self.service(key);
                         }
@@ -358,7 +359,7 @@ impl Loop {
                     .get(key)
                     .is_some_and(|c| c.generation == generation)
                 {
-                    self.read(key);
+                    self.read(key, false);
                     self.service(key);
                 }
             }
@@ -412,12 +413,7 @@ impl Loop {
                     }
                     let _ = socket.set_nodelay(true);
                     if let Some(key) = self.register(socket, |id, now, this| {
-                        Kind::Ws(Session::new(
-                            id,
-                            now,
-                            Rc::clone(&this.policy),
-                            &this.settings,
-                        ))
+                        Kind::Ws(Session::new(id, now, Rc::clone(&this.policy)))
                     }) {
                         self.ws_count += 1;
                         self.stats.accepted += 1;
@@ -508,7 +504,8 @@ impl Loop {
     }
 
     /// Reads until the socket would block or the read budget is spent, feeding the session.
-    fn read(&mut self, key: usize) {
+    /// `hangup`: the peer closed its side, so read on to the EOF even after a short read.
+    fn read(&mut self, key: usize, hangup: bool) {
         let mut budget = READ_BUDGET;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -556,6 +553,11 @@ impl Loop {
                     session.on_input(input, &mut ctx);
                 }
                 Kind::Api(_) => self.api_input(key, input),
+            }
+            if n < READ_CHUNK && !hangup {
+                // A short read drained the socket; edge-triggered readiness reports the next
+                // arrival, so the read that would only say EAGAIN is skipped.
+                return;
             }
         }
     }

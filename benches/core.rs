@@ -1,0 +1,91 @@
+//! Micro-benchmarks of the sans-IO core, no sockets: `cargo bench`.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use wspush::broker::{Broker, SubscriberId};
+use wspush::outbound::OutQueue;
+use wspush::protocol;
+use wspush::timer::TimerWheel;
+
+/// One publish to 10,000 subscribers: look up the topic, hand the shared frame to each queue.
+/// This is the per-delivery cost of the fan-out without the syscalls.
+fn fanout(c: &mut Criterion) {
+    const SUBSCRIBERS: usize = 10_000;
+    let mut broker = Broker::new();
+    for i in 0..SUBSCRIBERS as u64 {
+        broker.subscribe(SubscriberId(i), "bench");
+    }
+    let mut queues: Vec<OutQueue> = (0..SUBSCRIBERS).map(|_| OutQueue::new()).collect();
+    let frame = protocol::encode_push("bench", &format!("\"{}\"", "x".repeat(98)));
+    let mut g = c.benchmark_group("fanout");
+    g.throughput(Throughput::Elements(SUBSCRIBERS as u64));
+    g.bench_function("10k_subscribers_shared_frame", |b| {
+        b.iter(|| {
+            for id in broker.subscribers("bench") {
+                queues[id.0 as usize].push(frame.clone());
+            }
+            // Drain so queues stay small (the socket write is not measured here).
+            for q in &mut queues {
+                let _ = q.write_to(&mut std::io::sink());
+            }
+        })
+    });
+    g.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let data = format!("{{\"price\":42,\"pad\":\"{}\"}}", "y".repeat(80));
+    c.bench_function("encode_push_100B", |b| {
+        b.iter(|| protocol::encode_push(black_box("prices/EURUSD"), black_box(&data)))
+    });
+}
+
+fn timers(c: &mut Criterion) {
+    c.bench_function("timer_insert_cancel", |b| {
+        let mut wheel = TimerWheel::new();
+        let mut t = 0u64;
+        b.iter(|| {
+            t += 1;
+            let h = wheel.insert(t + 20_000, ());
+            wheel.cancel(h)
+        })
+    });
+    c.bench_function("timer_insert_expire_10k", |b| {
+        b.iter_batched(
+            || {
+                let mut wheel = TimerWheel::with_capacity(10_000);
+                for i in 0..10_000u64 {
+                    wheel.insert(1 + (i * 7919) % 20_000, i);
+                }
+                wheel
+            },
+            |mut wheel| {
+                let mut n = 0;
+                while let Some(d) = wheel.next_deadline() {
+                    while wheel.poll(d).is_some() {
+                        n += 1;
+                    }
+                }
+                n
+            },
+            BatchSize::LargeInput,
+        )
+    });
+}
+
+fn parse(c: &mut Criterion) {
+    c.bench_function("parse_subscribe", |b| {
+        b.iter(|| {
+            protocol::parse_client_message(black_box(
+                r#"{"cmd":"subscribe","topics":["a","b/c","test-topic"]}"#,
+            ))
+        })
+    });
+    c.bench_function("parse_seed_ping", |b| {
+        b.iter(|| protocol::parse_client_message(black_box(r#"{"cmd":"ping","data":null}"#)))
+    });
+}
+
+criterion_group!(benches, fanout, encode, timers, parse);
+criterion_main!(benches);
