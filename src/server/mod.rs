@@ -144,6 +144,8 @@ pub struct Server {
     api_addr: Option<SocketAddr>,
     shutdown: ShutdownHandle,
     config: Config,
+    /// Accepted sockets inherit TCP_NODELAY from the listeners.
+    nodelay_inherited: bool,
 }
 
 impl Server {
@@ -160,12 +162,14 @@ impl Server {
             Ok(listener)
         };
         let mut ws_listener = bind(config.listen)?;
+        let mut nodelay_inherited = sys::set_listener_nodelay(&ws_listener);
         let ws_addr = ws_listener.local_addr()?;
         poll.registry()
             .register(&mut ws_listener, WS_LISTENER, Interest::READABLE)?;
         let (api_listener, api_addr) = match config.api_listen {
             Some(addr) => {
                 let mut l = bind(addr)?;
+                nodelay_inherited &= sys::set_listener_nodelay(&l);
                 let local = l.local_addr()?;
                 poll.registry()
                     .register(&mut l, API_LISTENER, Interest::READABLE)?;
@@ -186,6 +190,7 @@ impl Server {
             api_addr,
             shutdown,
             config,
+            nodelay_inherited,
         })
     }
 
@@ -211,6 +216,7 @@ impl Server {
             api_listener,
             shutdown,
             config,
+            nodelay_inherited,
             ..
         } = self;
         let settings = SessionSettings::from_config(&config);
@@ -238,6 +244,7 @@ impl Server {
             shutting_down: false,
             tick: None,
             accept_log: LogLimiter::default(),
+            nodelay_inherited,
             removed_since_trim: 0,
             last_trim_ms: 0,
             config,
@@ -274,6 +281,8 @@ struct Loop {
     /// The demo publisher: topic, its pre-encoded push frame, interval, next due time.
     tick: Option<(String, Bytes, u64)>,
     accept_log: LogLimiter,
+    /// Accepted sockets already have TCP_NODELAY (from the listener).
+    nodelay_inherited: bool,
     /// Connections closed since freed memory was last returned to the OS.
     removed_since_trim: usize,
     last_trim_ms: u64,
@@ -411,7 +420,10 @@ impl Loop {
                         refuse(socket);
                         continue;
                     }
-                    let _ = socket.set_nodelay(true);
+                    if !self.nodelay_inherited {
+                        // Pushes are small: never hold them back waiting for an ACK (Nagle).
+                        let _ = socket.set_nodelay(true);
+                    }
                     if let Some(key) = self.register(socket, |id, now, this| {
                         Kind::Ws(Session::new(id, now, Rc::clone(&this.policy)))
                     }) {
@@ -441,7 +453,10 @@ impl Loop {
                         refuse(socket);
                         continue;
                     }
-                    let _ = socket.set_nodelay(true);
+                    if !self.nodelay_inherited {
+                        // Pushes are small: never hold them back waiting for an ACK (Nagle).
+                        let _ = socket.set_nodelay(true);
+                    }
                     let limits = api::limits(&self.config);
                     if let Some(key) = self.register(socket, |_, now, _| {
                         Kind::Api(Box::new(api::ApiConn::new(limits, now + API_IDLE_MS)))
