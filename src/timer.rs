@@ -63,6 +63,8 @@ pub struct TimerWheel<T> {
     ready: std::collections::VecDeque<u32>,
     elapsed: u64,
     next_generation: u32,
+    /// Reused by `expire_slot` to sort due entries without allocating each time.
+    due: Vec<(u64, u32)>,
 }
 
 impl<T> Default for TimerWheel<T> {
@@ -85,6 +87,7 @@ impl<T> TimerWheel<T> {
             ready: std::collections::VecDeque::new(),
             elapsed: 0,
             next_generation: 0,
+            due: Vec::new(),
         }
     }
 
@@ -194,7 +197,7 @@ impl<T> TimerWheel<T> {
         let mut key = self.slots[level][slot].head;
         self.slots[level][slot] = EMPTY_SLOT;
         self.occupied[level] &= !(1 << slot);
-        let mut due = Vec::new();
+        let mut due = std::mem::take(&mut self.due);
         while key != NIL {
             let entry = &mut self.entries[key as usize];
             let next = entry.next;
@@ -209,7 +212,8 @@ impl<T> TimerWheel<T> {
             key = next;
         }
         due.sort_unstable();
-        self.ready.extend(due.into_iter().map(|(_, k)| k));
+        self.ready.extend(due.drain(..).map(|(_, k)| k));
+        self.due = due;
     }
 
     fn place(&mut self, key: u32) {
