@@ -292,3 +292,28 @@ fn origin_allow_list_and_client_token() {
     assert_eq!(attempt("/ws?token=wrong", Some("https://app.example")), 401);
     assert_eq!(attempt("/ws", None), 401);
 }
+
+#[test]
+fn api_client_that_pipelines_without_reading_is_dropped() {
+    let server = TestServer::start();
+    let mut control = subscriber(&server, &["control"]);
+    let mut s = TcpStream::connect(server.api).unwrap();
+    s.set_write_timeout(Some(SAFETY_TIMEOUT)).unwrap();
+    let request = b"GET /stats HTTP/1.1\r\nHost: t\r\n\r\n".repeat(1000);
+    // ~10 MB of responses would pile up; the server drops the connection instead.
+    let mut dropped = false;
+    for _ in 0..200 {
+        if s.write_all(&request).is_err() {
+            dropped = true;
+            break;
+        }
+    }
+    if !dropped {
+        s.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink); // EOF or reset once the server gave up
+        assert!(sink.len() < 4 * 1024 * 1024, "the server buffered {} bytes of answers", sink.len());
+    }
+    assert_eq!(server.stats()["api_connections"], 1, "only the stats request's own connection");
+    control_still_served(&server, &mut control);
+}

@@ -447,6 +447,30 @@ impl Publisher {
     }
 }
 
+/// Publishes `--messages` timestamped messages at `--rate` per second while receiving pushes;
+/// `after_each` runs after every publish.
+fn publish_paced(
+    o: &Opts,
+    b: &mut Bench,
+    publisher: &mut Publisher,
+    mut after_each: impl FnMut(&mut Bench),
+) -> Result<(), String> {
+    let interval = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
+    let pad = "x".repeat(o.payload.saturating_sub(30));
+    let start = Instant::now();
+    for m in 0..o.messages {
+        let due = start + interval * m as u32;
+        b.run_until(due.saturating_duration_since(Instant::now()), |_| false);
+        let body = format!("{{\"t\":{},\"p\":\"{pad}\"}}", b.now_ns());
+        publisher
+            .send("/publish?topic=bench", body.as_bytes())
+            .map_err(|e| e.to_string())?;
+        publisher.collect(false).map_err(|e| e.to_string())?;
+        after_each(b);
+    }
+    Ok(())
+}
+
 fn percentile(sorted: &[u64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -498,18 +522,7 @@ fn fanout(o: &Opts) -> Result<(), String> {
     b.parse_timestamps = true;
     let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
     let cpu0 = o.pid.and_then(cpu_secs);
-    let interval = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
-    let pad = "x".repeat(o.payload.saturating_sub(30));
-    let start = Instant::now();
-    for m in 0..o.messages {
-        let due = start + interval * m as u32;
-        b.run_until(due.saturating_duration_since(Instant::now()), |_| false);
-        let body = format!("{{\"t\":{},\"p\":\"{pad}\"}}", b.now_ns());
-        publisher
-            .send("/publish?topic=bench", body.as_bytes())
-            .map_err(|e| e.to_string())?;
-        publisher.collect(false).map_err(|e| e.to_string())?;
-    }
+    publish_paced(o, &mut b, &mut publisher, |_| {})?;
     let expected = (o.messages * o.n) as u64;
     b.run_until(Duration::from_secs(10), |b| b.total_frames() >= expected);
     publisher.collect(true).map_err(|e| e.to_string())?;
@@ -602,20 +615,10 @@ fn slow(o: &Opts) -> Result<(), String> {
     b.connect_all(o.ws, o.n, o.concurrency, o.stuck)?;
     b.parse_timestamps = true;
     let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
-    let pad = "s".repeat(o.payload.saturating_sub(30));
-    let interval = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
-    let start = Instant::now();
     let mut peak_rss = 0;
-    for m in 0..o.messages {
-        let due = start + interval * m as u32;
-        b.run_until(due.saturating_duration_since(Instant::now()), |_| false);
-        let body = format!("{{\"t\":{},\"p\":\"{pad}\"}}", b.now_ns());
-        publisher
-            .send("/publish?topic=bench", body.as_bytes())
-            .map_err(|e| e.to_string())?;
-        publisher.collect(false).map_err(|e| e.to_string())?;
+    publish_paced(o, &mut b, &mut publisher, |_| {
         peak_rss = peak_rss.max(o.pid.and_then(rss_kib).unwrap_or(0));
-    }
+    })?;
     let healthy = (o.n - o.stuck) as u64;
     let expected = o.messages as u64 * healthy;
     b.run_until(Duration::from_secs(10), |b| {

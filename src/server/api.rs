@@ -14,6 +14,9 @@ use crate::protocol::{self, TopicRules};
 use crate::session::Status;
 use crate::stats::Stats;
 
+/// Unread response bytes one API connection may have queued.
+const MAX_QUEUED_RESPONSES: usize = 1024 * 1024;
+
 pub fn limits(config: &Config) -> HttpLimits {
     HttpLimits {
         max_body_bytes: config.api_max_body,
@@ -134,6 +137,13 @@ impl ApiConn {
 
     pub fn respond(&mut self, response: Response) {
         if self.closing {
+            return;
+        }
+        if self.out.queued_bytes() > MAX_QUEUED_RESPONSES {
+            // A client that pipelines requests but never reads the answers: drop it rather
+            // than buffer without bound.
+            self.dead = true;
+            self.closing = true;
             return;
         }
         let mut buf = Vec::with_capacity(128 + response.body.len());
