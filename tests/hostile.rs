@@ -312,8 +312,16 @@ fn api_client_that_pipelines_without_reading_is_dropped() {
         s.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
         let mut sink = Vec::new();
         let _ = s.read_to_end(&mut sink); // EOF or reset once the server gave up
-        assert!(sink.len() < 4 * 1024 * 1024, "the server buffered {} bytes of answers", sink.len());
+        assert!(
+            sink.len() < 4 * 1024 * 1024,
+            "the server buffered {} bytes of answers",
+            sink.len()
+        );
     }
-    assert_eq!(server.stats()["api_connections"], 1, "only the stats request's own connection");
+    assert_eq!(
+        server.stats()["api_connections"],
+        1,
+        "only the stats request's own connection"
+    );
     control_still_served(&server, &mut control);
 }
