@@ -73,6 +73,7 @@ enum Timeout {
     },
     ResumeAccept,
     ShutdownDeadline,
+    ReleaseMemory,
 }
 
 enum Kind {
@@ -247,6 +248,7 @@ impl Server {
             nodelay_inherited,
             removed_since_trim: 0,
             last_trim_ms: 0,
+            trim_scheduled: false,
             config,
         };
         event_loop.run()
@@ -286,6 +288,7 @@ struct Loop {
     /// Connections closed since freed memory was last returned to the OS.
     removed_since_trim: usize,
     last_trim_ms: u64,
+    trim_scheduled: bool,
 }
 
 /// After this many connections have gone, return freed memory to the OS (at most once a second).
@@ -374,12 +377,11 @@ impl Loop {
             }
             self.expire_timers();
             self.flush_dirty();
-            if self.removed_since_trim >= TRIM_AFTER_REMOVALS
-                && self.now_ms >= self.last_trim_ms + 1000
-            {
-                sys::release_free_memory();
-                self.removed_since_trim = 0;
-                self.last_trim_ms = self.now_ms;
+            if self.removed_since_trim >= TRIM_AFTER_REMOVALS && !self.trim_scheduled {
+                // At most once a second, and always after the last wave of a burst.
+                self.trim_scheduled = true;
+                let at = self.now_ms.max(self.last_trim_ms + 1000);
+                self.timers.insert(at, Timeout::ReleaseMemory);
             }
             if self.shutting_down && self.conns.is_empty() {
                 info!("shutdown complete");
@@ -772,6 +774,12 @@ impl Loop {
                     self.accept_paused = false;
                     self.accept_ws();
                     self.accept_api();
+                }
+                Timeout::ReleaseMemory => {
+                    sys::release_free_memory();
+                    self.removed_since_trim = 0;
+                    self.last_trim_ms = now;
+                    self.trim_scheduled = false;
                 }
                 Timeout::ShutdownDeadline => {
                     let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
