@@ -98,6 +98,9 @@ pub struct RequestParser {
     continue_pending: bool,
 }
 
+/// The most headers a request may carry, whatever `max_headers` says.
+const MAX_HEADER_SLOTS: usize = 64;
+
 /// Chunk-size lines longer than this are refused (hex digits plus extensions).
 const MAX_CHUNK_LINE: usize = 256;
 
@@ -205,8 +208,10 @@ impl RequestParser {
         if end > self.limits.max_head_bytes {
             return Err(error(431, "request head too large"));
         }
-        let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut req = httparse::Request::new(&mut headers);
+        // On the stack: no allocation per request.
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_SLOTS];
+        let slots = self.limits.max_headers.min(MAX_HEADER_SLOTS);
+        let mut req = httparse::Request::new(&mut headers[..slots]);
         match req.parse(&self.buf[..end]) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return Err(error(400, "malformed request")),

@@ -371,10 +371,6 @@ impl Session {
         }
     }
 
-    pub fn is_open(&self) -> bool {
-        matches!(self.phase, Phase::Open(_))
-    }
-
     /// The queue the loop writes to the socket.
     pub fn outbound(&mut self) -> Option<&mut OutQueue> {
         match &mut self.phase {
