@@ -1,5 +1,7 @@
 //! The `wspush` binary as a user runs it: flags, logs, the tick, SIGTERM.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -199,4 +201,100 @@ fn out_of_descriptors_does_not_spin_and_recovers() {
         .args(["-TERM", &pid.to_string()])
         .status();
     let _ = child.wait();
+}
+
+/// The binary skips std's start-up (`#![no_main]`) and does its parts itself: a peer that
+/// vanishes mid-push must not kill the process with SIGPIPE, and a closed stdin is reopened on
+/// /dev/null so no socket can take descriptor 0.
+#[test]
+fn survives_vanished_peers_and_closed_stdin() {
+    let mut child = Command::new("sh")
+        // The test harness ignores SIGPIPE and children inherit that: restore the default.
+        .args(["-c", "exec env --default-signal=PIPE \"$0\" \"$@\" <&-", BIN])
+        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+        .arg("--no-tick")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut child = KillOnDrop(child);
+    let ready = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if line.contains("listening on") {
+            break line;
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let addr = |prefix: &str, suffix: &str| -> std::net::SocketAddr {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok())
+            .expect(&ready)
+    };
+    let (ws_addr, api_addr) = (addr("ws://", "/ws"), addr("", ")"));
+    let fd0 = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
+    assert_eq!(fd0, std::path::Path::new("/dev/null"));
+    // Started with SIGPIPE at its default (death); the server must have set it to ignored.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+        .unwrap();
+    assert_ne!(ignored & (1 << (13 - 1)), 0, "SIGPIPE is not ignored");
+
+    let url = format!("ws://{ws_addr}/ws");
+    let subscribe = || {
+        let stream = TcpStream::connect(ws_addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let (mut ws, _) = tungstenite::client(url.as_str(), stream).unwrap();
+        ws.send(Message::text(r#"{"topics":["t"]}"#)).unwrap();
+        assert!(matches!(ws.read().unwrap(), Message::Text(t) if t.contains("subscribed")));
+        ws
+    };
+    // Peers that disappear without a close frame while pushes keep coming: the server's
+    // writes meet a reset connection (EPIPE).
+    let vanishing: Vec<_> = (0..20).map(|_| subscribe()).collect();
+    drop(vanishing);
+    for i in 0..10 {
+        let (status, _) = common::http(
+            api_addr,
+            "POST",
+            "/publish",
+            &format!(r#"{{"topic":"t","data":{i}}}"#),
+            &[],
+        );
+        assert_eq!(status, 200);
+        std::thread::sleep(Duration::from_millis(10)); // spread the pushes over the resets
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "the server died");
+    let mut survivor = subscribe();
+    let (status, _) = common::http(
+        api_addr,
+        "POST",
+        "/publish",
+        r#"{"topic":"t","data":"ok"}"#,
+        &[],
+    );
+    assert_eq!(status, 200);
+    assert!(matches!(survivor.read().unwrap(), Message::Text(t) if t.contains("\"ok\"")));
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert!(child.0.wait().unwrap().success());
+}
+
+/// Ends the server if a test fails half-way, so no orphan outlives the test run.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }

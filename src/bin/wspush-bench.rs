@@ -33,15 +33,19 @@ struct Opts {
     payload: usize,
     stuck: usize,
     cycles: usize,
+    warmup: usize,
     json: bool,
 }
 
 fn usage() -> &'static str {
     "usage: wspush-bench SCENARIO [--ws ADDR] [--api ADDR] [--server-pid PID] [-n N] [--concurrency C]
-       [--messages M] [--rate R] [--duration 10s] [--payload 100] [--stuck K] [--cycles 5] [--json]
+       [--messages M] [--rate R] [--duration 10s] [--payload 100] [--stuck K] [--cycles 5] [--warmup 20] [--json]
 scenarios: connect | fanout | flood | slow | churn | floor
 defaults: --ws 127.0.0.1:8091 --api 127.0.0.1:8092 -n 1000 --concurrency 256 --messages 100
-          --rate 10 --duration 10s --payload 100 --stuck 10 --cycles 5"
+          --rate 10 --duration 10s --payload 100 --stuck 10 --cycles 5 --warmup 20
+--warmup: messages published at --rate before fanout and slow measure (reported separately):
+          Linux ACKs the first 16 segments of a new connection at once (quick-ACK mode), which
+          makes the first pushes to fresh connections cost the server more than later ones"
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -60,6 +64,7 @@ fn parse_opts() -> Result<Opts, String> {
         payload: 100,
         stuck: 10,
         cycles: 5,
+        warmup: 20,
         json: false,
     };
     while let Some(flag) = args.next() {
@@ -76,6 +81,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--duration" => o.duration = parse_duration(&value()?).ok_or("bad duration")?,
             "--payload" => o.payload = parse_size(&value()?).ok_or("bad size")?,
             "--stuck" => o.stuck = num(value()?)?,
+            "--warmup" => o.warmup = num(value()?)?,
             "--cycles" => o.cycles = num(value()?)?,
             "--json" => o.json = true,
             _ => return Err(format!("unknown flag {flag}\n{}", usage())),
@@ -175,7 +181,7 @@ struct Bench {
     started: Instant,
     /// Latencies (ns) of pushes carrying a `"t":` timestamp, and per-message last arrival.
     latencies: Vec<u64>,
-    last_arrival: std::collections::HashMap<u64, u64>,
+    last_arrival: std::collections::HashMap<u64, (u64, u64)>,
     parse_timestamps: bool,
     read_buf: Vec<u8>,
 }
@@ -317,8 +323,8 @@ impl Bench {
             count += 1;
             if parse && let Some(t) = timestamp(payload) {
                 latencies.push(now_ns.saturating_sub(t));
-                let e = last.entry(t).or_insert(0);
-                *e = (*e).max(now_ns);
+                let e = last.entry(t).or_insert((u64::MAX, 0));
+                *e = (e.0.min(now_ns), e.1.max(now_ns));
             }
         });
         c.buf.drain(..used);
@@ -447,18 +453,19 @@ impl Publisher {
     }
 }
 
-/// Publishes `--messages` timestamped messages at `--rate` per second while receiving pushes;
+/// Publishes `count` timestamped messages at `--rate` per second while receiving pushes;
 /// `after_each` runs after every publish.
 fn publish_paced(
     o: &Opts,
     b: &mut Bench,
     publisher: &mut Publisher,
+    count: usize,
     mut after_each: impl FnMut(&mut Bench),
 ) -> Result<(), String> {
     let interval = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
     let pad = "x".repeat(o.payload.saturating_sub(30));
     let start = Instant::now();
-    for m in 0..o.messages {
+    for m in 0..count {
         let due = start + interval * m as u32;
         b.run_until(due.saturating_duration_since(Instant::now()), |_| false);
         let body = format!("{{\"t\":{},\"p\":\"{pad}\"}}", b.now_ns());
@@ -469,6 +476,34 @@ fn publish_paced(
         after_each(b);
     }
     Ok(())
+}
+
+/// Publishes `--warmup` messages at `--rate` to the fresh connections, waits for all of them
+/// (`receivers` each), and clears the latency records so the measurement starts in the steady
+/// state. Returns the warm-up's p99 in ms, which is reported beside the measurement.
+fn warm_up(
+    o: &Opts,
+    b: &mut Bench,
+    publisher: &mut Publisher,
+    receivers: u64,
+) -> Result<Option<f64>, String> {
+    if o.warmup == 0 {
+        return Ok(None);
+    }
+    let expected = b.total_frames() + o.warmup as u64 * receivers;
+    publish_paced(o, b, publisher, o.warmup, |_| {})?;
+    b.run_until(Duration::from_secs(10), |b| b.total_frames() >= expected);
+    publisher.collect(true).map_err(|e| e.to_string())?;
+    if b.total_frames() < expected {
+        return Err(format!(
+            "warm-up: {} pushes missing",
+            expected - b.total_frames()
+        ));
+    }
+    let mut lat = std::mem::take(&mut b.latencies);
+    lat.sort_unstable();
+    b.last_arrival.clear();
+    Ok(Some(percentile(&lat, 0.99)))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -521,17 +556,32 @@ fn fanout(o: &Opts) -> Result<(), String> {
     b.connect_all(o.ws, o.n, o.concurrency, 0)?;
     b.parse_timestamps = true;
     let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
+    let warmup_p99 = warm_up(o, &mut b, &mut publisher, o.n as u64)?;
+    let base = b.total_frames();
     let cpu0 = o.pid.and_then(cpu_secs);
-    publish_paced(o, &mut b, &mut publisher, |_| {})?;
+    publish_paced(o, &mut b, &mut publisher, o.messages, |_| {})?;
     let expected = (o.messages * o.n) as u64;
-    b.run_until(Duration::from_secs(10), |b| b.total_frames() >= expected);
+    b.run_until(Duration::from_secs(10), |b| {
+        b.total_frames() - base >= expected
+    });
     publisher.collect(true).map_err(|e| e.to_string())?;
     let cpu = o.pid.and_then(cpu_secs).zip(cpu0).map(|(z, a)| z - a);
-    let delivered = b.total_frames();
+    let delivered = b.total_frames() - base;
     let mut lat = std::mem::take(&mut b.latencies);
     lat.sort_unstable();
     // Fan-out time: publish to the last subscriber's receipt, per message (median).
-    let mut spans: Vec<u64> = b.last_arrival.iter().map(|(t, last)| last - t).collect();
+    let mut spans: Vec<u64> = b
+        .last_arrival
+        .iter()
+        .map(|(t, (_, last))| last - t)
+        .collect();
+    // Publish to the first receipt, per message: how long a message waited behind others.
+    let mut waits: Vec<u64> = b
+        .last_arrival
+        .iter()
+        .map(|(t, (first, _))| first - t)
+        .collect();
+    waits.sort_unstable();
     spans.sort_unstable();
     let fanout_ms = percentile(&spans, 0.5);
     let (p50, p90, p99, p999, max) = (
@@ -545,17 +595,23 @@ fn fanout(o: &Opts) -> Result<(), String> {
     report(
         o,
         format!(
-            "fanout: {} subscribers x {} messages at {}/s, {} B: delivered {delivered}/{expected} (loss {}); latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} p99.9 {p999:.2} max {max:.2}; median full fan-out {fanout_ms:.2} ms; server CPU {}",
+            "fanout: {} subscribers x {} messages at {}/s, {} B: delivered {delivered}/{expected} (loss {}); latency ms p50 {p50:.2} p90 {p90:.2} p99 {p99:.2} p99.9 {p999:.2} max {max:.2}; median full fan-out {fanout_ms:.2} ms (slowest {:.2}); wait before the first receipt p99 {:.2} ms; server CPU {}; warm-up ({} messages) p99 {}",
             o.n,
             o.messages,
             o.rate,
             o.payload,
             expected.saturating_sub(delivered),
-            cpu_per_delivery_ns.map_or("?".into(), |c| format!("{c:.0} ns/delivery"))
+            percentile(&spans, 1.0),
+            percentile(&waits, 0.99),
+            cpu_per_delivery_ns.map_or("?".into(), |c| format!("{c:.0} ns/delivery")),
+            o.warmup,
+            warmup_p99.map_or("-".into(), |p| format!("{p:.2} ms")),
         ),
         json!({ "subscribers": o.n, "messages": o.messages, "delivered": delivered, "expected": expected,
                 "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "p999_ms": p999, "max_ms": max,
-                "fanout_ms": fanout_ms, "cpu_ns_per_delivery": cpu_per_delivery_ns }),
+                "fanout_ms": fanout_ms, "fanout_max_ms": percentile(&spans, 1.0),
+                "wait_p99_ms": percentile(&waits, 0.99), "cpu_ns_per_delivery": cpu_per_delivery_ns,
+                "warmup_messages": o.warmup, "warmup_p99_ms": warmup_p99 }),
     );
     Ok(())
 }
@@ -615,37 +671,38 @@ fn slow(o: &Opts) -> Result<(), String> {
     b.connect_all(o.ws, o.n, o.concurrency, o.stuck)?;
     b.parse_timestamps = true;
     let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
+    let healthy = (o.n - o.stuck) as u64;
+    let warmup_p99 = warm_up(o, &mut b, &mut publisher, healthy)?;
+    // Stuck connections read nothing, so every frame counted is a healthy one.
+    let base = b.total_frames();
     let mut peak_rss = 0;
-    publish_paced(o, &mut b, &mut publisher, |_| {
+    publish_paced(o, &mut b, &mut publisher, o.messages, |_| {
         peak_rss = peak_rss.max(o.pid.and_then(rss_kib).unwrap_or(0));
     })?;
-    let healthy = (o.n - o.stuck) as u64;
     let expected = o.messages as u64 * healthy;
     b.run_until(Duration::from_secs(10), |b| {
-        b.conns
-            .iter()
-            .filter(|c| !c.stuck)
-            .map(|c| c.frames)
-            .sum::<u64>()
-            >= expected
+        b.total_frames() - base >= expected
     });
-    let delivered: u64 = b.conns.iter().filter(|c| !c.stuck).map(|c| c.frames).sum();
+    let delivered = b.total_frames() - base;
     let mut lat = std::mem::take(&mut b.latencies);
     lat.sort_unstable();
     let p99 = percentile(&lat, 0.99);
     report(
         o,
         format!(
-            "slow: {} subscribers, {} stuck, {} messages of {} B: healthy got {delivered}/{expected} (loss {}), p50 {:.2} ms p99 {p99:.2} ms max {:.2} ms; server peak RSS {peak_rss} KiB",
+            "slow: {} subscribers, {} stuck, {} messages of {} B: healthy got {delivered}/{expected} (loss {}), p50 {:.2} ms p99 {p99:.2} ms max {:.2} ms; server peak RSS {peak_rss} KiB; warm-up ({} messages) p99 {}",
             o.n,
             o.stuck,
             o.messages,
             o.payload,
             expected.saturating_sub(delivered),
             percentile(&lat, 0.5),
-            percentile(&lat, 1.0)
+            percentile(&lat, 1.0),
+            o.warmup,
+            warmup_p99.map_or("-".into(), |p| format!("{p:.2} ms")),
         ),
-        json!({ "subscribers": o.n, "stuck": o.stuck, "delivered": delivered, "expected": expected, "p99_ms": p99, "peak_rss_kib": peak_rss }),
+        json!({ "subscribers": o.n, "stuck": o.stuck, "delivered": delivered, "expected": expected, "p99_ms": p99,
+                "peak_rss_kib": peak_rss, "warmup_messages": o.warmup, "warmup_p99_ms": warmup_p99 }),
     );
     Ok(())
 }

@@ -20,7 +20,9 @@ const RLIMIT_NOFILE: CInt = 7;
 #[cfg(not(target_os = "linux"))]
 const RLIMIT_NOFILE: CInt = 8;
 const SIGINT: CInt = 2;
+const SIGPIPE: CInt = 13;
 const SIGTERM: CInt = 15;
+const SIG_IGN: usize = 1;
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 unsafe extern "C" {
@@ -42,8 +44,36 @@ unsafe extern "C" {
     fn listen(fd: CInt, backlog: CInt) -> CInt;
     fn getrlimit(resource: CInt, rlim: *mut RLimit) -> CInt;
     fn setrlimit(resource: CInt, rlim: *const RLimit) -> CInt;
-    fn signal(signum: CInt, handler: extern "C" fn(CInt)) -> usize;
+    fn signal(signum: CInt, handler: usize) -> usize;
+    fn fcntl(fd: CInt, cmd: CInt, ...) -> CInt;
+    fn open(path: *const std::ffi::c_char, flags: CInt, ...) -> CInt;
 }
+
+/// What std's start-up does for a program, for a binary that skips it (`#![no_main]`; see
+/// `src/bin/wspush.rs`): ignore SIGPIPE, so writing to a socket the peer closed is an error and
+/// not the end of the process, and make sure descriptors 0-2 are open, so a socket can never
+/// become "stderr" and receive log lines.
+pub fn prepare_process() -> io::Result<()> {
+    const F_GETFD: CInt = 1;
+    const O_RDWR: CInt = 2;
+    // SAFETY: SIG_IGN is a valid disposition for SIGPIPE.
+    if unsafe { signal(SIGPIPE, SIG_IGN) } == usize::MAX {
+        return Err(io::Error::last_os_error());
+    }
+    for fd in 0..3 {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        if unsafe { fcntl(fd, F_GETFD) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(EBADF)
+            // SAFETY: a NUL-terminated path; open returns the lowest free descriptor, `fd`.
+            && unsafe { open(c"/dev/null".as_ptr(), O_RDWR) } == -1
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+const EBADF: i32 = 9;
 
 /// Raises the listen backlog of an already listening socket (Linux applies a second `listen`),
 /// so a burst of connects is queued by the kernel instead of refused. The kernel caps it at
@@ -104,7 +134,7 @@ pub fn install_signal_handlers(handle: ShutdownHandle) -> io::Result<()> {
     }
     for sig in [SIGINT, SIGTERM] {
         // SAFETY: installs a handler that only touches an initialised OnceLock and atomics.
-        if unsafe { signal(sig, on_signal) } == usize::MAX {
+        if unsafe { signal(sig, on_signal as extern "C" fn(CInt) as usize) } == usize::MAX {
             return Err(io::Error::last_os_error());
         }
     }
