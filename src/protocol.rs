@@ -143,11 +143,25 @@ fn is_topic_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')
 }
 
-/// WebSocket opcodes of the data frames the server sends.
+/// WebSocket opcodes of the frames the server builds itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opcode {
     Text = 0x1,
     Binary = 0x2,
+    Close = 0x8,
+}
+
+/// A close frame with `code` and a short `reason` (at most 123 bytes, as RFC 6455 requires of
+/// a control frame's payload; longer reasons are cut at a character boundary).
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut payload = Vec::with_capacity(2 + end);
+    payload.extend_from_slice(&code.to_be_bytes());
+    payload.extend_from_slice(&reason.as_bytes()[..end]);
+    frame(Opcode::Close, &payload)
 }
 
 /// Frames `payload` as one final, unmasked server frame.

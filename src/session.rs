@@ -7,19 +7,21 @@
 //!
 //! tungstenite parses the handshake and the frames. It reads from and writes to [`SessionIo`], a
 //! stream made of the input the loop handed over and the session's [`OutQueue`]; it never touches
-//! the socket, so its buffers stay small (no 128 KiB read buffer per connection).
+//! the socket, so its buffers stay small (no 128 KiB read buffer per connection). Its frame
+//! context (~340 bytes) exists only while a client message is being read: between messages an
+//! open session holds nothing but its queue.
 
 use std::io::{self, Read, Write};
 use std::rc::Rc;
 
 use bytes::Bytes;
 use log::debug;
+use tungstenite::Message;
 use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
 use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
-use tungstenite::protocol::{Role, WebSocketConfig};
-use tungstenite::{Message, WebSocket};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 use crate::broker::{Broker, SubscriberId};
 use crate::config::{Config, SlowConsumerPolicy, millis};
@@ -249,7 +251,7 @@ enum Phase {
     /// burst of connects does not hold (or fragment) handshake buffers while clients are slow.
     Accepted(Rc<HandshakePolicy>),
     Handshaking(Box<Handshake>),
-    Open(Box<WebSocket<SessionIo>>),
+    Open(OpenWs),
     /// Our last bytes (a close frame or an HTTP error) are queued: flush them, half-close, and
     /// wait briefly for the peer's EOF so the close is not lost to a TCP reset.
     Finishing {
@@ -258,6 +260,22 @@ enum Phase {
     },
     /// Transient while a handshake step owns the state.
     Gone,
+}
+
+/// An open WebSocket session.
+struct OpenWs {
+    io: SessionIo,
+    /// tungstenite's frame context, kept only while it holds state: a partial frame, a
+    /// fragmented message, or a close handshake under way. Otherwise it is created when input
+    /// arrives and dropped after it, so an idle connection does not pay for it.
+    reading: Option<Box<WebSocketContext>>,
+}
+
+impl OpenWs {
+    /// False once a close was sent (tungstenite then holds the context).
+    fn can_write(&self) -> bool {
+        self.reading.as_ref().is_none_or(|ws| ws.can_write())
+    }
 }
 
 /// The result of offering a push to a session.
@@ -376,7 +394,7 @@ impl Session {
         match &mut self.phase {
             Phase::Accepted(_) => None,
             Phase::Handshaking(hs) => Some(&mut hs.get_mut().get_mut().out),
-            Phase::Open(ws) => Some(&mut ws.get_mut().out),
+            Phase::Open(open) => Some(&mut open.io.out),
             Phase::Finishing { io, .. } => Some(&mut io.out),
             Phase::Gone => None,
         }
@@ -403,11 +421,20 @@ impl Session {
                 self.continue_handshake(ctx);
                 // A valid client waits for our 101 before it sends frames, so nothing is left.
             }
-            Phase::Open(ws) => {
+            Phase::Open(open) => {
                 self.boundary.feed(&input);
-                ws.get_mut().input = input;
-                self.read_messages(ctx);
-                self.compact(ctx);
+                open.io.input = input;
+                let mut ws = match open.reading.take() {
+                    Some(ws) => *ws,
+                    None => WebSocketContext::new(Role::Server, Some(ctx.settings.ws_config)),
+                };
+                self.read_messages(&mut ws, ctx);
+                if let Phase::Open(open) = &mut self.phase {
+                    let idle = self.boundary.is_clean() && ws.can_read() && ws.can_write();
+                    if !idle {
+                        open.reading = Some(Box::new(ws));
+                    }
+                }
             }
             // Closing: whatever the peer still sends is not for us any more.
             Phase::Accepted(_) | Phase::Finishing { .. } | Phase::Gone => {}
@@ -421,7 +448,7 @@ impl Session {
         match &mut self.phase {
             Phase::Accepted(_) => None,
             Phase::Handshaking(hs) => Some(hs.get_mut().get_mut()),
-            Phase::Open(ws) => Some(ws.get_mut()),
+            Phase::Open(open) => Some(&mut open.io),
             Phase::Finishing { io, .. } => Some(&mut **io),
             Phase::Gone => None,
         }
@@ -431,8 +458,7 @@ impl Session {
     /// queued (say, the reply to its close frame) is still flushed.
     pub fn on_eof(&mut self, now_ms: u64) {
         match std::mem::replace(&mut self.phase, Phase::Gone) {
-            Phase::Open(ws) => {
-                let io = ws.into_inner();
+            Phase::Open(OpenWs { io, .. }) => {
                 if !io.out.is_empty() {
                     self.phase = Phase::Finishing {
                         io: Box::new(io),
@@ -454,7 +480,11 @@ impl Session {
         match hs.handshake() {
             Ok(ws) => {
                 debug!("session {:?}: handshake done", self.id);
-                self.phase = Phase::Open(Box::new(ws));
+                // The handshake leaves a fresh context behind: nothing to keep.
+                self.phase = Phase::Open(OpenWs {
+                    io: ws.into_inner(),
+                    reading: None,
+                });
             }
             Err(HandshakeError::Interrupted(hs)) => self.phase = Phase::Handshaking(Box::new(hs)),
             Err(HandshakeError::Failure(err)) => {
@@ -471,17 +501,19 @@ impl Session {
         }
     }
 
-    fn read_messages(&mut self, ctx: &mut Ctx<'_>) {
+    fn read_messages(&mut self, ws: &mut WebSocketContext, ctx: &mut Ctx<'_>) {
         loop {
-            let Phase::Open(ws) = &mut self.phase else {
+            let Phase::Open(open) = &mut self.phase else {
                 return;
             };
-            match ws.read() {
+            match ws.read(&mut open.io) {
                 Ok(Message::Text(text)) => self.on_text(text, ctx),
                 Ok(Message::Binary(data)) if ctx.settings.echo => {
                     self.send(protocol::frame(Opcode::Binary, &data), ctx);
                 }
-                Ok(Message::Binary(_)) => return self.close(CloseReason::BinaryData, ctx.now_ms),
+                Ok(Message::Binary(_)) => {
+                    return self.close_with(Some(ws), CloseReason::BinaryData, ctx.now_ms);
+                }
                 // tungstenite queued the pong / close reply; flushed below.
                 Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
                 }
@@ -498,43 +530,24 @@ impl Session {
                         _ => CloseReason::Internal,
                     };
                     ctx.stats.protocol_closes += 1;
-                    return self.close(reason, ctx.now_ms);
+                    return self.close_with(Some(ws), reason, ctx.now_ms);
                 }
             }
         }
-        self.flush_control(ctx);
-    }
-
-    /// Between messages, replaces tungstenite's context with a fresh one: it keeps the
-    /// allocation of the last frame it read for the life of the connection otherwise, about
-    /// 150 bytes per idle connection. Safe only when it holds no partial frame, no fragmented
-    /// message and no pending control reply, and the connection is open both ways.
-    fn compact(&mut self, ctx: &mut Ctx<'_>) {
-        if !self.boundary.is_clean() {
-            return;
-        }
-        match &self.phase {
-            Phase::Open(ws) if ws.can_read() && ws.can_write() => {}
-            _ => return,
-        }
-        if let Phase::Open(ws) = std::mem::replace(&mut self.phase, Phase::Gone) {
-            let io = ws.into_inner();
-            let fresh = WebSocket::from_raw_socket(io, Role::Server, Some(ctx.settings.ws_config));
-            self.phase = Phase::Open(Box::new(fresh));
-        }
+        self.flush_control(ws, ctx);
     }
 
     /// Moves tungstenite's pending pong or close reply into the queue.
-    fn flush_control(&mut self, ctx: &mut Ctx<'_>) {
-        let Phase::Open(ws) = &mut self.phase else {
+    fn flush_control(&mut self, ws: &mut WebSocketContext, ctx: &mut Ctx<'_>) {
+        let Phase::Open(open) = &mut self.phase else {
             return;
         };
-        match ws.flush() {
+        match ws.flush(&mut open.io) {
             Ok(()) => {
-                if ws.get_ref().out.queued_bytes() > ctx.settings.outbound_cap + CONTROL_SLACK {
+                if open.io.out.queued_bytes() > ctx.settings.outbound_cap + CONTROL_SLACK {
                     // A client that floods pings and never reads.
                     ctx.stats.slow_consumer_closes += 1;
-                    self.close(CloseReason::SlowConsumer, ctx.now_ms);
+                    self.close_with(Some(ws), CloseReason::SlowConsumer, ctx.now_ms);
                 }
             }
             Err(_) => self.finish(ctx),
@@ -595,13 +608,13 @@ impl Session {
 
     /// Queues a reply of our own (pong, ack, error, echo).
     fn send(&mut self, frame: Bytes, ctx: &mut Ctx<'_>) {
-        let Phase::Open(ws) = &mut self.phase else {
+        let Phase::Open(open) = &mut self.phase else {
             return;
         };
-        if !ws.can_write() {
+        if !open.can_write() {
             return;
         }
-        let out = &mut ws.get_mut().out;
+        let out = &mut open.io.out;
         if !out.is_empty() && out.queued_bytes() + frame.len() > ctx.settings.outbound_cap {
             ctx.stats.slow_consumer_closes += 1;
             return self.close(CloseReason::SlowConsumer, ctx.now_ms);
@@ -612,13 +625,13 @@ impl Session {
     /// Queues a shared push frame, unless the queue is full: then `Full` is returned and nothing
     /// happens, so the loop can flush the socket first and call [`Session::push_or_overflow`].
     pub fn push(&mut self, frame: &Bytes, settings: &SessionSettings, stats: &mut Stats) -> Push {
-        let Phase::Open(ws) = &mut self.phase else {
+        let Phase::Open(open) = &mut self.phase else {
             return Push::NotOpen;
         };
-        if !ws.can_write() {
+        if !open.can_write() {
             return Push::NotOpen;
         }
-        let out = &mut ws.get_mut().out;
+        let out = &mut open.io.out;
         // An empty queue takes any frame, so one large publish never closes everyone.
         if !out.is_empty() && out.queued_bytes() + frame.len() > settings.outbound_cap {
             return Push::Full;
@@ -656,19 +669,41 @@ impl Session {
     /// Sends a close frame (after dropping queued frames that have not started, when the
     /// queue is what overflowed) and moves to `Finishing`.
     pub fn close(&mut self, reason: CloseReason, now_ms: u64) {
+        self.close_with(None, reason, now_ms);
+    }
+
+    /// [`Session::close`] with the frame context in use, if a message is being read.
+    fn close_with(
+        &mut self,
+        reading: Option<&mut WebSocketContext>,
+        reason: CloseReason,
+        now_ms: u64,
+    ) {
         match std::mem::replace(&mut self.phase, Phase::Gone) {
-            Phase::Open(mut ws) => {
+            Phase::Open(OpenWs {
+                mut io,
+                reading: kept,
+            }) => {
                 debug!("session {:?}: closing: {}", self.id, reason.text());
                 if reason == CloseReason::SlowConsumer {
-                    ws.get_mut().out.discard_unsent();
+                    io.out.discard_unsent();
                 }
-                let frame = CloseFrame {
-                    code: reason.code(),
-                    reason: reason.text().into(),
-                };
-                // Err means tungstenite already considers the connection closed: nothing to add.
-                let _ = ws.close(Some(frame));
-                let io = ws.into_inner();
+                let mut kept = kept;
+                match reading.or(kept.as_deref_mut()) {
+                    // tungstenite's state matters (it may have sent or answered a close).
+                    // Err: it already considers the connection closed, nothing to add.
+                    Some(ws) => {
+                        let frame = CloseFrame {
+                            code: reason.code(),
+                            reason: reason.text().into(),
+                        };
+                        let _ = ws.close(&mut io, Some(frame));
+                    }
+                    // Between messages the connection is open both ways: a plain close frame.
+                    None => io
+                        .out
+                        .push(protocol::close_frame(reason.code().into(), reason.text())),
+                }
                 self.phase = Phase::Finishing {
                     io: Box::new(io),
                     deadline_ms: now_ms + CLOSE_LINGER_MS,
@@ -682,8 +717,7 @@ impl Session {
 
     /// The close handshake completed (or tungstenite gave up): flush and finish.
     fn finish(&mut self, ctx: &mut Ctx<'_>) {
-        if let Phase::Open(ws) = std::mem::replace(&mut self.phase, Phase::Gone) {
-            let io = ws.into_inner();
+        if let Phase::Open(OpenWs { io, .. }) = std::mem::replace(&mut self.phase, Phase::Gone) {
             self.phase = Phase::Finishing {
                 io: Box::new(io),
                 deadline_ms: ctx.now_ms + CLOSE_LINGER_MS,

@@ -210,7 +210,11 @@ fn out_of_descriptors_does_not_spin_and_recovers() {
 fn survives_vanished_peers_and_closed_stdin() {
     let mut child = Command::new("sh")
         // The test harness ignores SIGPIPE and children inherit that: restore the default.
-        .args(["-c", "exec env --default-signal=PIPE \"$0\" \"$@\" <&-", BIN])
+        .args([
+            "-c",
+            "exec env --default-signal=PIPE \"$0\" \"$@\" <&-",
+            BIN,
+        ])
         .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
         .arg("--no-tick")
         .stderr(Stdio::piped())
