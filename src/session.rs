@@ -458,13 +458,11 @@ impl Session {
     /// queued (say, the reply to its close frame) is still flushed.
     pub fn on_eof(&mut self, now_ms: u64) {
         match std::mem::replace(&mut self.phase, Phase::Gone) {
-            Phase::Open(OpenWs { io, .. }) => {
-                if !io.out.is_empty() {
-                    self.phase = Phase::Finishing {
-                        io: Box::new(io),
-                        deadline_ms: now_ms + CLOSE_LINGER_MS,
-                    };
-                }
+            Phase::Open(OpenWs { io, .. }) if !io.out.is_empty() => {
+                self.phase = Phase::Finishing {
+                    io: Box::new(io),
+                    deadline_ms: now_ms + CLOSE_LINGER_MS,
+                };
             }
             Phase::Finishing { io, deadline_ms } if !io.out.is_empty() => {
                 self.phase = Phase::Finishing { io, deadline_ms };
