@@ -374,6 +374,15 @@ mod tests {
     }
 
     #[test]
+    fn close_frames_fit_a_control_frame() {
+        assert_eq!(&close_frame(1013, "full")[..], b"\x88\x06\x03\xf5full");
+        // A long reason is cut to 123 bytes, never inside a character.
+        let long = close_frame(1000, &"é".repeat(100));
+        assert_eq!(long[1], 2 + 122);
+        assert!(std::str::from_utf8(&long[4..]).is_ok());
+    }
+
+    #[test]
     fn static_frames_and_acks() {
         let p = pong_frame();
         assert_eq!(&p[..2], &[0x81, 14]);
