@@ -7,9 +7,8 @@
 //! descriptors 0-2 open). What is lost: a stack overflow ends in SIGSEGV without std's message.
 #![no_main]
 
-use std::ffi::{CStr, OsString, c_char, c_int};
+use std::ffi::{CStr, c_char, c_int};
 use std::io::Write;
-use std::os::unix::ffi::OsStringExt;
 
 use wspush::Server;
 use wspush::config::{self, Command};
@@ -26,23 +25,18 @@ extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
         return FAILURE;
     }
     // SAFETY: the C runtime passes `argc` valid, NUL-terminated strings in `argv`.
-    let args = (1..argc.max(0) as usize)
-        .map(|i| unsafe { CStr::from_ptr(*argv.add(i)) })
-        .map(|arg| OsString::from_vec(arg.to_bytes().to_vec()));
+    let args = (1..argc.max(0) as usize).map(|i| unsafe { CStr::from_ptr(*argv.add(i)) });
     let code = run(args);
     // std's start-up would flush stdout on the way out; returning from C main does not.
     let _ = std::io::stdout().flush();
     code
 }
 
-fn run(args: impl Iterator<Item = OsString>) -> c_int {
-    let args = match args
-        .map(|arg| arg.into_string())
-        .collect::<Result<Vec<_>, _>>()
-    {
+fn run<'a>(args: impl Iterator<Item = &'a CStr>) -> c_int {
+    let args = match args.map(CStr::to_str).collect::<Result<Vec<_>, _>>() {
         Ok(args) => args,
-        Err(arg) => {
-            eprintln!("wspush: argument is not UTF-8: {arg:?}");
+        Err(_) => {
+            eprintln!("wspush: an argument is not UTF-8");
             return USAGE;
         }
     };

@@ -23,6 +23,7 @@ const SIGINT: CInt = 2;
 const SIGPIPE: CInt = 13;
 const SIGTERM: CInt = 15;
 const SIG_IGN: usize = 1;
+const EBADF: i32 = 9;
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 unsafe extern "C" {
@@ -72,8 +73,6 @@ pub fn prepare_process() -> io::Result<()> {
     }
     Ok(())
 }
-
-const EBADF: i32 = 9;
 
 /// Raises the listen backlog of an already listening socket (Linux applies a second `listen`),
 /// so a burst of connects is queued by the kernel instead of refused. The kernel caps it at
