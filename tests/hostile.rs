@@ -74,6 +74,40 @@ fn slowloris_after_the_handshake_without_subscribing_is_closed() {
     control_still_served(&server, &mut control);
 }
 
+#[cfg(target_os = "linux")]
+#[test]
+fn silent_connections_take_no_session_and_are_closed_in_the_end() {
+    let mut config = short_timeouts();
+    config.max_connections = 3;
+    let server = TestServer::with(config);
+    let mut control = subscriber(&server, &["control"]);
+    // TCP_DEFER_ACCEPT: the kernel holds connections that have sent nothing, so these do not
+    // use up the 3 sessions.
+    let started = Instant::now();
+    let mut silent: Vec<TcpStream> = (0..10)
+        .map(|_| TcpStream::connect(server.ws).unwrap())
+        .collect();
+    let mut newcomer = subscriber(&server, &["other"]);
+    assert_nothing_pending(&mut newcomer);
+    control_still_served(&server, &mut control);
+    // Past the deferral (the handshake timeout, rounded up to whole seconds) they are accepted:
+    // one takes the free session until its handshake timeout, the others get a 503.
+    for s in &mut silent {
+        let reply = read_until_closed(s);
+        assert!(
+            reply.is_empty() || reply.starts_with(b"HTTP/1.1 503"),
+            "{}",
+            String::from_utf8_lossy(&reply)
+        );
+    }
+    let held = started.elapsed();
+    assert!(
+        held < Duration::from_secs(10),
+        "silent clients kept for {held:?}"
+    );
+    control_still_served(&server, &mut control);
+}
+
 #[test]
 fn half_finished_handshakes_up_to_the_cap_then_recovery() {
     let mut config = short_timeouts();
@@ -87,9 +121,10 @@ fn half_finished_handshakes_up_to_the_cap_then_recovery() {
             s
         })
         .collect();
-    // Over the cap: refused with 503.
+    // Over the cap: refused with 503, cleanly (a reset could destroy the reply).
     let mut extra = TcpStream::connect(server.ws).unwrap();
-    let reply = read_until_closed(&mut extra);
+    extra.write_all(HANDSHAKE).unwrap();
+    let reply = read_until_closed_cleanly(&mut extra);
     assert!(
         reply.starts_with(b"HTTP/1.1 503"),
         "{}",

@@ -370,7 +370,8 @@ fn connection_cap_holds_and_frees_up() {
     let server = TestServer::with(config);
     let mut clients: Vec<_> = (0..3).map(|_| subscriber(&server, &["a"])).collect();
     let mut extra = TcpStream::connect(server.ws).unwrap();
-    let reply = read_until_closed(&mut extra);
+    extra.write_all(HANDSHAKE_REQUEST).unwrap();
+    let reply = read_until_closed_cleanly(&mut extra);
     assert!(
         reply.starts_with(b"HTTP/1.1 503"),
         "{}",

@@ -184,6 +184,7 @@ struct Bench {
     last_arrival: std::collections::HashMap<u64, (u64, u64)>,
     parse_timestamps: bool,
     read_buf: Vec<u8>,
+    events: Events,
 }
 
 impl Bench {
@@ -198,6 +199,7 @@ impl Bench {
             last_arrival: Default::default(),
             parse_timestamps: false,
             read_buf: vec![0; 256 * 1024],
+            events: Events::with_capacity(4096),
         })
     }
 
@@ -240,20 +242,18 @@ impl Bench {
     /// Runs the loop until `done` or the timeout; returns false on timeout.
     fn run_until(&mut self, timeout: Duration, mut done: impl FnMut(&mut Bench) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut events = Events::with_capacity(4096);
-        while !done(self) {
+        // Reused: connect_all calls this once per finished connection.
+        let mut events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        let finished = loop {
+            if done(self) {
+                break true;
+            }
             let now = Instant::now();
             if now >= deadline {
-                return false;
+                break false;
             }
-            if self
-                .poll
-                .poll(
-                    &mut events,
-                    Some((deadline - now).min(Duration::from_millis(50))),
-                )
-                .is_err()
-            {
+            let wait = (deadline - now).min(Duration::from_millis(50));
+            if self.poll.poll(&mut events, Some(wait)).is_err() {
                 continue;
             }
             for ev in events.iter() {
@@ -261,8 +261,9 @@ impl Bench {
                     self.on_event(ev.token().0);
                 }
             }
-        }
-        true
+        };
+        self.events = events;
+        finished
     }
 
     fn on_event(&mut self, i: usize) {
@@ -271,19 +272,18 @@ impl Bench {
             return;
         };
         if c.phase == Phase::Connecting {
-            if c.stream.peer_addr().is_err() {
-                if let Ok(Some(_)) | Err(_) = c.stream.take_error() {
-                    c.phase = Phase::Ready;
+            // Writing is the connection check: a socket still connecting says EAGAIN (wait for
+            // the next event), a refused one its error. No `getpeername` per connection.
+            match c.stream.write(HANDSHAKE) {
+                Ok(n) if n == HANDSHAKE.len() => c.phase = Phase::Upgrading,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                _ => {
                     self.failed += 1;
+                    c.phase = Phase::Ready;
                 }
-                return;
             }
-            if c.stream.write_all(HANDSHAKE).is_err() {
-                self.failed += 1;
-                c.phase = Phase::Ready;
-                return;
-            }
-            c.phase = Phase::Upgrading;
+            // Nothing can be there to read before the server has seen the request.
+            return;
         }
         if c.stuck && c.phase == Phase::Ready {
             return;
@@ -534,8 +534,15 @@ fn report(o: &Opts, text: String, value: Value) {
 fn connect(o: &Opts) -> Result<(), String> {
     let mut b = Bench::new().map_err(|e| e.to_string())?;
     let rss_before = o.pid.and_then(rss_kib);
+    let own_pid = std::process::id();
+    let cpu_before = (o.pid.and_then(cpu_secs), cpu_secs(own_pid));
     let secs = b.connect_all(o.ws, o.n, o.concurrency, 0)?;
+    let cpu_after = (o.pid.and_then(cpu_secs), cpu_secs(own_pid));
     let rate = o.n as f64 / secs;
+    // CPU per connection tells which side limits the rate: a side near `secs / n` is saturated.
+    let per_conn_us = |a: Option<f64>, z: Option<f64>| Some((z? - a?) * 1e6 / o.n as f64);
+    let server_us = per_conn_us(cpu_before.0, cpu_after.0);
+    let generator_us = per_conn_us(cpu_before.1, cpu_after.1);
     // Idle for a moment so deferred work (freed handshake buffers) settles.
     b.run_until(Duration::from_secs(2), |_| false);
     let rss_after = o.pid.and_then(rss_kib);
@@ -546,14 +553,17 @@ fn connect(o: &Opts) -> Result<(), String> {
     report(
         o,
         format!(
-            "connect: {} connections (concurrency {}) in {secs:.2} s = {rate:.0}/s; server RSS {:?} -> {:?} KiB = {} B per idle subscribed connection",
+            "connect: {} connections (concurrency {}) in {secs:.2} s = {rate:.0}/s; CPU per connection: server {} us, generator {} us (wall {:.1} us); server RSS {:?} -> {:?} KiB = {} B per idle subscribed connection",
             o.n,
             o.concurrency,
+            server_us.map_or("?".into(), |u| format!("{u:.1}")),
+            generator_us.map_or("?".into(), |u| format!("{u:.1}")),
+            secs * 1e6 / o.n as f64,
             rss_before,
             rss_after,
             per_conn.map_or("?".into(), |p| format!("{p:.0}"))
         ),
-        json!({ "connections": o.n, "per_sec": rate, "rss_before_kib": rss_before, "rss_after_kib": rss_after, "bytes_per_conn": per_conn }),
+        json!({ "connections": o.n, "per_sec": rate, "server_cpu_us_per_conn": server_us, "generator_cpu_us_per_conn": generator_us, "rss_before_kib": rss_before, "rss_after_kib": rss_after, "bytes_per_conn": per_conn }),
     );
     Ok(())
 }

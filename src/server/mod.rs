@@ -147,6 +147,8 @@ pub struct Server {
     config: Config,
     /// Accepted sockets inherit TCP_NODELAY from the listeners.
     nodelay_inherited: bool,
+    /// The WebSocket listener has TCP_DEFER_ACCEPT.
+    deferred_accept: bool,
 }
 
 impl Server {
@@ -164,6 +166,10 @@ impl Server {
         };
         let mut ws_listener = bind(config.listen)?;
         let mut nodelay_inherited = sys::set_listener_nodelay(&ws_listener);
+        let deferred_accept = sys::set_defer_accept(
+            &ws_listener,
+            config.handshake_timeout.as_secs().max(1) as u32,
+        );
         let ws_addr = ws_listener.local_addr()?;
         poll.registry()
             .register(&mut ws_listener, WS_LISTENER, Interest::READABLE)?;
@@ -192,6 +198,7 @@ impl Server {
             shutdown,
             config,
             nodelay_inherited,
+            deferred_accept,
         })
     }
 
@@ -218,6 +225,7 @@ impl Server {
             shutdown,
             config,
             nodelay_inherited,
+            deferred_accept,
             ..
         } = self;
         let settings = SessionSettings::from_config(&config);
@@ -246,6 +254,7 @@ impl Server {
             tick: None,
             accept_log: LogLimiter::default(),
             nodelay_inherited,
+            deferred_accept,
             removed_since_trim: 0,
             last_trim_ms: 0,
             trim_scheduled: false,
@@ -285,6 +294,8 @@ struct Loop {
     accept_log: LogLimiter,
     /// Accepted sockets already have TCP_NODELAY (from the listener).
     nodelay_inherited: bool,
+    /// Accepted WebSocket connections usually have their request waiting (TCP_DEFER_ACCEPT).
+    deferred_accept: bool,
     /// Connections closed since freed memory was last returned to the OS.
     removed_since_trim: usize,
     last_trim_ms: u64,
@@ -431,7 +442,14 @@ impl Loop {
                     }) {
                         self.ws_count += 1;
                         self.stats.accepted += 1;
-                        self.sync_timer(key);
+                        if self.deferred_accept {
+                            // The request is most likely here already; reading it now saves
+                            // a readiness event (epoll does not report a drained socket).
+                            self.read(key, false);
+                            self.service(key);
+                        } else {
+                            self.sync_timer(key);
+                        }
                     }
                 }
                 Err(e) if would_block(&e) => return,
@@ -925,6 +943,14 @@ impl api::Target for ApiTarget<'_> {
 
 /// Turns away a connection over the cap with a short HTTP 503.
 fn refuse(mut socket: TcpStream) {
+    // Read what has arrived of the request first (with TCP_DEFER_ACCEPT, usually all of it):
+    // closing over unread input sends a reset, which can destroy the 503 before it is read.
+    let mut sink = [0u8; 1024];
+    for _ in 0..8 {
+        if !matches!(socket.read(&mut sink), Ok(n) if n == sink.len()) {
+            break;
+        }
+    }
     let _ = socket.write(&crate::session::http_error(
         503,
         "server at connection capacity",

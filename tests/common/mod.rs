@@ -214,6 +214,23 @@ pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
+/// Like [`read_until_closed`], but a reset fails: the server must close with a FIN.
+pub fn read_until_closed_cleanly(stream: &mut TcpStream) -> Vec<u8> {
+    stream.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!(
+                "not closed cleanly by the server: {e} (after {} bytes)",
+                out.len()
+            ),
+        }
+    }
+}
+
 /// A valid client handshake request for `/ws`.
 pub const HANDSHAKE_REQUEST: &[u8] =
     b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
