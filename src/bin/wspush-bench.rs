@@ -598,6 +598,17 @@ fn fanout(o: &Opts) -> Result<(), String> {
         .iter()
         .map(|(t, (first, _))| first - t)
         .collect();
+    // Every message's fan-out in publish order, to tell a slow stretch from a steady cost.
+    let mut by_publish: Vec<(u64, u64)> = b
+        .last_arrival
+        .iter()
+        .map(|(t, (_, l))| (*t, l - t))
+        .collect();
+    by_publish.sort_unstable();
+    let spans_in_order: Vec<f64> = by_publish
+        .iter()
+        .map(|(_, s)| (*s as f64 / 1e4).round() / 1e2)
+        .collect();
     waits.sort_unstable();
     spans.sort_unstable();
     let fanout_ms = percentile(&spans, 0.5);
@@ -626,7 +637,7 @@ fn fanout(o: &Opts) -> Result<(), String> {
         ),
         json!({ "subscribers": o.n, "messages": o.messages, "delivered": delivered, "expected": expected,
                 "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "p999_ms": p999, "max_ms": max,
-                "fanout_ms": fanout_ms, "fanout_max_ms": percentile(&spans, 1.0),
+                "fanout_ms": fanout_ms, "fanout_max_ms": percentile(&spans, 1.0), "fanouts_ms": spans_in_order,
                 "wait_p99_ms": percentile(&waits, 0.99), "cpu_ns_per_delivery": cpu_per_delivery_ns,
                 "warmup_messages": o.warmup, "warmup_p99_ms": warmup_p99 }),
     );
