@@ -26,7 +26,7 @@ use std::collections::BTreeSet;
 use std::collections::hash_map::RandomState;
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
@@ -37,10 +37,10 @@ use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tungstenite::Message;
-use tungstenite::handshake::HandshakeError;
-use tungstenite::handshake::client::ClientHandshake;
 use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, WebSocket};
+use tungstenite::protocol::{CloseFrame, Role, WebSocket};
+
+use crate::handshake;
 
 /// Client settings; every default follows the seed's client or improves on it.
 #[derive(Clone, Debug)]
@@ -281,11 +281,24 @@ struct Worker {
 }
 
 impl Worker {
-    fn jitter(&mut self) -> f64 {
+    fn next_random(&mut self) -> u64 {
         self.rng ^= self.rng << 13;
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
-        (self.rng >> 11) as f64 / (1u64 << 53) as f64
+        self.rng
+    }
+
+    fn jitter(&mut self) -> f64 {
+        (self.next_random() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A fresh handshake key: RFC 6455 wants a random nonce; it guards against caches, not
+    /// attackers, so the worker's generator (seeded from the OS) is enough.
+    fn handshake_key(&mut self) -> String {
+        let mut random = [0u8; 16];
+        random[..8].copy_from_slice(&self.next_random().to_le_bytes());
+        random[8..].copy_from_slice(&self.next_random().to_le_bytes());
+        handshake::client_key(random)
     }
 
     fn run(mut self) {
@@ -359,14 +372,20 @@ impl Worker {
         }
     }
 
-    fn resolve(&self) -> Result<(SocketAddr, String), String> {
+    /// The address, the `Host` header and the path.
+    fn resolve(&self) -> Result<(SocketAddr, String, String), String> {
         let (host, port, path) = parse_url(&self.config.url).map_err(|e| e.to_string())?;
         let addr = (host.as_str(), port)
             .to_socket_addrs()
             .map_err(|e| format!("cannot resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| format!("no address for {host}"))?;
-        Ok((addr, format!("ws://{host}:{port}{path}")))
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        Ok((addr, authority, path))
     }
 
     /// One connection, from connect to failure.
@@ -376,11 +395,11 @@ impl Worker {
             overloaded: false,
             healthy: false,
         };
-        let (addr, url) = match self.resolve() {
+        let (addr, authority, path) = match self.resolve() {
             Ok(x) => x,
             Err(e) => return fail(e),
         };
-        info!("connecting to {url}");
+        info!("connecting to ws://{authority}{path}");
         let mut stream = match TcpStream::connect(addr) {
             Ok(s) => s,
             Err(e) => return fail(format!("connect: {e}")),
@@ -392,11 +411,13 @@ impl Worker {
         ) {
             return fail(format!("register: {e}"));
         }
-        let result = self.drive(stream, &url);
+        let key = self.handshake_key();
+        let request = handshake::client_request(&authority, &path, &key);
+        let result = self.drive(stream, &request, &key);
         result.unwrap_or_else(fail)
     }
 
-    fn drive(&mut self, stream: TcpStream, url: &str) -> Result<Ended, String> {
+    fn drive(&mut self, mut stream: TcpStream, request: &[u8], key: &str) -> Result<Ended, String> {
         let mut events = Events::with_capacity(16);
         let connect_deadline = Instant::now() + self.config.connect_timeout;
         // Non-blocking connect: wait for writability, then check the socket error.
@@ -424,15 +445,24 @@ impl Worker {
                 }
             }
         }
-        let request = tungstenite::client::IntoClientRequest::into_client_request(url)
-            .map_err(|e| e.to_string())?;
-        let mut handshake =
-            ClientHandshake::start(stream, request, None).map_err(|e| e.to_string())?;
-        let mut ws = loop {
-            match handshake.handshake() {
-                Ok((ws, _)) => break ws,
-                Err(HandshakeError::Interrupted(mid)) => handshake = mid,
-                Err(HandshakeError::Failure(e)) => return Err(format!("handshake: {e}")),
+        let (mut written, mut received) = (0, Vec::new());
+        let leftover = loop {
+            while written < request.len() {
+                match stream.write(&request[written..]) {
+                    Ok(n) => written += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(format!("handshake: {e}")),
+                }
+            }
+            if written == request.len() {
+                read_available(&mut stream, &mut received)
+                    .map_err(|e| format!("handshake: {e}"))?;
+                match handshake::read_response(&received, key) {
+                    Ok(Some(length)) => break received.split_off(length),
+                    Ok(None) => {}
+                    Err(e) => return Err(format!("handshake: {e}")),
+                }
             }
             let now = Instant::now();
             if now >= connect_deadline || self.stopping {
@@ -443,6 +473,8 @@ impl Worker {
                 .map_err(|e| e.to_string())?;
             self.drain_commands(None);
         };
+        // Frames the server sent right behind its 101 are not lost.
+        let mut ws = WebSocket::from_partially_read(stream, leftover, Role::Client, None);
         let topics: Vec<&String> = self.topics.iter().collect();
         let subscribe = serde_json::json!({ "topics": topics }).to_string();
         ws.send(Message::text(subscribe))
@@ -582,6 +614,22 @@ impl Worker {
         };
         self.events.send(event).is_err()
     }
+}
+
+/// Reads what the socket has, up to a little past the largest response we accept; EOF before
+/// the handshake completed is an error.
+fn read_available(stream: &mut TcpStream, into: &mut Vec<u8>) -> io::Result<()> {
+    let mut buf = [0u8; 4096];
+    while into.len() <= handshake::MAX_HEAD_BYTES {
+        match stream.read(&mut buf) {
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => into.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 fn would_block(e: tungstenite::Error) -> Result<(), tungstenite::Error> {

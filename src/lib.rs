@@ -8,6 +8,8 @@
 //! - [`broker`]: topic → subscribers. No I/O; topics vanish with their last subscriber.
 //! - [`timer`]: a hierarchical timer wheel with generation-checked handles.
 //! - [`outbound`]: a session's ordered, byte-counted outbound queue, flushed with `writev`.
+//! - [`handshake`]: the WebSocket opening handshake, server and client side (with the SHA-1
+//!   and base64 it needs).
 //! - [`session`]: one WebSocket connection: handshake, frames (by tungstenite, over an
 //!   in-memory stream), client commands, deadlines.
 //! - [`http`]: HTTP/1.1 request parsing for the backend API.
@@ -34,6 +36,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod handshake;
 pub mod http;
 pub mod outbound;
 pub mod protocol;

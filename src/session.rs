@@ -5,11 +5,12 @@
 //! outbound queue, the one path for every byte to the socket: the handshake response,
 //! tungstenite's pong and close frames, our replies and the shared push frames.
 //!
-//! tungstenite parses the handshake and the frames. It reads from and writes to [`SessionIo`], a
-//! stream made of the input the loop handed over and the session's [`OutQueue`]; it never touches
-//! the socket, so its buffers stay small (no 128 KiB read buffer per connection). Its frame
-//! context (~340 bytes) exists only while a client message is being read: between messages an
-//! open session holds nothing but its queue.
+//! The upgrade request is parsed by [`crate::handshake`], usually straight from the loop's read
+//! buffer (a request split over several reads is collected, up to 16 KiB). tungstenite parses the
+//! frames. It reads from and writes to [`SessionIo`], a stream made of the input the loop handed
+//! over and the session's [`OutQueue`]; it never touches the socket, so its buffers stay small
+//! (no 128 KiB read buffer per connection). Its frame context (~340 bytes) exists only while a
+//! client message is being read: between messages an open session holds nothing but its queue.
 
 use std::io::{self, Read, Write};
 use std::rc::Rc;
@@ -17,14 +18,13 @@ use std::rc::Rc;
 use bytes::Bytes;
 use log::debug;
 use tungstenite::Message;
-use tungstenite::handshake::server::{Callback, ErrorResponse, Request, Response, ServerHandshake};
-use tungstenite::handshake::{HandshakeError, MidHandshake};
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 use crate::broker::{Broker, SubscriberId};
 use crate::config::{Config, SlowConsumerPolicy, millis};
+use crate::handshake::{self, Rejection, UpgradeRequest};
 use crate::outbound::OutQueue;
 use crate::protocol::{self, ClientMessage, Opcode, RequestError, TopicRules};
 use crate::stats::Stats;
@@ -98,59 +98,32 @@ impl HandshakePolicy {
     }
 
     /// The HTTP status that rejects `request`, if any.
-    pub fn check(&self, request: &Request) -> Result<(), (u16, &'static str)> {
-        if request.uri().path() != self.path {
-            return Err((404, "no WebSocket endpoint at this path"));
+    pub fn check(&self, request: &UpgradeRequest<'_>) -> Result<(), Rejection> {
+        let refuse = |status, message| Err(Rejection { status, message });
+        if request.path != self.path {
+            return refuse(404, "no WebSocket endpoint at this path");
         }
         if !self.allowed_origins.is_empty()
-            && let Some(origin) = request.headers().get("origin")
-        {
-            let origin = origin.to_str().unwrap_or("");
-            if !self
+            && let Some(origin) = request.origin
+            && !self
                 .allowed_origins
                 .iter()
                 .any(|o| o.eq_ignore_ascii_case(origin))
-            {
-                return Err((403, "origin not allowed"));
-            }
+        {
+            return refuse(403, "origin not allowed");
         }
         if let Some(expected) = &self.client_token {
             let from_query = request
-                .uri()
-                .query()
+                .query
                 .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
-            let from_header = request
-                .headers()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::auth::bearer_token);
+            let from_header = request.authorization.and_then(crate::auth::bearer_token);
             let presented = from_query.or(from_header).unwrap_or("");
             if !crate::auth::constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-                return Err((401, "missing or wrong client token"));
+                return refuse(401, "missing or wrong client token");
             }
         }
         Ok(())
     }
-}
-
-/// The per-handshake callback tungstenite calls with the parsed request.
-#[derive(Debug)]
-pub struct HandshakeCheck(Rc<HandshakePolicy>);
-
-impl Callback for HandshakeCheck {
-    fn on_request(self, request: &Request, response: Response) -> Result<Response, ErrorResponse> {
-        match self.0.check(request) {
-            Ok(()) => Ok(response),
-            Err((status, why)) => Err(error_response(status, why)),
-        }
-    }
-}
-
-fn error_response(status: u16, body: &str) -> ErrorResponse {
-    let mut resp = ErrorResponse::new(Some(body.to_owned()));
-    *resp.status_mut() = tungstenite::http::StatusCode::from_u16(status)
-        .unwrap_or(tungstenite::http::StatusCode::BAD_REQUEST);
-    resp
 }
 
 /// The stream tungstenite reads from and writes to: the loop's input and our outbound queue.
@@ -180,8 +153,6 @@ impl Write for SessionIo {
         Ok(())
     }
 }
-
-type Handshake = MidHandshake<ServerHandshake<SessionIo, HandshakeCheck>>;
 
 /// Follows client frame boundaries in the raw input (headers only), so the session knows when
 /// tungstenite holds neither a partial frame nor a fragmented message.
@@ -246,11 +217,11 @@ impl FrameBoundary {
 }
 
 enum Phase {
-    /// Nothing has arrived yet. tungstenite's handshake state (8 KiB of buffers) is created only
-    /// when the request's first bytes do, and a whole request completes in that same call, so a
-    /// burst of connects does not hold (or fragment) handshake buffers while clients are slow.
+    /// Nothing has arrived yet. A request that arrives whole (the usual case) is answered from
+    /// the loop's read buffer, without a copy.
     Accepted(Rc<HandshakePolicy>),
-    Handshaking(Box<Handshake>),
+    /// Part of the request has arrived; the rest is awaited (at most 16 KiB in all).
+    Handshaking(Box<PartialRequest>),
     Open(OpenWs),
     /// Our last bytes (a close frame or an HTTP error) are queued: flush them, half-close, and
     /// wait briefly for the peer's EOF so the close is not lost to a TCP reset.
@@ -260,6 +231,11 @@ enum Phase {
     },
     /// Transient while a handshake step owns the state.
     Gone,
+}
+
+struct PartialRequest {
+    policy: Rc<HandshakePolicy>,
+    received: Vec<u8>,
 }
 
 /// An open WebSocket session.
@@ -392,8 +368,7 @@ impl Session {
     /// The queue the loop writes to the socket.
     pub fn outbound(&mut self) -> Option<&mut OutQueue> {
         match &mut self.phase {
-            Phase::Accepted(_) => None,
-            Phase::Handshaking(hs) => Some(&mut hs.get_mut().get_mut().out),
+            Phase::Accepted(_) | Phase::Handshaking(_) => None,
             Phase::Open(open) => Some(&mut open.io.out),
             Phase::Finishing { io, .. } => Some(&mut io.out),
             Phase::Gone => None,
@@ -407,20 +382,8 @@ impl Session {
     /// Bytes read from the socket. All of `input` is consumed.
     pub fn on_input(&mut self, input: Bytes, ctx: &mut Ctx<'_>) {
         self.last_input_ms = ctx.now_ms;
-        if let Phase::Accepted(policy) = &self.phase {
-            let handshake = ServerHandshake::start(
-                SessionIo::default(),
-                HandshakeCheck(Rc::clone(policy)),
-                Some(ctx.settings.ws_config),
-            );
-            self.phase = Phase::Handshaking(Box::new(handshake));
-        }
         match &mut self.phase {
-            Phase::Handshaking(hs) => {
-                hs.get_mut().get_mut().input = input;
-                self.continue_handshake(ctx);
-                // A valid client waits for our 101 before it sends frames, so nothing is left.
-            }
+            Phase::Accepted(_) | Phase::Handshaking(_) => self.on_request_bytes(&input, ctx),
             Phase::Open(open) => {
                 self.boundary.feed(&input);
                 open.io.input = input;
@@ -437,7 +400,7 @@ impl Session {
                 }
             }
             // Closing: whatever the peer still sends is not for us any more.
-            Phase::Accepted(_) | Phase::Finishing { .. } | Phase::Gone => {}
+            Phase::Finishing { .. } | Phase::Gone => {}
         }
         if let Some(io) = self.io_mut() {
             io.input = Bytes::new();
@@ -446,8 +409,7 @@ impl Session {
 
     fn io_mut(&mut self) -> Option<&mut SessionIo> {
         match &mut self.phase {
-            Phase::Accepted(_) => None,
-            Phase::Handshaking(hs) => Some(hs.get_mut().get_mut()),
+            Phase::Accepted(_) | Phase::Handshaking(_) => None,
             Phase::Open(open) => Some(&mut open.io),
             Phase::Finishing { io, .. } => Some(&mut **io),
             Phase::Gone => None,
@@ -471,26 +433,55 @@ impl Session {
         }
     }
 
-    fn continue_handshake(&mut self, ctx: &mut Ctx<'_>) {
-        let Phase::Handshaking(hs) = std::mem::replace(&mut self.phase, Phase::Gone) else {
-            return;
+    /// Upgrade request bytes: answer with 101 once the request is whole, or with an HTTP error.
+    fn on_request_bytes(&mut self, input: &[u8], ctx: &mut Ctx<'_>) {
+        let (policy, mut received) = match std::mem::replace(&mut self.phase, Phase::Gone) {
+            Phase::Accepted(policy) => (policy, None),
+            Phase::Handshaking(partial) => (partial.policy, Some(partial.received)),
+            _ => return,
         };
-        match hs.handshake() {
-            Ok(ws) => {
-                debug!("session {:?}: handshake done", self.id);
-                // The handshake leaves a fresh context behind: nothing to keep.
-                self.phase = Phase::Open(OpenWs {
-                    io: ws.into_inner(),
-                    reading: None,
-                });
+        let request = match &mut received {
+            Some(buffer) => {
+                buffer.extend_from_slice(input);
+                &buffer[..]
             }
-            Err(HandshakeError::Interrupted(hs)) => self.phase = Phase::Handshaking(Box::new(hs)),
-            Err(HandshakeError::Failure(err)) => {
-                ctx.stats.handshake_failures += 1;
-                let (status, body) = handshake_failure_response(&err);
-                debug!("session {:?}: handshake failed ({status}): {err}", self.id);
+            None => input,
+        };
+        let answer = match handshake::read_request(request) {
+            Ok(None) if request.len() < handshake::MAX_HEAD_BYTES => {
+                let received = received.unwrap_or_else(|| input.to_vec());
+                self.phase = Phase::Handshaking(Box::new(PartialRequest { policy, received }));
+                return;
+            }
+            Ok(None) => Err(Rejection {
+                status: 431,
+                message: "request header too large",
+            }),
+            // A valid client waits for our 101 before it sends anything else.
+            Ok(Some((_, length))) if length < request.len() => Err(Rejection {
+                status: 400,
+                message: "data after the upgrade request",
+            }),
+            Ok(Some((request, _))) => policy
+                .check(&request)
+                .map(|()| handshake::accept_response(request.key)),
+            Err(rejection) => Err(rejection),
+        };
+        match answer {
+            Ok(response) => {
+                debug!("session {:?}: handshake done", self.id);
                 let mut io = SessionIo::default();
-                io.out.push(http_error(status, &body));
+                io.out.push(Bytes::from(response));
+                self.phase = Phase::Open(OpenWs { io, reading: None });
+            }
+            Err(Rejection { status, message }) => {
+                ctx.stats.handshake_failures += 1;
+                debug!(
+                    "session {:?}: handshake refused ({status}): {message}",
+                    self.id
+                );
+                let mut io = SessionIo::default();
+                io.out.push(http_error(status, message));
                 self.phase = Phase::Finishing {
                     io: Box::new(io),
                     deadline_ms: ctx.now_ms + CLOSE_LINGER_MS,
@@ -791,33 +782,6 @@ impl Session {
             Phase::Finishing { deadline_ms, .. } if now >= *deadline_ms => self.phase = Phase::Gone,
             _ => {}
         }
-    }
-}
-
-fn handshake_failure_response(err: &tungstenite::Error) -> (u16, String) {
-    use tungstenite::error::ProtocolError as P;
-    match err {
-        tungstenite::Error::Http(resp) => {
-            let body = resp
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default();
-            (resp.status().as_u16(), body.into_owned())
-        }
-        tungstenite::Error::AttackAttempt | tungstenite::Error::Capacity(_) => {
-            (431, "request header too large".into())
-        }
-        tungstenite::Error::Protocol(P::WrongHttpMethod) => {
-            (405, "use GET for the WebSocket upgrade".into())
-        }
-        tungstenite::Error::Protocol(
-            P::MissingConnectionUpgradeHeader | P::MissingUpgradeWebSocketHeader,
-        ) => (426, "this endpoint only speaks WebSocket".into()),
-        tungstenite::Error::Protocol(P::MissingSecWebSocketVersionHeader) => {
-            (426, "only WebSocket version 13 is supported".into())
-        }
-        other => (400, format!("bad handshake: {other}")),
     }
 }
 

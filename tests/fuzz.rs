@@ -1,5 +1,6 @@
 //! Deterministic fuzzing, run as tests (stable Rust has no cargo-fuzz): the client-message
-//! parser, the API's HTTP parser, and the whole session state machine fed arbitrary byte streams
+//! parser, the API's HTTP parser, the WebSocket upgrade-request parser, and the whole session
+//! state machine fed arbitrary byte streams
 //! interleaved with timer expiry, publishes and partial writes. Seeds come from the corpus in
 //! `fuzz/corpus/`; mutations are reproducible (fixed PRNG seeds). `WSPUSH_FUZZ_ITERS` scales the
 //! run (default keeps `cargo test` fast; the numbers in docs/CONFORMANCE.md used 1,000,000).
@@ -11,6 +12,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use wspush::broker::{Broker, SubscriberId};
 use wspush::config::Config;
+use wspush::handshake;
 use wspush::http::{HttpLimits, RequestParser};
 use wspush::protocol;
 use wspush::session::{Ctx, HandshakePolicy, Session, SessionSettings, Status};
@@ -150,6 +152,44 @@ fn fuzz_http_request_parser() {
             let _ = parser.take_expect_continue();
         }
     }
+}
+
+#[test]
+fn fuzz_upgrade_request_parser() {
+    let seeds = corpus("handshake");
+    let mut rng = Rng(0x5eed_0004);
+    let (mut accepted, mut refused) = (0, 0);
+    for i in 0..iterations(30_000) {
+        let seed = &seeds[i % seeds.len()];
+        let input = if rng.below(4) == 0 {
+            seed.clone()
+        } else {
+            mutate(&mut rng, seed, &seeds)
+        };
+        match handshake::read_request(&input) {
+            Ok(Some((request, length))) => {
+                accepted += 1;
+                assert!(length <= input.len());
+                // The request alone parses the same, and its answer is a 101.
+                let (again, _) = handshake::read_request(&input[..length]).unwrap().unwrap();
+                assert_eq!(again, request);
+                assert!(handshake::accept_response(request.key).starts_with(b"HTTP/1.1 101 "));
+            }
+            Ok(None) => {}
+            Err(rejection) => {
+                refused += 1;
+                assert!(
+                    [400, 405, 426, 431].contains(&rejection.status),
+                    "{rejection:?}"
+                );
+            }
+        }
+    }
+    // The mutations exercise both outcomes.
+    assert!(
+        accepted > 0 && refused > 0,
+        "accepted {accepted}, refused {refused}"
+    );
 }
 
 /// A socket that takes a random number of bytes per write.

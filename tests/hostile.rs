@@ -141,6 +141,56 @@ fn half_finished_handshakes_up_to_the_cap_then_recovery() {
 }
 
 #[test]
+fn a_request_split_over_many_segments_still_upgrades() {
+    let server = TestServer::start();
+    let mut control = subscriber(&server, &["control"]);
+    let mut s = TcpStream::connect(server.ws).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
+    for piece in HANDSHAKE.chunks(17) {
+        s.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(5)); // separate segments, separate reads
+    }
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    // RFC 6455's example key and its accept value.
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"),
+        "{head}"
+    );
+    s.write_all(&masked_frame(0x81, br#"{"topics":["split"]}"#))
+        .unwrap();
+    let (op, payload) = read_raw_frame(&mut s);
+    assert_eq!(op, 1);
+    assert!(payload.starts_with(br#"{"cmd":"subscribed""#));
+    control_still_served(&server, &mut control);
+}
+
+#[test]
+fn a_request_over_16_kib_gets_431() {
+    let server = TestServer::start();
+    let mut control = subscriber(&server, &["control"]);
+    let mut s = TcpStream::connect(server.ws).unwrap();
+    let mut req = b"GET /ws HTTP/1.1\r\nHost: x\r\nCookie: ".to_vec();
+    req.extend_from_slice(&[b'c'; 17 * 1024]);
+    // The server may answer and close before everything is written.
+    let _ = s.write_all(&req);
+    let reply = read_until_closed(&mut s);
+    assert!(
+        reply.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&reply[..reply.len().min(200)])
+    );
+    control_still_served(&server, &mut control);
+}
+
+#[test]
 fn huge_headers_get_431() {
     let server = TestServer::start();
     let mut control = subscriber(&server, &["control"]);
