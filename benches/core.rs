@@ -4,6 +4,7 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use wspush::broker::{Broker, SubscriberId};
+use wspush::handshake;
 use wspush::outbound::OutQueue;
 use wspush::protocol;
 use wspush::timer::TimerWheel;
@@ -87,5 +88,23 @@ fn parse(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, fanout, encode, timers, parse);
+/// The server's whole user-space share of an upgrade: parse a browser's request (Chromium's
+/// headers), SHA-1 its key, build the 101.
+fn upgrade(c: &mut Criterion) {
+    let request = b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:8091\r\nConnection: Upgrade\r\n\
+Pragma: no-cache\r\nCache-Control: no-cache\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) \
+AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36\r\nUpgrade: websocket\r\n\
+Origin: http://127.0.0.1:8091\r\nSec-WebSocket-Version: 13\r\n\
+Accept-Encoding: gzip, deflate, br, zstd\r\nAccept-Language: en-US,en;q=0.9\r\n\
+Sec-WebSocket-Key: x3JJHMbDL1EzLkh9GBhXDw==\r\n\
+Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
+    c.bench_function("upgrade_request_to_101", |b| {
+        b.iter(|| match handshake::read_request(black_box(request)) {
+            Ok(Some((req, _))) => handshake::accept_response(req.key),
+            _ => unreachable!("the request is valid"),
+        })
+    });
+}
+
+criterion_group!(benches, fanout, encode, timers, parse, upgrade);
 criterion_main!(benches);
