@@ -342,6 +342,15 @@ impl Bench {
         }
     }
 
+    /// Room for `receipts` latencies, its pages touched now, so the vector does not grow (copy
+    /// megabytes, fault in fresh pages) in the middle of a measured fan-out.
+    fn expect_receipts(&mut self, receipts: u64) {
+        let receipts = usize::try_from(receipts).unwrap_or(usize::MAX);
+        self.latencies.clear();
+        self.latencies.resize(receipts, 0);
+        self.latencies.clear();
+    }
+
     fn total_frames(&self) -> u64 {
         self.conns.iter().map(|c| c.frames).sum()
     }
@@ -498,6 +507,7 @@ fn warm_up(
         return Ok(None);
     }
     let expected = b.total_frames() + o.warmup as u64 * receivers;
+    b.expect_receipts(o.warmup as u64 * receivers);
     publish_paced(o, b, publisher, o.warmup, |_| {})?;
     b.run_until(Duration::from_secs(10), |b| b.total_frames() >= expected);
     publisher.collect(true).map_err(|e| e.to_string())?;
@@ -575,9 +585,10 @@ fn fanout(o: &Opts) -> Result<(), String> {
     let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
     let warmup_p99 = warm_up(o, &mut b, &mut publisher, o.n as u64)?;
     let base = b.total_frames();
+    let expected = (o.messages * o.n) as u64;
+    b.expect_receipts(expected);
     let cpu0 = o.pid.and_then(cpu_secs);
     publish_paced(o, &mut b, &mut publisher, o.messages, |_| {})?;
-    let expected = (o.messages * o.n) as u64;
     b.run_until(Duration::from_secs(10), |b| {
         b.total_frames() - base >= expected
     });
@@ -704,10 +715,11 @@ fn slow(o: &Opts) -> Result<(), String> {
     // Stuck connections read nothing, so every frame counted is a healthy one.
     let base = b.total_frames();
     let mut peak_rss = 0;
+    let expected = o.messages as u64 * healthy;
+    b.expect_receipts(expected);
     publish_paced(o, &mut b, &mut publisher, o.messages, |_| {
         peak_rss = peak_rss.max(o.pid.and_then(rss_kib).unwrap_or(0));
     })?;
-    let expected = o.messages as u64 * healthy;
     b.run_until(Duration::from_secs(10), |b| {
         b.total_frames() - base >= expected
     });
