@@ -55,7 +55,13 @@ pub fn read_request(input: &[u8]) -> Result<Option<(UpgradeRequest<'_>, usize)>,
     if parsed.version != Some(1) {
         return Err(reject(400, "HTTP/1.1 is required"));
     }
-    let target = parsed.path.unwrap_or("");
+    let mut target = parsed.path.unwrap_or("");
+    // The absolute form (`GET ws://host/ws?x HTTP/1.1`), which servers must accept too.
+    if let Some((_, after_scheme)) = target.split_once("://") {
+        target = after_scheme
+            .find(['/', '?'])
+            .map_or("/", |at| &after_scheme[at..]);
+    }
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
@@ -433,6 +439,20 @@ Sec-WebSocket-Version: 13\r\nOrigin: https://app.example\r\n\r\n";
             status_of(&good.replacen("Host: x\r\n", &format!("Host: x\r\n{many}"), 1)),
             431
         );
+    }
+
+    #[test]
+    fn the_absolute_form_of_the_target_is_understood() {
+        let good = std::str::from_utf8(REQUEST).unwrap();
+        for (target, path, query) in [
+            ("ws://push.example:8091/ws?token=t", "/ws", Some("token=t")),
+            ("http://push.example/ws", "/ws", None),
+            ("ws://push.example", "/", None),
+        ] {
+            let request = good.replacen("/ws?token=t", target, 1);
+            let (parsed, _) = read_request(request.as_bytes()).unwrap().unwrap();
+            assert_eq!((parsed.path, parsed.query), (path, query), "{target}");
+        }
     }
 
     #[test]
