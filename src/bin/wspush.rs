@@ -77,6 +77,8 @@ fn run<'a>(args: impl Iterator<Item = &'a CStr>) -> c_int {
     if let Err(e) = sys::install_signal_handlers(server.shutdown_handle()) {
         log::warn!("no graceful shutdown on signals: {e}");
     }
+    // Start-up is done: only the code the loop touches from here on stays resident.
+    sys::shed_start_up_pages();
     match server.run() {
         Ok(()) => SUCCESS,
         Err(e) => {

@@ -120,6 +120,149 @@ pub fn set_defer_accept(listener: &impl AsRawFd, seconds: u32) -> bool {
     }
 }
 
+/// Unmaps this process's pages of code and read-only data (they stay in the page cache and come
+/// back on the next touch), so what only start-up used (the loader, libc's and std's
+/// initialisation, argument parsing, logger set-up, bind) stops counting in the server's RSS.
+/// The kernel maps the 64 KiB around every first touch of a file page, which had ~540 KiB of the
+/// 655 KiB binary and ~860 KiB of libc resident in an idle server; after this, ~1.3-1.4 MiB in
+/// all instead of 1.65-2.0 MiB. Call it once, after start-up and before the loop. Writable
+/// segments, pages shared with them and objects with text relocations (whose code pages are
+/// private copies) are left alone. Linux only; a no-op elsewhere.
+pub fn shed_start_up_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: dl_iterate_phdr hands the callback valid headers of each loaded object; the
+    // callback only advises the kernel about read-only, file-backed ranges.
+    unsafe {
+        loaded::dl_iterate_phdr(loaded::shed_object, std::ptr::null_mut());
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod loaded {
+    use std::ffi::{CStr, c_char, c_void};
+
+    use super::CInt;
+
+    /// `struct dl_phdr_info`, the fields used here (the C library passes their size).
+    #[repr(C)]
+    pub struct ObjectInfo {
+        base: usize,
+        name: *const c_char,
+        headers: *const ProgramHeader,
+        header_count: u16,
+    }
+
+    /// `Elf64_Phdr` / `Elf32_Phdr`.
+    #[cfg(target_pointer_width = "64")]
+    #[repr(C)]
+    struct ProgramHeader {
+        kind: u32,
+        flags: u32,
+        offset: u64,
+        vaddr: u64,
+        paddr: u64,
+        filesz: u64,
+        memsz: u64,
+        align: u64,
+    }
+    #[cfg(target_pointer_width = "32")]
+    #[repr(C)]
+    struct ProgramHeader {
+        kind: u32,
+        offset: u32,
+        vaddr: u32,
+        paddr: u32,
+        filesz: u32,
+        memsz: u32,
+        flags: u32,
+        align: u32,
+    }
+
+    /// `Elf64_Dyn` / `Elf32_Dyn`.
+    #[repr(C)]
+    struct DynamicEntry {
+        tag: isize,
+        value: usize,
+    }
+
+    const PT_LOAD: u32 = 1;
+    const PT_DYNAMIC: u32 = 2;
+    const PF_W: u32 = 2;
+    const DT_NULL: isize = 0;
+    const DT_TEXTREL: isize = 22;
+    const DT_FLAGS: isize = 30;
+    const DF_TEXTREL: usize = 4;
+    const MADV_DONTNEED: CInt = 4;
+    const SC_PAGESIZE: CInt = 30;
+
+    unsafe extern "C" {
+        pub fn dl_iterate_phdr(
+            callback: unsafe extern "C" fn(*mut ObjectInfo, usize, *mut c_void) -> CInt,
+            data: *mut c_void,
+        ) -> CInt;
+        fn madvise(addr: *mut c_void, len: usize, advice: CInt) -> CInt;
+        fn sysconf(name: CInt) -> std::ffi::c_long;
+    }
+
+    pub unsafe extern "C" fn shed_object(
+        info: *mut ObjectInfo,
+        _size: usize,
+        _data: *mut c_void,
+    ) -> CInt {
+        // SAFETY: the C library passes a valid `dl_phdr_info` for the duration of the call.
+        let info = unsafe { &*info };
+        let page = match unsafe { sysconf(SC_PAGESIZE) } {
+            size if size > 0 => size as usize,
+            _ => return 0,
+        };
+        // SAFETY: as above; the name is NUL-terminated (empty for the executable itself).
+        let name = (!info.name.is_null()).then(|| unsafe { CStr::from_ptr(info.name) });
+        // The vDSO is the kernel's, not a file mapping.
+        if info.headers.is_null() || name.is_some_and(|n| n.to_bytes().ends_with(b"vdso.so.1")) {
+            return 0;
+        }
+        // SAFETY: `headers` points at `header_count` program headers of this object.
+        let headers =
+            unsafe { std::slice::from_raw_parts(info.headers, usize::from(info.header_count)) };
+        // SAFETY: a PT_DYNAMIC segment of a loaded object is mapped and ends with DT_NULL.
+        let text_relocated = headers
+            .iter()
+            .filter(|h| h.kind == PT_DYNAMIC)
+            .any(|h| unsafe {
+                let mut entry = (info.base + h.vaddr as usize) as *const DynamicEntry;
+                loop {
+                    match ((*entry).tag, (*entry).value) {
+                        (DT_NULL, _) => break false,
+                        (DT_TEXTREL, _) => break true,
+                        (DT_FLAGS, flags) if flags & DF_TEXTREL != 0 => break true,
+                        _ => entry = entry.add(1),
+                    }
+                }
+            });
+        if text_relocated {
+            return 0;
+        }
+        for header in headers {
+            if header.kind != PT_LOAD || header.flags & PF_W != 0 {
+                continue;
+            }
+            let start = info.base + header.vaddr as usize;
+            let end = start + header.memsz as usize;
+            // Whole pages inside the segment only: a page it shares with a writable segment
+            // may hold data that dropping would lose.
+            let (start, end) = (start.next_multiple_of(page), end / page * page);
+            if end > start {
+                // SAFETY: a read-only, file-backed range of our own address space: dropped
+                // pages are read back from the file on the next touch.
+                unsafe {
+                    madvise(start as *mut c_void, end - start, MADV_DONTNEED);
+                }
+            }
+        }
+        0
+    }
+}
+
 /// Raises the soft open-file limit to the hard limit; returns the resulting soft limit.
 pub fn raise_fd_limit() -> io::Result<u64> {
     let mut lim = RLimit { cur: 0, max: 0 };
