@@ -201,21 +201,15 @@ pub fn parse_response(raw: &[u8]) -> (u16, String) {
 
 /// Reads a raw socket until EOF (or reset); returns what arrived.
 pub fn read_until_closed(stream: &mut TcpStream) -> Vec<u8> {
-    stream.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return out,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return out,
-            Err(e) => panic!("socket not closed by the server: {e}"),
-        }
-    }
+    read_to_close(stream, true)
 }
 
 /// Like [`read_until_closed`], but a reset fails: the server must close with a FIN.
 pub fn read_until_closed_cleanly(stream: &mut TcpStream) -> Vec<u8> {
+    read_to_close(stream, false)
+}
+
+fn read_to_close(stream: &mut TcpStream, reset_is_a_close: bool) -> Vec<u8> {
     stream.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
@@ -223,8 +217,11 @@ pub fn read_until_closed_cleanly(stream: &mut TcpStream) -> Vec<u8> {
         match stream.read(&mut buf) {
             Ok(0) => return out,
             Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if reset_is_a_close && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return out;
+            }
             Err(e) => panic!(
-                "not closed cleanly by the server: {e} (after {} bytes)",
+                "socket not closed by the server: {e} (after {} bytes)",
                 out.len()
             ),
         }
