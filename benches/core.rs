@@ -3,28 +3,30 @@
 use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use wspush::broker::{Broker, SubscriberId};
-use wspush::handshake;
-use wspush::outbound::OutQueue;
-use wspush::protocol;
+use wspush::conn::OutQueue;
+use wspush::hub::{Hub, SubscriberId, Subscriptions};
 use wspush::timer::TimerWheel;
+use wspush::wire::{handshake, message as protocol};
 
-/// One publish to 10,000 subscribers: look up the topic, hand the shared frame to each queue.
-/// This is the per-delivery cost of the fan-out without the syscalls.
+/// One publish to 10,000 subscribers: look up the topic, frame the push once, hand the shared
+/// frame to each queue. This is the per-delivery cost of the fan-out without the syscalls.
 fn fanout(c: &mut Criterion) {
     const SUBSCRIBERS: usize = 10_000;
-    let mut broker = Broker::new();
-    for i in 0..SUBSCRIBERS as u64 {
-        broker.subscribe(SubscriberId(i), "bench");
+    let mut hub = Hub::new();
+    let mut subscriptions: Vec<Subscriptions> =
+        (0..SUBSCRIBERS).map(|_| Subscriptions::default()).collect();
+    for (i, s) in subscriptions.iter_mut().enumerate() {
+        hub.subscribe(s, SubscriberId(i as u64), "bench");
     }
     let mut queues: Vec<OutQueue> = (0..SUBSCRIBERS).map(|_| OutQueue::new()).collect();
-    let frame = protocol::encode_push("bench", &format!("\"{}\"", "x".repeat(98)));
+    let data = format!("\"{}\"", "x".repeat(98));
     let mut g = c.benchmark_group("fanout");
     g.throughput(Throughput::Elements(SUBSCRIBERS as u64));
     g.bench_function("10k_subscribers_shared_frame", |b| {
         b.iter(|| {
-            for id in broker.subscribers("bench") {
-                queues[id.0 as usize].push(frame.clone());
+            let delivery = hub.publish("bench", &data);
+            for id in delivery.subscribers() {
+                queues[id.0 as usize].push(delivery.frame.clone());
             }
             // Drain so queues stay small (the socket write is not measured here).
             for q in &mut queues {

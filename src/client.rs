@@ -40,7 +40,7 @@ use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocket};
 
-use crate::handshake;
+use crate::wire::handshake;
 
 /// Client settings; every default follows the seed's client or improves on it.
 #[derive(Clone, Debug)]

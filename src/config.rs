@@ -138,10 +138,10 @@ impl Config {
             if interval.is_zero() {
                 return bad("--tick-interval must be positive");
             }
-            let rules = crate::protocol::TopicRules {
+            let rules = crate::wire::message::TopicRules {
                 max_len: self.max_topic_length,
             };
-            if crate::protocol::validate_topic(topic, rules).is_err() {
+            if crate::wire::message::validate_topic(topic, rules).is_err() {
                 return bad("--tick-topic is not a valid topic name");
             }
         }

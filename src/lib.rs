@@ -1,21 +1,25 @@
 //! wspush: a WebSocket publish/subscribe push server on one thread, built for density.
 //!
-//! # Layout
-//! Everything but [`server`] is sans-IO: plain data structures and functions, tested without
-//! sockets, with time passed in as milliseconds.
-//! - [`protocol`]: the JSON messages, topic rules, and framing of server messages. A push is
-//!   encoded and framed once into `Bytes` that every subscriber's queue shares.
-//! - [`broker`]: topic → subscribers. No I/O; topics vanish with their last subscriber.
-//! - [`timer`]: a hierarchical timer wheel with generation-checked handles.
-//! - [`outbound`]: a session's ordered, byte-counted outbound queue, flushed with `writev`.
-//! - [`handshake`]: the WebSocket opening handshake, server and client side (with the SHA-1
-//!   and base64 it needs).
-//! - [`session`]: one WebSocket connection: handshake, frames (by tungstenite, over an
-//!   in-memory stream), client commands, deadlines.
-//! - [`http`]: HTTP/1.1 request parsing for the backend API.
-//! - [`server`]: the mio loop, the only code that touches sockets: accept, read, write, expire.
-//! - [`config`]: settings, defaults, validation and the command-line parser.
-//! - [`client`]: a reconnecting client (heartbeat, backoff, resubscribe) on one background thread.
+//! # Layers
+//! Top-down; each layer knows only the ones below it. Everything but [`server`] is sans-IO:
+//! plain data structures and functions, tested without sockets, with time passed in as
+//! milliseconds.
+//! - [`server`]: the mio loop, the only code that does I/O: poll, accept, read, one dispatch
+//!   over the connection kinds, moving hub deliveries into outbound queues, flush, expire.
+//! - [`app`]: what requests mean: the API's route table, the upgrade policy (path, origin,
+//!   client token) and the API token, the demo publisher, the counters of `/stats`.
+//! - [`conn`]: per-connection state machines of one shape ([`conn::Connection`]): the WebSocket
+//!   session (handshake, frames by tungstenite, client commands, slow-consumer policy) and the
+//!   API's HTTP connection; the bounded outbound queue and the write-stall rule they share.
+//! - [`hub`]: the pub/sub domain: topics, their members, and what a publish delivers (the push
+//!   framed once, shared by every subscriber's queue); topic lifecycle for whoever mirrors it.
+//! - [`wire`]: bytes ⇄ values: the WebSocket frame codec, JSON messages, HTTP/1.1 heads and
+//!   responses, the opening handshake (with the SHA-1 and base64 it needs).
+//!
+//! Beside the layers: [`config`] (settings, defaults, validation, flags and environment),
+//! [`timer`] (a hierarchical timer wheel), [`stats`] (plain counters bumped by the layers above
+//! the hub), and [`client`], a reconnecting client (heartbeat, backoff, resubscribe) on one
+//! background thread, built on [`wire`].
 //!
 //! The library never installs a logger; it logs through the `log` facade.
 //!
@@ -31,19 +35,16 @@
 //! # drop(stop);
 //! ```
 
-pub mod auth;
-pub mod broker;
+pub mod app;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod error;
-pub mod handshake;
-pub mod http;
-pub mod outbound;
-pub mod protocol;
+pub mod hub;
 pub mod server;
-pub mod session;
 pub mod stats;
 pub mod timer;
+pub mod wire;
 
 pub use config::Config;
 pub use error::ServerError;

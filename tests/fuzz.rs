@@ -7,16 +7,16 @@
 
 use std::io::{self, IoSlice, Write};
 use std::path::Path;
-use std::rc::Rc;
 
 use bytes::Bytes;
-use wspush::broker::{Broker, SubscriberId};
+use wspush::app::HandshakePolicy;
 use wspush::config::Config;
-use wspush::handshake;
-use wspush::http::{HttpLimits, RequestParser};
-use wspush::protocol;
-use wspush::session::{Ctx, HandshakePolicy, Session, SessionSettings, Status};
+use wspush::conn::ws::{Ctx, Session};
+use wspush::conn::{Connection, Settings, Status};
+use wspush::hub::{Hub, SubscriberId};
 use wspush::stats::Stats;
+use wspush::wire::http::{HttpLimits, RequestParser};
+use wspush::wire::{handshake, message as protocol};
 
 struct Rng(u64);
 
@@ -227,8 +227,8 @@ fn fuzz_session_state_machine() {
         ..Config::default()
     };
     config.max_topics_per_connection = 8;
-    let settings = SessionSettings::from_config(&config);
-    let policy = Rc::new(HandshakePolicy::from_config(&config));
+    let settings = Settings::from_config(&config);
+    let policy = HandshakePolicy::from_config(&config);
     let frames = [
         protocol::encode_push("t", "1"),
         protocol::encode_push("t", &format!("\"{}\"", "p".repeat(3000))),
@@ -251,25 +251,26 @@ fn fuzz_session_state_machine() {
             ]
             .concat(),
         };
-        let mut broker = Broker::new();
+        let mut hub = Hub::new();
         let mut stats = Stats::default();
         let id = SubscriberId(7);
         let mut now = 0u64;
-        let mut session = Session::new(id, now, Rc::clone(&policy));
+        let mut session = Session::new(id, now);
         let mut rest = &script[..];
         if script.starts_with(&seed[..head_len]) && head_len > 0 && rng.below(8) != 0 {
             // Real clients wait for the 101 before sending frames: deliver the request alone.
             let mut ctx = Ctx {
-                broker: &mut broker,
+                hub: &mut hub,
                 settings: &settings,
                 stats: &mut stats,
+                policy: &policy,
                 now_ms: now,
             };
             session.on_input(Bytes::copy_from_slice(&script[..head_len]), &mut ctx);
             rest = &script[head_len..];
         }
         for _ in 0..200 {
-            if session.status() == Status::Dead {
+            if session.status(false) == Status::Dead {
                 break;
             }
             match rng.below(6) {
@@ -277,9 +278,10 @@ fn fuzz_session_state_machine() {
                 0 | 1 if !rest.is_empty() => {
                     let n = 1 + rng.below(rest.len().min(300));
                     let mut ctx = Ctx {
-                        broker: &mut broker,
+                        hub: &mut hub,
                         settings: &settings,
                         stats: &mut stats,
+                        policy: &policy,
                         now_ms: now,
                     };
                     session.on_input(Bytes::copy_from_slice(&rest[..n]), &mut ctx);
@@ -289,19 +291,13 @@ fn fuzz_session_state_machine() {
                 2 => {
                     now += [1, 50, 1_000, 10_000, 30_000][rng.below(5)];
                     if now >= session.next_deadline(&settings) {
-                        let mut ctx = Ctx {
-                            broker: &mut broker,
-                            settings: &settings,
-                            stats: &mut stats,
-                            now_ms: now,
-                        };
-                        session.on_timer(&mut ctx);
+                        session.on_timer(&settings, &mut stats, now);
                     }
                 }
                 // A publish.
                 3 => {
                     let frame = &frames[rng.below(frames.len())];
-                    let _ = session.push_or_overflow(frame, &settings, &mut stats, now);
+                    let _ = session.push(frame, &settings, &mut stats, now);
                 }
                 // The socket takes some bytes.
                 4 => {
@@ -328,16 +324,16 @@ fn fuzz_session_state_machine() {
                     out.queued_bytes()
                 );
             }
-            assert!(broker.topics_of(id) <= 8);
-            subscribed += usize::from(broker.topics_of(id) > 0);
+            let topics = session.subscriptions_mut().len();
+            assert!(topics <= 8);
+            subscribed += usize::from(topics > 0);
         }
         opened += usize::from(stats.handshake_failures == 0);
         delivered += stats.deliveries;
         closed += stats.protocol_closes + stats.slow_consumer_closes + stats.heartbeat_timeouts;
-        if session.status() != Status::Dead {
-            broker.remove_subscriber(id);
-        }
-        assert!(broker.topic_count() <= 8);
+        assert!(hub.topic_count() <= 8);
+        hub.remove_subscriber(session.subscriptions_mut(), id, |_| {});
+        assert_eq!(hub.topic_count(), 0);
     }
     // The mutations must reach deep states, or the fuzzer proves little.
     eprintln!(

@@ -806,7 +806,7 @@ fn floor(o: &Opts) -> Result<(), String> {
         w.set_nodelay(true).map_err(|e| e.to_string())?;
         writers.push(w);
     }
-    let frame = wspush::protocol::encode_push(
+    let frame = wspush::wire::message::encode_push(
         "bench",
         &format!("\"{}\"", "x".repeat(o.payload.saturating_sub(2))),
     );

@@ -1,32 +1,44 @@
-//! The event loop: the only code that touches sockets. One `mio::Poll`, one thread.
+//! The event loop: the only code that does I/O. One `mio::Poll`, one thread.
 //!
-//! Each iteration: wait for readiness or the next timer deadline, then accept, read, expire
-//! timers, and flush the sessions that have output (one vectored write per socket, so all the
-//! publishes of an iteration leave together). Everything else lives in sans-IO modules.
+//! Each iteration: wait for readiness or the next timer deadline; accept; read and hand the
+//! bytes to the connection's state machine (or, for API requests, to the application's routes);
+//! move hub deliveries into the subscribers' queues; expire timers; flush every connection with
+//! output (one `send`/`sendmsg` per socket, so all the publishes of an iteration leave together).
+//!
+//! Tokens are slab keys. A readiness event that arrives for a key reused within the same batch
+//! reaches the new connection, which finds nothing to read: events are hints, and every handler
+//! tolerates a spurious one. Subscriber ids add a generation to the key, so an id never names a
+//! later connection.
 
-mod api;
+mod accept;
+mod memory;
+mod socket;
 pub mod sys;
 
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::net::{Shutdown, SocketAddr};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use log::{debug, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use crate::broker::{Broker, SubscriberId};
+use crate::app::tick::{self, DemoTick};
+use crate::app::{Action, App, Gauges};
 use crate::config::{Config, millis};
+use crate::conn::http::HttpConn;
+use crate::conn::ws::{CloseReason, Ctx, Push, Session};
+use crate::conn::{Connection, Settings, Status};
 use crate::error::ServerError;
-use crate::protocol;
-use crate::session::{CloseReason, Ctx, HandshakePolicy, Push, Session, SessionSettings, Status};
-use crate::stats::Stats;
+use crate::hub::{Hub, SubscriberId};
 use crate::timer::{TimerHandle, TimerWheel};
+use accept::Accepting;
+use memory::MemoryReturn;
+use socket::{SocketWriter, interrupted, would_block};
 
 const WS_LISTENER: Token = Token(usize::MAX - 1);
 const API_LISTENER: Token = Token(usize::MAX - 2);
@@ -38,13 +50,8 @@ const READ_CHUNK: usize = 64 * 1024;
 const READ_BUDGET: usize = 256 * 1024;
 /// Kernel accept queue for connection bursts (capped by net.core.somaxconn).
 const LISTEN_BACKLOG: i32 = 4096;
-/// Back-off before accepting again when the process is out of descriptors.
-const ACCEPT_PAUSE_MS: u64 = 100;
 /// Grace for flushing close frames on shutdown.
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
-/// API connections: idle keep-alive limit, and how many may be open at once.
-const API_IDLE_MS: u64 = 60_000;
-const MAX_API_CONNECTIONS: usize = 256;
 
 /// Stops a running server from any thread (or a signal handler): the loop closes every client
 /// with 1001, flushes for a bounded time and returns from [`Server::run`].
@@ -67,7 +74,7 @@ enum Timeout {
         key: usize,
         generation: u32,
     },
-    /// The demo publisher, due at this time (the next one is scheduled from it, so it never drifts).
+    /// The demo publisher, due at this time.
     Tick {
         due_ms: u64,
     },
@@ -79,7 +86,17 @@ enum Timeout {
 enum Kind {
     Ws(Session),
     /// Boxed: API connections are few, WebSocket sessions many; keep the slab entry small.
-    Api(Box<api::ApiConn>),
+    Http(Box<HttpConn>),
+}
+
+impl Kind {
+    /// The one dispatch over the connection kinds.
+    fn conn(&mut self) -> &mut dyn Connection {
+        match self {
+            Kind::Ws(session) => session,
+            Kind::Http(http) => &mut **http,
+        }
+    }
 }
 
 struct Conn {
@@ -98,57 +115,46 @@ struct Conn {
     wants_write: bool,
 }
 
-fn token_of(key: usize, generation: u32) -> Token {
-    Token((generation as usize) << 32 | key)
-}
-
-fn split_token(token: Token) -> (usize, u32) {
-    (token.0 & 0xFFFF_FFFF, (token.0 >> 32) as u32)
-}
-
-/// Rate limits a class of log lines so a misbehaving peer cannot flood the log.
-#[derive(Default)]
-struct LogLimiter {
-    window_start_ms: u64,
-    in_window: u32,
-    suppressed: u32,
-}
-
-impl LogLimiter {
-    const WINDOW_MS: u64 = 10_000;
-    const PER_WINDOW: u32 = 10;
-
-    fn allow(&mut self, now_ms: u64) -> bool {
-        if now_ms >= self.window_start_ms + Self::WINDOW_MS {
-            if self.suppressed > 0 {
-                warn!("{} similar log lines suppressed", self.suppressed);
+impl Conn {
+    /// Writes what the queue holds and the socket takes; returns the bytes written.
+    fn flush(&mut self, now_ms: u64) -> usize {
+        let conn = self.kind.conn();
+        let Some(out) = conn.outbound() else {
+            return 0;
+        };
+        if out.is_empty() || self.write_closed {
+            return 0;
+        }
+        let written = match out.write_to(&mut SocketWriter::new(&self.socket)) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!("write failed: {e}");
+                self.eof = true;
+                0
             }
-            *self = LogLimiter {
-                window_start_ms: now_ms,
-                ..Default::default()
-            };
-        }
-        self.in_window += 1;
-        let allowed = self.in_window <= Self::PER_WINDOW;
-        if !allowed {
-            self.suppressed += 1;
-        }
-        allowed
+        };
+        conn.on_written(written, now_ms);
+        written
     }
+}
+
+fn subscriber_id(key: usize, generation: u32) -> SubscriberId {
+    SubscriberId(u64::from(generation) << 32 | key as u64)
+}
+
+fn split_id(id: SubscriberId) -> (usize, u32) {
+    ((id.0 & 0xFFFF_FFFF) as usize, (id.0 >> 32) as u32)
 }
 
 pub struct Server {
     poll: Poll,
-    ws_listener: Option<TcpListener>,
+    ws_listener: TcpListener,
     api_listener: Option<TcpListener>,
     ws_addr: SocketAddr,
     api_addr: Option<SocketAddr>,
     shutdown: ShutdownHandle,
     config: Config,
-    /// Accepted sockets inherit TCP_NODELAY from the listeners.
-    nodelay_inherited: bool,
-    /// The WebSocket listener has TCP_DEFER_ACCEPT.
-    deferred_accept: bool,
+    accepting: Accepting,
 }
 
 impl Server {
@@ -191,14 +197,13 @@ impl Server {
         };
         Ok(Server {
             poll,
-            ws_listener: Some(ws_listener),
+            ws_listener,
             api_listener,
             ws_addr,
             api_addr,
             shutdown,
+            accepting: Accepting::new(config.max_connections, nodelay_inherited, deferred_accept),
             config,
-            nodelay_inherited,
-            deferred_accept,
         })
     }
 
@@ -218,47 +223,33 @@ impl Server {
 
     /// Runs the loop until shutdown is requested and the clients are closed.
     pub fn run(self) -> Result<(), ServerError> {
-        let Server {
-            poll,
-            ws_listener,
-            api_listener,
-            shutdown,
-            config,
-            nodelay_inherited,
-            deferred_accept,
-            ..
-        } = self;
-        let settings = SessionSettings::from_config(&config);
-        let policy = Rc::new(HandshakePolicy::from_config(&config));
+        let capacity = self.config.max_connections.min(1 << 20);
+        info!(
+            "wspush listening on ws://{}{} (api: {})",
+            self.ws_addr,
+            self.config.path,
+            self.api_addr.map_or("off".into(), |a| a.to_string()),
+        );
         let mut event_loop = Loop {
-            poll,
-            ws_listener,
-            api_listener,
-            shutdown,
+            poll: self.poll,
+            ws_listener: Some(self.ws_listener),
+            api_listener: self.api_listener,
+            shutdown: self.shutdown,
             started: Instant::now(),
             now_ms: 0,
-            conns: Slab::with_capacity(config.max_connections.min(1 << 20)),
-            ws_count: 0,
-            api_count: 0,
+            conns: Slab::with_capacity(capacity),
             next_generation: 0,
-            broker: Broker::new(),
-            timers: TimerWheel::with_capacity(config.max_connections.min(1 << 20)),
-            stats: Stats::default(),
-            settings,
-            policy,
+            hub: Hub::new(),
+            app: App::new(&self.config),
+            settings: Settings::from_config(&self.config),
+            timers: TimerWheel::with_capacity(capacity),
             scratch: BytesMut::new(),
             dirty: Vec::new(),
             more_to_read: Vec::new(),
-            accept_paused: false,
+            accepting: self.accepting,
             shutting_down: false,
-            tick: None,
-            accept_log: LogLimiter::default(),
-            nodelay_inherited,
-            deferred_accept,
-            removed_since_trim: 0,
-            last_trim_ms: 0,
-            trim_scheduled: false,
-            config,
+            tick: self.config.tick.as_ref().map(|(t, i)| DemoTick::new(t, *i)),
+            memory: MemoryReturn::default(),
         };
         event_loop.run()
     }
@@ -269,75 +260,31 @@ struct Loop {
     ws_listener: Option<TcpListener>,
     api_listener: Option<TcpListener>,
     shutdown: ShutdownHandle,
-    config: Config,
     started: Instant,
     now_ms: u64,
     conns: Slab<Conn>,
-    ws_count: usize,
-    api_count: usize,
     next_generation: u32,
-    broker: Broker,
+    hub: Hub,
+    app: App,
+    settings: Settings,
     timers: TimerWheel<Timeout>,
-    stats: Stats,
-    settings: SessionSettings,
-    policy: Rc<HandshakePolicy>,
-    /// The loop's one read buffer; a read hands sessions a zero-copy slice of it.
+    /// The loop's one read buffer; a read hands connections a zero-copy slice of it.
     scratch: BytesMut,
     /// Connections with output to flush at the end of the iteration.
     dirty: Vec<(usize, u32)>,
     /// Connections that used their read budget and still have input.
     more_to_read: Vec<(usize, u32)>,
-    accept_paused: bool,
+    accepting: Accepting,
     shutting_down: bool,
-    /// The demo publisher: topic, its pre-encoded push frame, interval, next due time.
-    tick: Option<(String, Bytes, u64)>,
-    accept_log: LogLimiter,
-    /// Accepted sockets already have TCP_NODELAY (from the listener).
-    nodelay_inherited: bool,
-    /// Accepted WebSocket connections usually have their request waiting (TCP_DEFER_ACCEPT).
-    deferred_accept: bool,
-    /// Connections closed since freed memory was last returned to the OS.
-    removed_since_trim: usize,
-    last_trim_ms: u64,
-    trim_scheduled: bool,
-}
-
-/// After this many connections have gone, return freed memory to the OS (at most once a second).
-const TRIM_AFTER_REMOVALS: usize = 1024;
-
-fn would_block(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::WouldBlock
-}
-
-fn interrupted(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::Interrupted
-}
-
-/// EMFILE / ENFILE (and ENOBUFS / ENOMEM): accepting again at once would fail the same way.
-fn out_of_resources(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
+    tick: Option<DemoTick>,
+    memory: MemoryReturn,
 }
 
 impl Loop {
     fn run(&mut self) -> Result<(), ServerError> {
-        info!(
-            "wspush listening on ws://{}{} (api: {})",
-            self.ws_listener
-                .as_ref()
-                .and_then(|l| l.local_addr().ok())
-                .map_or("?".into(), |a| a.to_string()),
-            self.config.path,
-            self.api_listener
-                .as_ref()
-                .and_then(|l| l.local_addr().ok())
-                .map_or("off".into(), |a| a.to_string()),
-        );
-        if let Some((topic, interval)) = self.config.tick.clone() {
-            let frame = protocol::encode_push(&topic, "\"publish msg\"");
-            let interval = millis(interval);
-            self.tick = Some((topic, frame, interval));
-            self.timers
-                .insert(interval, Timeout::Tick { due_ms: interval });
+        if let Some(tick) = &self.tick {
+            let due_ms = tick.interval_ms;
+            self.timers.insert(due_ms, Timeout::Tick { due_ms });
         }
         let mut events = Events::with_capacity(1024);
         loop {
@@ -358,40 +305,25 @@ impl Loop {
                             self.begin_shutdown();
                         }
                     }
-                    token => {
-                        let (key, generation) = split_token(token);
-                        // A stale event for a key reused within this batch carries the old
-                        // generation and is ignored.
-                        if self
-                            .conns
-                            .get(key)
-                            .is_some_and(|c| c.generation == generation)
-                        {
-                            let hangup = event.is_read_closed() || event.is_error();
-                            if event.is_readable() || hangup {
-                                self.read(key, hangup);
-                            }
-                            self.service(key);
+                    Token(key) if self.conns.contains(key) => {
+                        let hangup = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || hangup {
+                            self.read(key, hangup);
                         }
+                        self.service(key);
                     }
+                    Token(_) => {}
                 }
             }
             for (key, generation) in std::mem::take(&mut self.more_to_read) {
-                if self
-                    .conns
-                    .get(key)
-                    .is_some_and(|c| c.generation == generation)
-                {
+                if self.is_current(key, generation) {
                     self.read(key, false);
                     self.service(key);
                 }
             }
             self.expire_timers();
             self.flush_dirty();
-            if self.removed_since_trim >= TRIM_AFTER_REMOVALS && !self.trim_scheduled {
-                // At most once a second, and always after the last wave of a burst.
-                self.trim_scheduled = true;
-                let at = self.now_ms.max(self.last_trim_ms + 1000);
+            if let Some(at) = self.memory.schedule(self.now_ms) {
                 self.timers.insert(at, Timeout::ReleaseMemory);
             }
             if self.shutting_down && self.conns.is_empty() {
@@ -399,6 +331,12 @@ impl Loop {
                 return Ok(());
             }
         }
+    }
+
+    fn is_current(&self, key: usize, generation: u32) -> bool {
+        self.conns
+            .get(key)
+            .is_some_and(|c| c.generation == generation)
     }
 
     /// Sleep until the next timer deadline, or not at all when work is pending.
@@ -412,133 +350,7 @@ impl Loop {
             .map(|d| Duration::from_millis(d.saturating_sub(now)))
     }
 
-    fn accept_ws(&mut self) {
-        if self.accept_paused {
-            return;
-        }
-        loop {
-            let Some(listener) = &self.ws_listener else {
-                return;
-            };
-            match listener.accept() {
-                Ok((socket, peer)) => {
-                    if self.ws_count >= self.config.max_connections {
-                        self.stats.refused_over_capacity += 1;
-                        if self.accept_log.allow(self.now_ms) {
-                            warn!(
-                                "refusing {peer}: {} connections (--max-connections)",
-                                self.ws_count
-                            );
-                        }
-                        refuse(socket);
-                        continue;
-                    }
-                    if !self.nodelay_inherited {
-                        // Pushes are small: never hold them back waiting for an ACK (Nagle).
-                        let _ = socket.set_nodelay(true);
-                    }
-                    if let Some(key) = self.register(socket, |id, now, this| {
-                        Kind::Ws(Session::new(id, now, Rc::clone(&this.policy)))
-                    }) {
-                        self.ws_count += 1;
-                        self.stats.accepted += 1;
-                        if self.deferred_accept {
-                            // The request is most likely here already; reading it now saves
-                            // a readiness event (epoll does not report a drained socket).
-                            self.read(key, false);
-                            self.service(key);
-                        } else {
-                            self.sync_timer(key);
-                        }
-                    }
-                }
-                Err(e) if would_block(&e) => return,
-                Err(e) if interrupted(&e) => {}
-                Err(e) => return self.accept_failed(e),
-            }
-        }
-    }
-
-    fn accept_api(&mut self) {
-        if self.accept_paused {
-            return;
-        }
-        loop {
-            let Some(listener) = &self.api_listener else {
-                return;
-            };
-            match listener.accept() {
-                Ok((socket, _)) => {
-                    if self.api_count >= MAX_API_CONNECTIONS {
-                        refuse(socket);
-                        continue;
-                    }
-                    if !self.nodelay_inherited {
-                        // Pushes are small: never hold them back waiting for an ACK (Nagle).
-                        let _ = socket.set_nodelay(true);
-                    }
-                    let limits = api::limits(&self.config);
-                    if let Some(key) = self.register(socket, |_, now, _| {
-                        Kind::Api(Box::new(api::ApiConn::new(limits, now + API_IDLE_MS)))
-                    }) {
-                        self.api_count += 1;
-                        self.sync_timer(key);
-                    }
-                }
-                Err(e) if would_block(&e) => return,
-                Err(e) if interrupted(&e) => {}
-                Err(e) => return self.accept_failed(e),
-            }
-        }
-    }
-
-    fn accept_failed(&mut self, e: io::Error) {
-        if self.accept_log.allow(self.now_ms) {
-            warn!("accept failed: {e}");
-        }
-        if out_of_resources(&e) && !self.accept_paused {
-            // Edge-triggered: nothing would wake us for the connections already queued, and
-            // retrying now would fail the same way. Both listeners pause; one timer resumes them.
-            self.accept_paused = true;
-            self.timers
-                .insert(self.now_ms + ACCEPT_PAUSE_MS, Timeout::ResumeAccept);
-        }
-        // Other errors (ECONNABORTED, ...) concern one connection; the next event retries.
-    }
-
-    fn register(
-        &mut self,
-        mut socket: TcpStream,
-        make: impl FnOnce(SubscriberId, u64, &Loop) -> Kind,
-    ) -> Option<usize> {
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
-        self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
-        let generation = self.next_generation;
-        let token = token_of(key, generation);
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut socket, token, Interest::READABLE)
-        {
-            warn!("register failed: {e}");
-            return None;
-        }
-        let kind = make(SubscriberId(token.0 as u64), self.now_ms, self);
-        self.conns.insert(Conn {
-            socket,
-            generation,
-            kind,
-            timer: None,
-            dirty: false,
-            eof: false,
-            write_closed: false,
-            wants_write: false,
-        });
-        Some(key)
-    }
-
-    /// Reads until the socket would block or the read budget is spent, feeding the session.
+    /// Reads until the socket would block or the read budget is spent, feeding the connection.
     /// `hangup`: the peer closed its side, so read on to the EOF even after a short read.
     fn read(&mut self, key: usize, hangup: bool) {
         let mut budget = READ_BUDGET;
@@ -556,38 +368,36 @@ impl Loop {
             self.scratch.reserve(READ_CHUNK);
             self.scratch.resize(READ_CHUNK, 0);
             let n = match conn.socket.read(&mut self.scratch[..]) {
-                Ok(0) => {
-                    conn.eof = true;
-                    if let Kind::Ws(session) = &mut conn.kind {
-                        session.on_eof(self.now_ms);
-                    }
-                    return;
-                }
+                Ok(0) => 0,
                 Ok(n) => n,
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => {
                     debug!("read failed: {e}");
-                    conn.eof = true;
-                    if let Kind::Ws(session) = &mut conn.kind {
-                        session.on_eof(self.now_ms);
-                    }
-                    return;
+                    0
                 }
             };
+            if n == 0 {
+                conn.eof = true;
+                if let Kind::Ws(session) = &mut conn.kind {
+                    session.on_eof(self.now_ms);
+                }
+                return;
+            }
             budget = budget.saturating_sub(n);
             let input = self.scratch.split_to(n).freeze();
             match &mut conn.kind {
                 Kind::Ws(session) => {
                     let mut ctx = Ctx {
-                        broker: &mut self.broker,
+                        hub: &mut self.hub,
                         settings: &self.settings,
-                        stats: &mut self.stats,
+                        stats: &mut self.app.stats,
+                        policy: &self.app.handshake,
                         now_ms: self.now_ms,
                     };
                     session.on_input(input, &mut ctx);
                 }
-                Kind::Api(_) => self.api_input(key, input),
+                Kind::Http(_) => self.api_input(key, &input),
             }
             if n < READ_CHUNK && !hangup {
                 // A short read drained the socket; edge-triggered readiness reports the next
@@ -597,32 +407,93 @@ impl Loop {
         }
     }
 
-    fn api_input(&mut self, key: usize, input: Bytes) {
-        let requests = match self.conns.get_mut(key) {
-            Some(Conn {
-                kind: Kind::Api(conn),
-                ..
-            }) => conn.feed(&input, self.now_ms + API_IDLE_MS),
-            _ => return,
+    /// API requests, top-down: parse, route, carry out (publish), respond.
+    fn api_input(&mut self, key: usize, input: &[u8]) {
+        let Some(Conn {
+            kind: Kind::Http(http),
+            ..
+        }) = self.conns.get_mut(key)
+        else {
+            return;
         };
-        for request in requests {
-            let authorized = api::authorized(&request, self.config.api_token.as_deref());
-            let response = api::handle(request, authorized, &mut ApiTarget { event_loop: self });
+        let requests = http.on_input(input, &self.settings, self.now_ms);
+        for request in &requests {
+            let response = match self.app.route(request) {
+                Action::Respond(response) => response,
+                Action::Publish(publish) => {
+                    let reached: Vec<usize> = publish
+                        .messages
+                        .iter()
+                        .map(|(topic, data)| self.publish(topic, data.get()))
+                        .collect();
+                    self.app.published(&publish, &reached)
+                }
+                Action::Stats {
+                    keep_alive,
+                    head_only,
+                } => self
+                    .app
+                    .stats_response(self.gauges(), keep_alive, head_only),
+            };
+            // A publish may have closed other connections, never this one.
             if let Some(Conn {
-                kind: Kind::Api(conn),
+                kind: Kind::Http(http),
                 ..
             }) = self.conns.get_mut(key)
             {
-                conn.respond(response);
+                http.respond(response);
             }
         }
         if let Some(Conn {
-            kind: Kind::Api(conn),
+            kind: Kind::Http(http),
             ..
         }) = self.conns.get_mut(key)
         {
-            conn.after_requests();
+            http.after_requests();
         }
+    }
+
+    /// Publishes `data_json` to `topic`: the hub frames it once and names the subscribers,
+    /// each gets the shared frame in its queue. Returns how many got it.
+    ///
+    /// Output is normally flushed once per iteration, after all publishes; a queue too full for
+    /// the frame is written to its socket first, so a fast reader is never mistaken for a slow
+    /// one.
+    fn publish(&mut self, topic: &str, data_json: &str) -> usize {
+        self.app.stats.publishes += 1;
+        let delivery = self.hub.publish(topic, data_json);
+        let mut reached = 0;
+        for id in delivery.subscribers() {
+            let (key, generation) = split_id(id);
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.generation != generation {
+                continue;
+            }
+            let Kind::Ws(session) = &mut conn.kind else {
+                continue;
+            };
+            if !session.has_room(delivery.frame.len(), &self.settings) {
+                let written = conn.flush(self.now_ms);
+                self.app.stats.bytes_written += written as u64;
+            }
+            let Kind::Ws(session) = &mut conn.kind else {
+                continue;
+            };
+            let outcome = session.push(
+                &delivery.frame,
+                &self.settings,
+                &mut self.app.stats,
+                self.now_ms,
+            );
+            reached += usize::from(outcome == Push::Queued);
+            if matches!(outcome, Push::Queued | Push::Closed) && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push((key, generation));
+            }
+        }
+        reached
     }
 
     /// Flushes output, advances closing connections, removes finished ones, re-arms timers.
@@ -631,42 +502,10 @@ impl Loop {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let (status, written) = match &mut conn.kind {
-            Kind::Ws(session) => {
-                let mut written = 0;
-                if let Some(out) = session.outbound()
-                    && !out.is_empty()
-                    && !conn.write_closed
-                {
-                    match out.write_to(&mut conn.socket) {
-                        Ok(n) => written = n,
-                        Err(e) => {
-                            debug!("write failed: {e}");
-                            conn.eof = true;
-                        }
-                    }
-                    session.on_written(written, now);
-                }
-                let status = match session.status() {
-                    _ if conn.eof && !session.has_output() => Status::Dead,
-                    Status::Finishing if conn.eof => Status::Dead,
-                    other => other,
-                };
-                (status, written)
-            }
-            Kind::Api(api_conn) => {
-                let written = match api_conn.out.write_to(&mut conn.socket) {
-                    Ok(n) => n,
-                    Err(_) => {
-                        conn.eof = true;
-                        0
-                    }
-                };
-                api_conn.on_written(written, now);
-                (api_conn.status(conn.eof), written)
-            }
-        };
-        self.stats.bytes_written += written as u64;
+        let written = conn.flush(now);
+        self.app.stats.bytes_written += written as u64;
+        let eof = conn.eof;
+        let status = conn.kind.conn().status(eof);
         if status != Status::Dead {
             self.update_interest(key);
         }
@@ -676,11 +515,7 @@ impl Loop {
                 let Some(conn) = self.conns.get_mut(key) else {
                     return;
                 };
-                let drained = match &mut conn.kind {
-                    Kind::Ws(s) => !s.has_output(),
-                    Kind::Api(a) => a.out.is_empty(),
-                };
-                if drained && !conn.write_closed {
+                if !conn.kind.conn().has_output() && !conn.write_closed {
                     // Half-close so the peer sees our last frame before EOF; keep reading until
                     // its EOF (or the linger deadline) so unread input does not turn into a reset.
                     let _ = conn.socket.shutdown(Shutdown::Write);
@@ -697,22 +532,17 @@ impl Loop {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let pending = !conn.write_closed
-            && match &mut conn.kind {
-                Kind::Ws(s) => s.has_output(),
-                Kind::Api(a) => !a.out.is_empty(),
-            };
+        let pending = !conn.write_closed && conn.kind.conn().has_output();
         if pending != conn.wants_write {
             let interest = if pending {
                 Interest::READABLE | Interest::WRITABLE
             } else {
                 Interest::READABLE
             };
-            let token = token_of(key, conn.generation);
             match self
                 .poll
                 .registry()
-                .reregister(&mut conn.socket, token, interest)
+                .reregister(&mut conn.socket, Token(key), interest)
             {
                 Ok(()) => conn.wants_write = pending,
                 Err(e) => {
@@ -724,15 +554,12 @@ impl Loop {
     }
 
     /// Arms the connection's timer at its next deadline if the current one would fire late.
-    /// A timer that fires early is cheap: the session re-checks and it is re-armed.
+    /// A timer that fires early is cheap: the connection re-checks and it is re-armed.
     fn sync_timer(&mut self, key: usize) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let deadline = match &conn.kind {
-            Kind::Ws(s) => s.next_deadline(&self.settings),
-            Kind::Api(a) => a.deadline_ms(self.settings.write_timeout_ms),
-        };
+        let deadline = conn.kind.conn().next_deadline(&self.settings);
         if let Some((handle, at)) = conn.timer {
             if at <= deadline {
                 return;
@@ -762,42 +589,30 @@ impl Loop {
                         continue;
                     }
                     conn.timer = None;
-                    match &mut conn.kind {
-                        Kind::Ws(session) => {
-                            let mut ctx = Ctx {
-                                broker: &mut self.broker,
-                                settings: &self.settings,
-                                stats: &mut self.stats,
-                                now_ms: now,
-                            };
-                            session.on_timer(&mut ctx);
-                        }
-                        Kind::Api(api_conn) => {
-                            api_conn.on_timer(now, self.settings.write_timeout_ms)
-                        }
-                    }
+                    conn.kind
+                        .conn()
+                        .on_timer(&self.settings, &mut self.app.stats, now);
                     self.service(key);
                 }
                 Timeout::Tick { due_ms } => {
-                    if let Some((topic, frame, interval)) = self.tick.clone()
-                        && !self.shutting_down
-                    {
-                        let reached = self.publish(&topic, &frame);
-                        debug!("tick: pushed to {reached} subscribers of {topic}");
-                        let next = (due_ms + interval).max(now + 1);
-                        self.timers.insert(next, Timeout::Tick { due_ms: next });
+                    if let Some(tick) = self.tick.take() {
+                        if !self.shutting_down {
+                            let reached = self.publish(&tick.topic, tick::DATA);
+                            debug!("tick: pushed to {reached} subscribers of {}", tick.topic);
+                            let next = tick.next_due(due_ms, now);
+                            self.timers.insert(next, Timeout::Tick { due_ms: next });
+                        }
+                        self.tick = Some(tick);
                     }
                 }
                 Timeout::ResumeAccept => {
-                    self.accept_paused = false;
+                    self.accepting.paused = false;
                     self.accept_ws();
                     self.accept_api();
                 }
                 Timeout::ReleaseMemory => {
                     sys::release_free_memory();
-                    self.removed_since_trim = 0;
-                    self.last_trim_ms = now;
-                    self.trim_scheduled = false;
+                    self.memory.released(now);
                 }
                 Timeout::ShutdownDeadline => {
                     let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -807,43 +622,6 @@ impl Loop {
                 }
             }
         }
-    }
-
-    /// Hands one encoded frame to every subscriber of `topic`; returns how many got it.
-    ///
-    /// Output is normally flushed once per iteration, after all publishes; a queue that fills up
-    /// before then is flushed on the spot, so a fast reader is never mistaken for a slow one.
-    fn publish(&mut self, topic: &str, frame: &Bytes) -> usize {
-        self.stats.publishes += 1;
-        let mut reached = 0;
-        for id in self.broker.subscribers(topic) {
-            let (key, generation) = split_token(Token(id.0 as usize));
-            let Some(conn) = self.conns.get_mut(key) else {
-                continue;
-            };
-            if conn.generation != generation {
-                continue;
-            }
-            let Kind::Ws(session) = &mut conn.kind else {
-                continue;
-            };
-            let mut outcome = session.push(frame, &self.settings, &mut self.stats);
-            if outcome == Push::Full {
-                if let Some(out) = session.outbound() {
-                    let written = out.write_to(&mut conn.socket).unwrap_or(0);
-                    self.stats.bytes_written += written as u64;
-                    session.on_written(written, self.now_ms);
-                }
-                outcome =
-                    session.push_or_overflow(frame, &self.settings, &mut self.stats, self.now_ms);
-            }
-            reached += usize::from(outcome == Push::Queued);
-            if matches!(outcome, Push::Queued | Push::Closed) && !conn.dirty {
-                conn.dirty = true;
-                self.dirty.push((key, generation));
-            }
-        }
-        reached
     }
 
     fn flush_dirty(&mut self) {
@@ -867,17 +645,19 @@ impl Loop {
         let Some(mut conn) = self.conns.try_remove(key) else {
             return;
         };
-        self.removed_since_trim += 1;
+        self.memory.on_removed();
         let _ = self.poll.registry().deregister(&mut conn.socket);
         if let Some((handle, _)) = conn.timer {
             self.timers.cancel(handle);
         }
         match conn.kind {
-            Kind::Ws(session) => {
-                self.broker.remove_subscriber(session.id());
-                self.ws_count -= 1;
+            Kind::Ws(mut session) => {
+                let id = session.id();
+                self.hub
+                    .remove_subscriber(session.subscriptions_mut(), id, |_| {});
+                self.accepting.ws_count -= 1;
             }
-            Kind::Api(_) => self.api_count -= 1,
+            Kind::Http(_) => self.accepting.api_count -= 1,
         }
     }
 
@@ -901,7 +681,7 @@ impl Loop {
             };
             match &mut conn.kind {
                 Kind::Ws(session) => session.close(CloseReason::ShuttingDown, self.now_ms),
-                Kind::Api(api_conn) => api_conn.close_after_flush(),
+                Kind::Http(http) => http.close_after_flush(),
             }
             self.service(key);
         }
@@ -909,51 +689,24 @@ impl Loop {
             .insert(self.now_ms + SHUTDOWN_GRACE_MS, Timeout::ShutdownDeadline);
     }
 
-    fn gauges(&self) -> api::Gauges {
-        api::Gauges {
-            connections: self.ws_count,
-            api_connections: self.api_count,
-            topics: self.broker.topic_count(),
-            subscriptions: self.broker.subscription_count(),
+    fn gauges(&self) -> Gauges {
+        Gauges {
+            connections: self.accepting.ws_count,
+            api_connections: self.accepting.api_count,
+            topics: self.hub.topic_count(),
+            subscriptions: self.hub.subscription_count(),
             uptime_secs: self.now_ms / 1000,
         }
     }
 }
 
-/// What API requests may do to the loop.
-struct ApiTarget<'a> {
-    event_loop: &'a mut Loop,
-}
-
-impl api::Target for ApiTarget<'_> {
-    fn topic_rules(&self) -> protocol::TopicRules {
-        self.event_loop.settings.topic_rules
-    }
-    fn publish(&mut self, topic: &str, frame: &Bytes) -> usize {
-        self.event_loop.publish(topic, frame)
-    }
-    fn stats(&mut self) -> (Stats, api::Gauges) {
-        (self.event_loop.stats.clone(), self.event_loop.gauges())
-    }
-    fn count_request(&mut self, error: bool) {
-        self.event_loop.stats.api_requests += 1;
-        self.event_loop.stats.api_errors += u64::from(error);
-    }
-}
-
-/// Turns away a connection over the cap with a short HTTP 503.
-fn refuse(mut socket: TcpStream) {
-    // Read what has arrived of the request first (with TCP_DEFER_ACCEPT, usually all of it):
-    // closing over unread input sends a reset, which can destroy the 503 before it is read.
+/// Reads and discards what has arrived of a request, up to `limit` bytes (so a close that
+/// follows is a FIN, not a reset that could destroy the reply).
+fn drain(socket: &mut TcpStream, limit: usize) {
     let mut sink = [0u8; 1024];
-    for _ in 0..8 {
+    for _ in 0..limit / sink.len() {
         if !matches!(socket.read(&mut sink), Ok(n) if n == sink.len()) {
             break;
         }
     }
-    let _ = socket.write(&crate::session::http_error(
-        503,
-        "server at connection capacity",
-    ));
-    let _ = socket.shutdown(Shutdown::Write);
 }

@@ -305,3 +305,11 @@ pub fn install_signal_handlers(handle: ShutdownHandle) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// EMFILE / ENFILE / ENOBUFS / ENOMEM: accepting again at once would fail the same way.
+pub(crate) fn out_of_resources(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}

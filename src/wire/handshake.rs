@@ -1,8 +1,9 @@
 //! The WebSocket opening handshake (RFC 6455 §4), without I/O.
 //!
-//! Server side: [`read_request`] parses an upgrade request out of the bytes received so far,
-//! [`accept_response`] builds the 101. Client side: [`client_request`] and [`read_response`].
-//! Parsing never panics on any input: short input is `Ok(None)`, anything else a [`Rejection`].
+//! Server side: [`read_request`] checks an upgrade request (parsed by [`super::http`]) in the
+//! bytes received so far, [`accept_response`] builds the 101. Client side: [`client_request`] and
+//! [`read_response`]. Parsing never panics on any input: short input is `Ok(None)`, anything else
+//! an [`HttpError`] with the status to answer.
 //!
 //! SHA-1 and base64 live here because the handshake is their only use. SHA-1 protects nothing
 //! in RFC 6455: it only proves that the server read this client's key, so a small plain
@@ -12,18 +13,13 @@
 /// 8 KiB.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Headers per request or response; more is refused with 431.
-const MAX_HEADERS: usize = 64;
+const MAX_HEADERS: usize = http::MAX_HEADER_SLOTS;
 const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
-/// Why an upgrade request is refused, as the HTTP status the server answers with.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejection {
-    pub status: u16,
-    pub message: &'static str,
-}
+use super::http::{self, HttpError};
 
-fn reject(status: u16, message: &'static str) -> Rejection {
-    Rejection { status, message }
+fn reject(status: u16, message: &'static str) -> HttpError {
+    HttpError { status, message }
 }
 
 /// A well-formed upgrade request: what the server's policy needs to decide on it.
@@ -40,22 +36,23 @@ pub struct UpgradeRequest<'a> {
 /// Parses an upgrade request at the start of `input`. `Ok(None)`: incomplete, read more (the
 /// caller refuses with 431 past [`MAX_HEAD_BYTES`]). `Ok(Some((request, length)))`: the
 /// request occupies `input[..length]`.
-pub fn read_request(input: &[u8]) -> Result<Option<(UpgradeRequest<'_>, usize)>, Rejection> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let length = match parsed.parse(input) {
-        Ok(httparse::Status::Complete(length)) => length,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(reject(431, "too many headers")),
-        Err(_) => return Err(reject(400, "malformed HTTP request")),
+pub fn read_request(input: &[u8]) -> Result<Option<(UpgradeRequest<'_>, usize)>, HttpError> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let parsed = match http::parse_head(input, &mut slots) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        // The upgrade needs exactly HTTP/1.1: another version is a bad request, not a 505.
+        Err(HttpError { status: 505, .. }) => return Err(reject(400, "HTTP/1.1 is required")),
+        Err(e) => return Err(e),
     };
-    if parsed.method != Some("GET") {
+    let length = parsed.len;
+    if parsed.method != "GET" {
         return Err(reject(405, "use GET for the WebSocket upgrade"));
     }
-    if parsed.version != Some(1) {
+    if parsed.version != 1 {
         return Err(reject(400, "HTTP/1.1 is required"));
     }
-    let mut target = parsed.path.unwrap_or("");
+    let mut target = parsed.target;
     // The absolute form (`GET ws://host/ws?x HTTP/1.1`), which servers must accept too.
     if let Some((_, after_scheme)) = target.split_once("://") {
         target = after_scheme
@@ -66,25 +63,23 @@ pub fn read_request(input: &[u8]) -> Result<Option<(UpgradeRequest<'_>, usize)>,
         Some((path, query)) => (path, Some(query)),
         None => (target, None),
     };
-    let headers = parsed.headers;
-    let one = |name: &str| -> Result<Option<&str>, Rejection> {
-        let mut values = headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name));
+    let one = |name: &str| -> Result<Option<&str>, HttpError> {
+        let mut values = parsed.values(name);
         let Some(first) = values.next() else {
             return Ok(None);
         };
         if values.next().is_some() {
             return Err(reject(400, "a header the upgrade needs is repeated"));
         }
-        std::str::from_utf8(first.value)
+        std::str::from_utf8(first)
             .map(|v| Some(v.trim()))
             .map_err(|_| reject(400, "a header the upgrade needs is not UTF-8"))
     };
     // `Connection: keep-alive, Upgrade` and repeated headers both list tokens.
     let lists = |name: &str, token: &str| {
-        headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .flat_map(|h| h.value.split(|&b| b == b','))
+        parsed
+            .values(name)
+            .flat_map(|v| v.split(|&b| b == b','))
             .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
     };
     if !lists("connection", "upgrade") || !lists("upgrade", "websocket") {

@@ -1,8 +1,8 @@
-//! The JSON wire protocol between clients and the server, and WebSocket framing of server messages.
+//! The JSON messages between clients and the server, without I/O.
 //!
-//! No I/O here. Client messages are parsed from the text of a WebSocket message; server messages
-//! are encoded straight into complete, unmasked WebSocket frames (`Bytes`), so that one push is
-//! serialized and framed once and the same bytes are shared by every subscriber's queue.
+//! Client messages are parsed from the text of a WebSocket message; server messages are encoded
+//! straight into complete, unmasked WebSocket frames (`Bytes`, via [`super::frame`]), so that one
+//! push is serialized and framed once and the same bytes are shared by every subscriber's queue.
 //!
 //! Client → server (unknown fields are ignored, so the seed's `{"cmd":"ping","data":null}` works):
 //! - `{"topics":[..]}` (the seed's subscribe; accepted at any time to add topics)
@@ -16,6 +16,8 @@ use std::fmt;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::Deserialize;
+
+use super::frame::{self, Opcode};
 
 /// What a client asked for.
 #[derive(Debug, PartialEq, Eq)]
@@ -143,58 +145,6 @@ fn is_topic_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')
 }
 
-/// WebSocket opcodes of the frames the server builds itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Opcode {
-    Text = 0x1,
-    Binary = 0x2,
-    Close = 0x8,
-}
-
-/// A close frame with `code` and a short `reason` (at most 123 bytes, as RFC 6455 requires of
-/// a control frame's payload; longer reasons are cut at a character boundary).
-pub fn close_frame(code: u16, reason: &str) -> Bytes {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut payload = Vec::with_capacity(2 + end);
-    payload.extend_from_slice(&code.to_be_bytes());
-    payload.extend_from_slice(&reason.as_bytes()[..end]);
-    frame(Opcode::Close, &payload)
-}
-
-/// Frames `payload` as one final, unmasked server frame.
-pub fn frame(opcode: Opcode, payload: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(frame_header_len(payload.len()) + payload.len());
-    put_frame_header(&mut buf, opcode, payload.len());
-    buf.put_slice(payload);
-    buf.freeze()
-}
-
-fn frame_header_len(payload_len: usize) -> usize {
-    match payload_len {
-        0..=125 => 2,
-        126..=0xFFFF => 4,
-        _ => 10,
-    }
-}
-
-fn put_frame_header(buf: &mut BytesMut, opcode: Opcode, payload_len: usize) {
-    buf.put_u8(0x80 | opcode as u8);
-    match payload_len {
-        0..=125 => buf.put_u8(payload_len as u8),
-        126..=0xFFFF => {
-            buf.put_u8(126);
-            buf.put_u16(payload_len as u16);
-        }
-        _ => {
-            buf.put_u8(127);
-            buf.put_u64(payload_len as u64);
-        }
-    }
-}
-
 /// Encodes `{"cmd":"push","topic":<topic>,"data":<data>}` as one text frame.
 ///
 /// `data_json` must already be valid JSON (the API validates it); it is copied verbatim, once.
@@ -203,14 +153,15 @@ pub fn encode_push(topic: &str, data_json: &str) -> Bytes {
     const MID: &[u8] = br#","data":"#;
     let topic_len = json_string_len(topic);
     let payload_len = HEAD.len() + topic_len + MID.len() + data_json.len() + 1;
-    let mut buf = BytesMut::with_capacity(frame_header_len(payload_len) + payload_len);
-    put_frame_header(&mut buf, Opcode::Text, payload_len);
+    let frame_len = frame::header_len(payload_len, false) + payload_len;
+    let mut buf = BytesMut::with_capacity(frame_len);
+    frame::put_header(&mut buf, Opcode::Text, payload_len, None);
     buf.put_slice(HEAD);
     put_json_string(&mut buf, topic);
     buf.put_slice(MID);
     buf.put_slice(data_json.as_bytes());
     buf.put_u8(b'}');
-    debug_assert_eq!(buf.len(), frame_header_len(payload_len) + payload_len);
+    debug_assert_eq!(buf.len(), frame_len);
     buf.freeze()
 }
 
@@ -228,13 +179,13 @@ pub fn encode_ack<S: AsRef<str>>(subscribed: bool, topics: &[S]) -> Bytes {
     };
     let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
     let body = serde_json::json!({ "cmd": cmd, "topics": topics });
-    frame(Opcode::Text, body.to_string().as_bytes())
+    frame::frame(Opcode::Text, body.to_string().as_bytes())
 }
 
 /// `{"cmd":"error","error":<message>}` as one text frame.
 pub fn encode_error(message: &str) -> Bytes {
     let body = serde_json::json!({ "cmd": "error", "error": message });
-    frame(Opcode::Text, body.to_string().as_bytes())
+    frame::frame(Opcode::Text, body.to_string().as_bytes())
 }
 
 /// Writes `s` as a JSON string literal.
@@ -371,15 +322,6 @@ mod tests {
         let f = encode_push("a\"b\\c\n\u{1}", "1");
         let v: serde_json::Value = serde_json::from_slice(payload(&f)).unwrap();
         assert_eq!(v["topic"], "a\"b\\c\n\u{1}");
-    }
-
-    #[test]
-    fn close_frames_fit_a_control_frame() {
-        assert_eq!(&close_frame(1013, "full")[..], b"\x88\x06\x03\xf5full");
-        // A long reason is cut to 123 bytes, never inside a character.
-        let long = close_frame(1000, &"é".repeat(100));
-        assert_eq!(long[1], 2 + 122);
-        assert!(std::str::from_utf8(&long[4..]).is_ok());
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! HTTP/1.1 request parsing for the backend API, without I/O.
+//! HTTP/1.1 for both listeners, without I/O: one head parser ([`parse_head`], also under the
+//! WebSocket upgrade in [`super::handshake`]), one status table and one response writer.
 //!
-//! [`RequestParser`] takes bytes as they arrive and yields complete requests, so keep-alive and
-//! pipelining come for free. Every buffer is bounded by [`HttpLimits`]: a head that does not end
+//! [`RequestParser`] (the API) takes bytes as they arrive and yields complete requests, so
+//! keep-alive and pipelining come for free. Every buffer is bounded by [`HttpLimits`]: a head that does not end
 //! within `max_head_bytes` is refused with 431, a body longer than `max_body_bytes` with 413 (as
 //! soon as its length is known). After an error the parser stays failed: the caller answers with
 //! the error's status and closes the connection. Parsing never panics on any input.
@@ -75,7 +76,7 @@ enum Framing {
 }
 
 /// A parsed head waiting for its body.
-struct Head {
+struct PendingHead {
     method: Method,
     path: String,
     query: Vec<(String, String)>,
@@ -91,7 +92,7 @@ pub struct RequestParser {
     buf: BytesMut,
     /// Bytes of `buf` already searched for the end of the head.
     scanned: usize,
-    head: Option<Head>,
+    head: Option<PendingHead>,
     /// Chunked bodies are decoded into here.
     chunked_body: BytesMut,
     failed: Option<HttpError>,
@@ -99,7 +100,52 @@ pub struct RequestParser {
 }
 
 /// The most headers a request may carry, whatever `max_headers` says.
-const MAX_HEADER_SLOTS: usize = 64;
+pub const MAX_HEADER_SLOTS: usize = 64;
+
+/// A request head parsed in place: borrowed from the input and from the caller's header slots.
+pub struct Head<'h, 'b> {
+    pub method: &'b str,
+    /// The request target as sent (origin or absolute form).
+    pub target: &'b str,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub version: u8,
+    pub headers: &'h [httparse::Header<'b>],
+    /// Bytes of the input the head occupies.
+    pub len: usize,
+}
+
+impl<'b> Head<'_, 'b> {
+    /// Values of every header called `name`, in order.
+    pub fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'b [u8]> + 's {
+        self.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
+/// Parses the head at the start of `input` into `slots` (their count is the header limit).
+/// `Ok(None)`: incomplete.
+pub fn parse_head<'h, 'b>(
+    input: &'b [u8],
+    slots: &'h mut [httparse::Header<'b>],
+) -> Result<Option<Head<'h, 'b>>, HttpError> {
+    let mut req = httparse::Request::new(slots);
+    let len = match req.parse(input) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(error(431, "too many headers")),
+        Err(httparse::Error::Version) => return Err(error(505, "only HTTP/1.0 and 1.1")),
+        Err(_) => return Err(error(400, "malformed HTTP request")),
+    };
+    Ok(Some(Head {
+        method: req.method.unwrap_or(""),
+        target: req.path.unwrap_or("/"),
+        version: req.version.unwrap_or(1),
+        headers: req.headers,
+        len,
+    }))
+}
 
 /// Chunk-size lines longer than this are refused (hex digits plus extensions).
 const MAX_CHUNK_LINE: usize = 256;
@@ -194,7 +240,7 @@ impl RequestParser {
         }))
     }
 
-    fn parse_head(&mut self) -> Result<Option<Head>, HttpError> {
+    fn parse_head(&mut self) -> Result<Option<PendingHead>, HttpError> {
         // Only run httparse once the blank line that ends the head is here; resume the search
         // where the last one stopped, so a head arriving byte by byte costs linear time.
         let from = self.scanned.saturating_sub(3);
@@ -209,25 +255,19 @@ impl RequestParser {
             return Err(error(431, "request head too large"));
         }
         // On the stack: no allocation per request.
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADER_SLOTS];
-        let slots = self.limits.max_headers.min(MAX_HEADER_SLOTS);
-        let mut req = httparse::Request::new(&mut headers[..slots]);
-        match req.parse(&self.buf[..end]) {
-            Ok(httparse::Status::Complete(_)) => {}
-            Ok(httparse::Status::Partial) => return Err(error(400, "malformed request")),
-            Err(httparse::Error::TooManyHeaders) => return Err(error(431, "too many headers")),
-            Err(httparse::Error::Version) => return Err(error(505, "only HTTP/1.0 and 1.1")),
-            Err(_) => return Err(error(400, "malformed request")),
-        }
-        let version = req.version.unwrap_or(1);
-        let method = match req.method {
-            Some("GET") => Method::Get,
-            Some("HEAD") => Method::Head,
-            Some("POST") => Method::Post,
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADER_SLOTS];
+        let count = self.limits.max_headers.min(MAX_HEADER_SLOTS);
+        let Some(head) = parse_head(&self.buf[..end], &mut slots[..count])? else {
+            return Err(error(400, "malformed request"));
+        };
+        let version = head.version;
+        let method = match head.method {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
             _ => Method::Other,
         };
-        let target = req.path.unwrap_or("/");
-        let (raw_path, raw_query) = target.split_once('?').unwrap_or((target, ""));
+        let (raw_path, raw_query) = head.target.split_once('?').unwrap_or((head.target, ""));
         let path = percent_decode(raw_path, false)?;
         let mut query = Vec::new();
         for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
@@ -237,7 +277,7 @@ impl RequestParser {
         let mut keep_alive = version == 1;
         let (mut length, mut chunked, mut expect_continue) = (None::<usize>, false, false);
         let (mut authorization, mut content_type) = (None, None);
-        for h in req.headers.iter() {
+        for h in head.headers {
             let value = std::str::from_utf8(h.value)
                 .map_err(|_| error(400, "header is not UTF-8"))?
                 .trim();
@@ -283,7 +323,7 @@ impl RequestParser {
         self.buf.advance(end);
         self.scanned = 0;
         let body_complete = matches!(framing, Framing::Length(n) if n <= self.buf.len());
-        Ok(Some(Head {
+        Ok(Some(PendingHead {
             method,
             path,
             query,
@@ -431,6 +471,71 @@ pub fn write_response(
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
+}
+
+/// A response the application gives a request.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: String,
+    pub keep_alive: bool,
+    pub extra_headers: &'static [(&'static str, &'static str)],
+    /// A reply to HEAD: headers only (Content-Length still tells the body's size).
+    pub head_only: bool,
+}
+
+impl Response {
+    pub fn json(status: u16, body: &serde_json::Value, keep_alive: bool) -> Self {
+        Response {
+            status,
+            body: body.to_string(),
+            keep_alive,
+            extra_headers: &[],
+            head_only: false,
+        }
+    }
+
+    /// `{"error":"<message>"}`.
+    pub fn error(status: u16, message: &str, keep_alive: bool) -> Self {
+        Self::json(status, &serde_json::json!({ "error": message }), keep_alive)
+    }
+
+    pub fn encode(&self) -> Bytes {
+        let mut out = Vec::with_capacity(128 + self.body.len());
+        write_response(
+            &mut out,
+            self.status,
+            "application/json",
+            self.body.as_bytes(),
+            self.keep_alive,
+            self.extra_headers,
+        );
+        if self.head_only {
+            out.truncate(out.len() - self.body.len());
+        }
+        Bytes::from(out)
+    }
+}
+
+/// A complete JSON error response that closes the connection (the refusals on the WebSocket
+/// port: a 426 also names the protocol and version to upgrade to).
+pub fn error_response(status: u16, message: &str) -> Bytes {
+    let body = serde_json::json!({ "error": message }).to_string();
+    let upgrade: &[(&str, &str)] = if status == 426 {
+        &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]
+    } else {
+        &[]
+    };
+    let mut out = Vec::with_capacity(160 + body.len());
+    write_response(
+        &mut out,
+        status,
+        "application/json",
+        body.as_bytes(),
+        false,
+        upgrade,
+    );
+    Bytes::from(out)
 }
 
 /// A JSON error response: `{"error":"<message>"}`.

@@ -1,0 +1,224 @@
+//! What requests mean: the route table of the API, authorization and the browser-origin
+//! policy, and the counters `/stats` reports. No I/O: a route turns a parsed request into an
+//! [`Action`] the server carries out (publishing moves frames into queues, which is the server's
+//! job), and the results into a [`Response`].
+//!
+//! Knows [`crate::wire`], [`crate::hub`] and [`crate::conn`]; nothing below knows it.
+
+pub mod auth;
+pub mod tick;
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+use crate::stats::Stats;
+use crate::wire::http::{HttpLimits, Method, Request, Response};
+use crate::wire::message::{self, TopicRules};
+pub use auth::HandshakePolicy;
+
+/// The application: policies derived from the configuration, and the counters.
+pub struct App {
+    pub stats: Stats,
+    pub handshake: HandshakePolicy,
+    api_token: Option<String>,
+    topic_rules: TopicRules,
+    api_limits: HttpLimits,
+}
+
+/// Live values reported next to the counters in `/stats`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Gauges {
+    pub connections: usize,
+    pub api_connections: usize,
+    pub topics: usize,
+    pub subscriptions: usize,
+    pub uptime_secs: u64,
+}
+
+/// What the server is to do for a request.
+pub enum Action<'r> {
+    Respond(Response),
+    /// Publish each `(topic, data)` (all validated), then answer with [`App::published`].
+    Publish(Publish<'r>),
+    /// Answer with [`App::stats_response`].
+    Stats {
+        keep_alive: bool,
+        head_only: bool,
+    },
+}
+
+/// A validated publish request: one message (`?topic=`) or a batch (one per line).
+pub struct Publish<'r> {
+    pub messages: Vec<(Cow<'r, str>, &'r RawValue)>,
+    batch: bool,
+    keep_alive: bool,
+}
+
+#[derive(Deserialize)]
+struct BatchLine<'a> {
+    #[serde(borrow)]
+    topic: Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct StatsBody<'a> {
+    #[serde(flatten)]
+    gauges: Gauges,
+    #[serde(flatten)]
+    counters: &'a Stats,
+}
+
+impl App {
+    pub fn new(config: &Config) -> Self {
+        App {
+            stats: Stats::default(),
+            handshake: HandshakePolicy::from_config(config),
+            api_token: config.api_token.clone(),
+            topic_rules: TopicRules {
+                max_len: config.max_topic_length,
+            },
+            api_limits: HttpLimits {
+                max_body_bytes: config.api_max_body,
+                ..HttpLimits::default()
+            },
+        }
+    }
+
+    pub fn api_limits(&self) -> HttpLimits {
+        self.api_limits
+    }
+
+    /// The API's route table. Every request is counted; errors are answered here.
+    pub fn route<'r>(&mut self, request: &'r Request) -> Action<'r> {
+        self.stats.api_requests += 1;
+        let action = self.route_request(request);
+        if let Action::Respond(response) = &action {
+            self.stats.api_errors += u64::from(response.status >= 400);
+        }
+        action
+    }
+
+    fn route_request<'r>(&self, request: &'r Request) -> Action<'r> {
+        let ka = request.keep_alive;
+        let head_only = request.method == Method::Head;
+        let authorized =
+            auth::bearer_matches(request.authorization.as_deref(), self.api_token.as_deref());
+        let respond = |response: Response| {
+            Action::Respond(Response {
+                head_only,
+                ..response
+            })
+        };
+        match (request.method, request.path.as_str()) {
+            (Method::Get | Method::Head, "/healthz") => respond(Response::json(
+                200,
+                &serde_json::json!({"status": "ok"}),
+                ka,
+            )),
+            (_, "/healthz" | "/stats" | "/publish") if !authorized => respond(Response {
+                extra_headers: &[("WWW-Authenticate", "Bearer")],
+                ..Response::error(401, "missing or wrong bearer token", ka)
+            }),
+            (Method::Post, "/publish") => {
+                let parsed = match request.query_param("topic") {
+                    Some(topic) => self.one_message(topic, &request.body),
+                    None => self.batch(&request.body),
+                };
+                match parsed {
+                    Ok((messages, batch)) => Action::Publish(Publish {
+                        messages,
+                        batch,
+                        keep_alive: ka,
+                    }),
+                    Err(message) => respond(Response::error(400, &message, ka)),
+                }
+            }
+            (Method::Get | Method::Head, "/stats") => Action::Stats {
+                keep_alive: ka,
+                head_only,
+            },
+            (_, "/publish") => respond(Response {
+                extra_headers: &[("Allow", "POST")],
+                ..Response::error(405, "use POST /publish?topic=T", ka)
+            }),
+            (_, "/stats" | "/healthz") => respond(Response {
+                extra_headers: &[("Allow", "GET")],
+                ..Response::error(405, "use GET", ka)
+            }),
+            _ => respond(Response::error(
+                404,
+                "no such endpoint: try POST /publish?topic=T, GET /stats, GET /healthz",
+                ka,
+            )),
+        }
+    }
+
+    fn one_message<'r>(
+        &self,
+        topic: &'r str,
+        body: &'r [u8],
+    ) -> Result<(Vec<(Cow<'r, str>, &'r RawValue)>, bool), String> {
+        message::validate_topic(topic, self.topic_rules).map_err(|e| e.to_string())?;
+        let data = serde_json::from_slice::<&RawValue>(body)
+            .map_err(|e| format!("the body must be one JSON value: {e}"))?;
+        Ok((vec![(Cow::Borrowed(topic), data)], false))
+    }
+
+    /// One `{"topic":..,"data":..}` per line. All lines are checked before any is published, so
+    /// a bad batch publishes nothing.
+    fn batch<'r>(
+        &self,
+        body: &'r [u8],
+    ) -> Result<(Vec<(Cow<'r, str>, &'r RawValue)>, bool), String> {
+        let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())?;
+        let mut messages = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            let parsed: BatchLine<'_> =
+                serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+            message::validate_topic(&parsed.topic, self.topic_rules)
+                .map_err(|e| format!("line {}: {e}", n + 1))?;
+            messages.push((parsed.topic, parsed.data));
+        }
+        if messages.is_empty() {
+            return Err(
+                "no messages: use ?topic=T, or one {\"topic\":..,\"data\":..} per line".to_owned(),
+            );
+        }
+        Ok((messages, true))
+    }
+
+    /// The answer to a publish; `reached[i]`: how many subscribers got message `i`.
+    pub fn published(&mut self, publish: &Publish<'_>, reached: &[usize]) -> Response {
+        let body = if publish.batch {
+            serde_json::json!({
+                "published": publish.messages.len(),
+                "deliveries": reached.iter().sum::<usize>(),
+            })
+        } else {
+            let topic = publish.messages.first().map_or("", |(t, _)| &**t);
+            serde_json::json!({ "topic": topic, "subscribers": reached.first().copied().unwrap_or(0) })
+        };
+        Response::json(200, &body, publish.keep_alive)
+    }
+
+    pub fn stats_response(&self, gauges: Gauges, keep_alive: bool, head_only: bool) -> Response {
+        let body = serde_json::to_value(StatsBody {
+            gauges,
+            counters: &self.stats,
+        })
+        .unwrap_or(serde_json::Value::Null);
+        Response {
+            head_only,
+            ..Response::json(200, &body, keep_alive)
+        }
+    }
+}

@@ -1,0 +1,617 @@
+//! One WebSocket connection's state, without I/O.
+//!
+//! The server feeds the bytes it read (`on_input`), tells the session what it wrote
+//! (`on_written`) and when its deadline passed (`on_timer`); the session answers through its
+//! outbound queue, the one path for every byte to the socket: the handshake response,
+//! tungstenite's pong and close frames, our replies and the shared push frames.
+//!
+//! The upgrade request is parsed by [`crate::wire::handshake`], usually straight from the
+//! server's read buffer (a request split over several reads is collected, up to 16 KiB), and
+//! judged by the application's [`UpgradePolicy`]. tungstenite parses the frames. It reads from
+//! and writes to a [`Stream`] made for each call of the input the server handed over and the
+//! session's [`OutQueue`]; it never touches the socket, so its buffers stay small (no 128 KiB
+//! read buffer per connection). Its frame context (~340 bytes) exists only while a client
+//! message is being read: between messages an open session holds nothing but its queue.
+
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+use log::debug;
+use tungstenite::Message;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
+use tungstenite::protocol::{Role, WebSocketContext};
+
+use super::{CONTROL_SLACK, Connection, OutQueue, Settings, Status, WriteStall};
+use crate::config::SlowConsumerPolicy;
+use crate::hub::{Hub, SubscriberId, Subscriptions};
+use crate::stats::Stats;
+use crate::wire::frame::{self, FrameBoundary, Opcode};
+use crate::wire::handshake::{self, UpgradeRequest};
+use crate::wire::http::{self, HttpError};
+use crate::wire::message::{self, ClientMessage, RequestError};
+
+/// How long a closing connection may take to acknowledge our close before it is dropped.
+const CLOSE_LINGER_MS: u64 = 2_000;
+
+/// Decides whether a well-formed upgrade request may become a session (path, origin, token):
+/// the application's policy, asked at the handshake.
+pub trait UpgradePolicy {
+    fn check(&self, request: &UpgradeRequest<'_>) -> Result<(), HttpError>;
+}
+
+/// The stream tungstenite reads from and writes to: the input the server handed over and the
+/// session's outbound queue. Built for each call, so an idle session stores neither.
+struct Stream<'a> {
+    input: &'a mut Bytes,
+    out: &'a mut OutQueue,
+}
+
+impl Read for Stream<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input.split_to(n));
+        Ok(n)
+    }
+}
+
+impl Write for Stream<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.out.push(Bytes::copy_from_slice(buf));
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Phase {
+    /// Nothing has arrived yet. A request that arrives whole (the usual case) is answered from
+    /// the server's read buffer, without a copy.
+    Accepted,
+    /// Part of the request has arrived; the rest is awaited (at most 16 KiB in all).
+    Handshaking(Vec<u8>),
+    Open(OpenWs),
+    /// Our last bytes (a close frame or an HTTP error) are queued: flush them, half-close, and
+    /// wait briefly for the peer's EOF so the close is not lost to a TCP reset.
+    Finishing {
+        out: Box<OutQueue>,
+        deadline_ms: u64,
+    },
+    /// Transient while a handshake step owns the state.
+    Gone,
+}
+
+/// An open WebSocket session.
+struct OpenWs {
+    out: OutQueue,
+    /// tungstenite's frame context, kept only while it holds state: a partial frame, a
+    /// fragmented message, or a close handshake under way. Otherwise it is created when input
+    /// arrives and dropped after it, so an idle connection does not pay for it.
+    reading: Option<Box<WebSocketContext>>,
+}
+
+impl OpenWs {
+    /// False once a close was sent (tungstenite then holds the context).
+    fn can_write(&self) -> bool {
+        self.reading.as_ref().is_none_or(|ws| ws.can_write())
+    }
+}
+
+/// The result of offering a push to a session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Push {
+    Queued,
+    /// The queue was full: the push was dropped (`--slow-consumer drop`).
+    Dropped,
+    /// The queue was full: the session is closing with 1013.
+    Closed,
+    /// Not an open WebSocket (handshaking or closing).
+    NotOpen,
+}
+
+/// Why the server closes a session; each maps to a close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    Protocol,
+    BinaryData,
+    BadUtf8,
+    TooBig,
+    SubscribeTimeout,
+    HeartbeatTimeout,
+    SlowConsumer,
+    ShuttingDown,
+    Internal,
+}
+
+impl CloseReason {
+    pub fn code(self) -> CloseCode {
+        match self {
+            Self::Protocol => CloseCode::Protocol,
+            Self::BinaryData => CloseCode::Unsupported,
+            Self::BadUtf8 => CloseCode::Invalid,
+            Self::TooBig => CloseCode::Size,
+            Self::SubscribeTimeout | Self::HeartbeatTimeout => CloseCode::Policy,
+            Self::SlowConsumer => CloseCode::Again,
+            Self::ShuttingDown => CloseCode::Away,
+            Self::Internal => CloseCode::Error,
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Self::Protocol => "protocol error",
+            Self::BinaryData => "binary messages are not supported",
+            Self::BadUtf8 => "invalid UTF-8",
+            Self::TooBig => "message too big",
+            Self::SubscribeTimeout => "no subscription in time",
+            Self::HeartbeatTimeout => "heartbeat timeout",
+            Self::SlowConsumer => "outbound queue full",
+            Self::ShuttingDown => "server shutting down",
+            Self::Internal => "internal error",
+        }
+    }
+}
+
+/// Everything a session may touch besides itself while it handles input.
+pub struct Ctx<'a> {
+    pub hub: &'a mut Hub,
+    pub settings: &'a Settings,
+    pub stats: &'a mut Stats,
+    pub policy: &'a dyn UpgradePolicy,
+    pub now_ms: u64,
+}
+
+pub struct Session {
+    phase: Phase,
+    id: SubscriberId,
+    subscriptions: Subscriptions,
+    created_ms: u64,
+    last_input_ms: u64,
+    stall: WriteStall,
+    subscribed: bool,
+    boundary: FrameBoundary,
+}
+
+impl Session {
+    pub fn new(id: SubscriberId, now_ms: u64) -> Self {
+        Session {
+            phase: Phase::Accepted,
+            id,
+            subscriptions: Subscriptions::default(),
+            created_ms: now_ms,
+            last_input_ms: now_ms,
+            stall: WriteStall::default(),
+            subscribed: false,
+            boundary: FrameBoundary::default(),
+        }
+    }
+
+    pub fn id(&self) -> SubscriberId {
+        self.id
+    }
+
+    /// The session's topics, for the hub to drop when the connection goes.
+    pub fn subscriptions_mut(&mut self) -> &mut Subscriptions {
+        &mut self.subscriptions
+    }
+
+    fn phase_status(&self) -> Status {
+        match self.phase {
+            Phase::Accepted | Phase::Handshaking(_) | Phase::Open(_) => Status::Live,
+            Phase::Finishing { .. } => Status::Finishing,
+            Phase::Gone => Status::Dead,
+        }
+    }
+
+    /// Bytes read from the socket. All of `input` is consumed.
+    pub fn on_input(&mut self, mut input: Bytes, ctx: &mut Ctx<'_>) {
+        self.last_input_ms = ctx.now_ms;
+        match &mut self.phase {
+            Phase::Accepted | Phase::Handshaking(_) => self.on_request_bytes(&input, ctx),
+            Phase::Open(open) => {
+                self.boundary.feed(&input);
+                let mut ws = match open.reading.take() {
+                    Some(ws) => *ws,
+                    None => WebSocketContext::new(Role::Server, Some(ctx.settings.ws_config)),
+                };
+                self.read_messages(&mut ws, &mut input, ctx);
+                if let Phase::Open(open) = &mut self.phase {
+                    let idle = self.boundary.is_clean() && ws.can_read() && ws.can_write();
+                    if !idle {
+                        open.reading = Some(Box::new(ws));
+                    }
+                }
+            }
+            // Closing: whatever the peer still sends is not for us any more.
+            Phase::Finishing { .. } | Phase::Gone => {}
+        }
+    }
+
+    /// The peer closed its side of the TCP connection: nothing more can arrive. Whatever is
+    /// queued (say, the reply to its close frame) is still flushed.
+    pub fn on_eof(&mut self, now_ms: u64) {
+        match std::mem::replace(&mut self.phase, Phase::Gone) {
+            Phase::Open(OpenWs { out, .. }) if !out.is_empty() => {
+                self.phase = Phase::Finishing {
+                    out: Box::new(out),
+                    deadline_ms: now_ms + CLOSE_LINGER_MS,
+                };
+            }
+            Phase::Finishing { out, deadline_ms } if !out.is_empty() => {
+                self.phase = Phase::Finishing { out, deadline_ms };
+            }
+            _ => {}
+        }
+    }
+
+    /// Upgrade request bytes: answer with 101 once the request is whole, or with an HTTP error.
+    fn on_request_bytes(&mut self, input: &[u8], ctx: &mut Ctx<'_>) {
+        let mut received = match std::mem::replace(&mut self.phase, Phase::Gone) {
+            Phase::Accepted => None,
+            Phase::Handshaking(received) => Some(received),
+            _ => return,
+        };
+        let request = match &mut received {
+            Some(buffer) => {
+                buffer.extend_from_slice(input);
+                &buffer[..]
+            }
+            None => input,
+        };
+        let too_large = HttpError {
+            status: 431,
+            message: "request header too large",
+        };
+        let answer = match handshake::read_request(request) {
+            Ok(None) if request.len() < handshake::MAX_HEAD_BYTES => {
+                self.phase = Phase::Handshaking(received.unwrap_or_else(|| input.to_vec()));
+                return;
+            }
+            Ok(None) => Err(too_large),
+            // A valid client waits for our 101 before it sends anything else.
+            Ok(Some((_, length))) if length < request.len() => Err(HttpError {
+                status: 400,
+                message: "data after the upgrade request",
+            }),
+            Ok(Some((request, _))) => ctx
+                .policy
+                .check(&request)
+                .map(|()| handshake::accept_response(request.key)),
+            Err(rejection) => Err(rejection),
+        };
+        match answer {
+            Ok(response) => {
+                debug!("session {:?}: handshake done", self.id);
+                let mut out = OutQueue::new();
+                out.push(Bytes::from(response));
+                self.phase = Phase::Open(OpenWs { out, reading: None });
+            }
+            Err(HttpError { status, message }) => {
+                ctx.stats.handshake_failures += 1;
+                debug!(
+                    "session {:?}: handshake refused ({status}): {message}",
+                    self.id
+                );
+                let mut out = OutQueue::new();
+                out.push(http::error_response(status, message));
+                self.phase = Phase::Finishing {
+                    out: Box::new(out),
+                    deadline_ms: ctx.now_ms + CLOSE_LINGER_MS,
+                };
+            }
+        }
+    }
+
+    fn read_messages(&mut self, ws: &mut WebSocketContext, input: &mut Bytes, ctx: &mut Ctx<'_>) {
+        loop {
+            let Phase::Open(open) = &mut self.phase else {
+                return;
+            };
+            let mut stream = Stream {
+                input,
+                out: &mut open.out,
+            };
+            match ws.read(&mut stream) {
+                Ok(Message::Text(text)) => self.on_text(text, ctx),
+                Ok(Message::Binary(data)) if ctx.settings.echo => {
+                    self.send(frame::frame(Opcode::Binary, &data), ctx);
+                }
+                Ok(Message::Binary(_)) => {
+                    return self.close_with(Some(ws), CloseReason::BinaryData, ctx.now_ms);
+                }
+                // tungstenite queued the pong / close reply; flushed below.
+                Ok(Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_)) => {
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return self.finish(ctx.now_ms);
+                }
+                Err(err) => {
+                    debug!("session {:?}: {err}", self.id);
+                    let reason = match err {
+                        tungstenite::Error::Capacity(_) => CloseReason::TooBig,
+                        tungstenite::Error::Utf8(_) => CloseReason::BadUtf8,
+                        tungstenite::Error::Protocol(_) => CloseReason::Protocol,
+                        _ => CloseReason::Internal,
+                    };
+                    ctx.stats.protocol_closes += 1;
+                    return self.close_with(Some(ws), reason, ctx.now_ms);
+                }
+            }
+        }
+        self.flush_control(ws, ctx);
+    }
+
+    /// Moves tungstenite's pending pong or close reply into the queue.
+    fn flush_control(&mut self, ws: &mut WebSocketContext, ctx: &mut Ctx<'_>) {
+        let Phase::Open(open) = &mut self.phase else {
+            return;
+        };
+        let mut nothing = Bytes::new();
+        let mut stream = Stream {
+            input: &mut nothing,
+            out: &mut open.out,
+        };
+        match ws.flush(&mut stream) {
+            Ok(()) => {
+                if open.out.queued_bytes() > ctx.settings.outbound_cap + CONTROL_SLACK {
+                    // A client that floods pings and never reads.
+                    ctx.stats.slow_consumer_closes += 1;
+                    self.close_with(Some(ws), CloseReason::SlowConsumer, ctx.now_ms);
+                }
+            }
+            Err(_) => self.finish(ctx.now_ms),
+        }
+    }
+
+    fn on_text(&mut self, text: Utf8Bytes, ctx: &mut Ctx<'_>) {
+        if ctx.settings.echo {
+            return self.send(frame::frame(Opcode::Text, text.as_bytes()), ctx);
+        }
+        let reply = match message::parse_client_message(&text) {
+            Ok(ClientMessage::Subscribe(topics)) => self.subscribe(&topics, ctx),
+            Ok(ClientMessage::Unsubscribe(topics)) => {
+                for topic in &topics {
+                    ctx.hub.unsubscribe(&mut self.subscriptions, self.id, topic);
+                }
+                Ok(message::encode_ack(false, &topics))
+            }
+            Ok(ClientMessage::Ping) => Ok(message::pong_frame()),
+            Ok(ClientMessage::Pong) => return,
+            Err(e) => Err(e),
+        };
+        let frame = reply.unwrap_or_else(|e| {
+            ctx.stats.bad_requests += 1;
+            debug!("session {:?}: bad request: {e}", self.id);
+            message::encode_error(&e.to_string())
+        });
+        self.send(frame, ctx);
+    }
+
+    /// All or nothing: a request with one bad topic subscribes to none of them.
+    fn subscribe(
+        &mut self,
+        topics: &[std::borrow::Cow<'_, str>],
+        ctx: &mut Ctx<'_>,
+    ) -> Result<Bytes, RequestError> {
+        for topic in topics {
+            message::validate_topic(topic, ctx.settings.topic_rules)?;
+        }
+        let mut new: Vec<&str> = topics
+            .iter()
+            .map(|t| &**t)
+            .filter(|t| !self.subscriptions.contains(t))
+            .collect();
+        new.sort_unstable();
+        new.dedup();
+        if self.subscriptions.len() + new.len() > ctx.settings.max_topics {
+            return Err(RequestError::TooManyTopics {
+                max: ctx.settings.max_topics,
+            });
+        }
+        for topic in new {
+            ctx.hub.subscribe(&mut self.subscriptions, self.id, topic);
+        }
+        self.subscribed = true;
+        Ok(message::encode_ack(true, topics))
+    }
+
+    /// Queues a reply of our own (pong, ack, error, echo).
+    fn send(&mut self, frame: Bytes, ctx: &mut Ctx<'_>) {
+        let Phase::Open(open) = &mut self.phase else {
+            return;
+        };
+        if !open.can_write() {
+            return;
+        }
+        if !fits(&open.out, frame.len(), ctx.settings.outbound_cap) {
+            ctx.stats.slow_consumer_closes += 1;
+            return self.close(CloseReason::SlowConsumer, ctx.now_ms);
+        }
+        open.out.push(frame);
+    }
+
+    /// Whether a push of `len` bytes fits the queue now; when it does not, the server writes
+    /// the socket first, and then [`Session::push`] applies the slow-consumer policy.
+    pub fn has_room(&self, len: usize, settings: &Settings) -> bool {
+        match &self.phase {
+            Phase::Open(open) => fits(&open.out, len, settings.outbound_cap),
+            _ => true,
+        }
+    }
+
+    /// Queues a shared push frame; a full queue triggers the slow-consumer policy.
+    pub fn push(
+        &mut self,
+        frame: &Bytes,
+        settings: &Settings,
+        stats: &mut Stats,
+        now_ms: u64,
+    ) -> Push {
+        let Phase::Open(open) = &mut self.phase else {
+            return Push::NotOpen;
+        };
+        if !open.can_write() {
+            return Push::NotOpen;
+        }
+        if fits(&open.out, frame.len(), settings.outbound_cap) {
+            open.out.push(frame.clone());
+            stats.deliveries += 1;
+            return Push::Queued;
+        }
+        match settings.slow_consumer {
+            SlowConsumerPolicy::Drop => {
+                stats.dropped += 1;
+                Push::Dropped
+            }
+            SlowConsumerPolicy::Close => {
+                stats.slow_consumer_closes += 1;
+                self.close(CloseReason::SlowConsumer, now_ms);
+                Push::Closed
+            }
+        }
+    }
+
+    /// Sends a close frame (after dropping queued frames that have not started, when the
+    /// queue is what overflowed) and moves to `Finishing`.
+    pub fn close(&mut self, reason: CloseReason, now_ms: u64) {
+        self.close_with(None, reason, now_ms);
+    }
+
+    /// [`Session::close`] with the frame context in use, if a message is being read.
+    fn close_with(
+        &mut self,
+        reading: Option<&mut WebSocketContext>,
+        reason: CloseReason,
+        now_ms: u64,
+    ) {
+        match std::mem::replace(&mut self.phase, Phase::Gone) {
+            Phase::Open(OpenWs {
+                mut out,
+                reading: mut kept,
+            }) => {
+                debug!("session {:?}: closing: {}", self.id, reason.text());
+                if reason == CloseReason::SlowConsumer {
+                    out.discard_unsent();
+                }
+                match reading.or(kept.as_deref_mut()) {
+                    // tungstenite's state matters (it may have sent or answered a close).
+                    // Err: it already considers the connection closed, nothing to add.
+                    Some(ws) => {
+                        let frame = CloseFrame {
+                            code: reason.code(),
+                            reason: reason.text().into(),
+                        };
+                        let mut nothing = Bytes::new();
+                        let mut stream = Stream {
+                            input: &mut nothing,
+                            out: &mut out,
+                        };
+                        let _ = ws.close(&mut stream, Some(frame));
+                    }
+                    // Between messages the connection is open both ways: a plain close frame.
+                    None => out.push(frame::close_frame(reason.code().into(), reason.text())),
+                }
+                self.phase = Phase::Finishing {
+                    out: Box::new(out),
+                    deadline_ms: now_ms + CLOSE_LINGER_MS,
+                };
+            }
+            // Not a WebSocket yet: just drop it.
+            Phase::Accepted | Phase::Handshaking(_) | Phase::Gone => {}
+            finishing @ Phase::Finishing { .. } => self.phase = finishing,
+        }
+    }
+
+    /// The close handshake completed (or tungstenite gave up): flush and finish.
+    fn finish(&mut self, now_ms: u64) {
+        if let Phase::Open(OpenWs { out, .. }) = std::mem::replace(&mut self.phase, Phase::Gone) {
+            self.phase = Phase::Finishing {
+                out: Box::new(out),
+                deadline_ms: now_ms + CLOSE_LINGER_MS,
+            };
+        }
+    }
+}
+
+/// An empty queue takes any frame, so one large publish never closes everyone.
+fn fits(out: &OutQueue, len: usize, cap: usize) -> bool {
+    out.is_empty() || out.queued_bytes() + len <= cap
+}
+
+impl Connection for Session {
+    fn outbound(&mut self) -> Option<&mut OutQueue> {
+        match &mut self.phase {
+            Phase::Open(open) => Some(&mut open.out),
+            Phase::Finishing { out, .. } => Some(&mut **out),
+            Phase::Accepted | Phase::Handshaking(_) | Phase::Gone => None,
+        }
+    }
+
+    fn on_written(&mut self, written: usize, now_ms: u64) {
+        let empty = !self.has_output();
+        self.stall.on_written(written, empty, now_ms);
+    }
+
+    fn next_deadline(&self, settings: &Settings) -> u64 {
+        let deadline = match &self.phase {
+            Phase::Accepted | Phase::Handshaking(_) => {
+                self.created_ms + settings.handshake_timeout_ms
+            }
+            Phase::Open(_) => {
+                let idle = self.last_input_ms + settings.idle_limit_ms;
+                if self.subscribed || settings.echo {
+                    idle
+                } else {
+                    idle.min(self.created_ms + settings.handshake_timeout_ms)
+                }
+            }
+            Phase::Finishing { deadline_ms, .. } => *deadline_ms,
+            Phase::Gone => 0,
+        };
+        deadline.min(self.stall.deadline(settings.write_timeout_ms))
+    }
+
+    fn on_timer(&mut self, s: &Settings, stats: &mut Stats, now: u64) {
+        if self.stall.expired(now, s.write_timeout_ms) {
+            stats.write_timeouts += 1;
+            debug!("session {:?}: write timeout", self.id);
+            self.phase = Phase::Gone;
+            return;
+        }
+        match &self.phase {
+            Phase::Accepted | Phase::Handshaking(_)
+                if now >= self.created_ms + s.handshake_timeout_ms =>
+            {
+                stats.handshake_timeouts += 1;
+                self.phase = Phase::Gone;
+            }
+            Phase::Open(_) if now >= self.last_input_ms + s.idle_limit_ms => {
+                stats.heartbeat_timeouts += 1;
+                self.close(CloseReason::HeartbeatTimeout, now);
+            }
+            Phase::Open(_)
+                if !self.subscribed
+                    && !s.echo
+                    && now >= self.created_ms + s.handshake_timeout_ms =>
+            {
+                stats.handshake_timeouts += 1;
+                self.close(CloseReason::SubscribeTimeout, now);
+            }
+            Phase::Finishing { deadline_ms, .. } if now >= *deadline_ms => self.phase = Phase::Gone,
+            _ => {}
+        }
+    }
+
+    fn status(&mut self, eof: bool) -> Status {
+        match self.phase_status() {
+            _ if eof && !self.has_output() => Status::Dead,
+            Status::Finishing if eof => Status::Dead,
+            other => other,
+        }
+    }
+}

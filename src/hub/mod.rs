@@ -1,0 +1,414 @@
+//! The pub/sub domain, sans-IO: which subscribers listen to which topics, and what a publish
+//! delivers. It knows [`crate::wire`] (to frame a push once) and nothing of sockets, sessions or
+//! time; the server moves each [`Delivery`] into the subscribers' queues.
+//!
+//! Topics exist only while they have subscribers; the last one leaving removes the topic, so a
+//! client that subscribes to many throwaway names cannot grow the index beyond the live
+//! subscriptions. Joining and leaving report the topic's lifecycle ([`Joined::FirstMember`],
+//! [`Left::LastMember`]) to whoever will mirror topics elsewhere (metrics, a link between nodes).
+//!
+//! A topic's members are kept sorted by id. The server hands out ids in connection order, so a
+//! fan-out visits sockets in the order they were created, and memory in the order it was
+//! allocated (kernel socket structures included). A subscriber's own list of topics is held by
+//! its connection ([`Subscriptions`]), not in a second map here: a connection that subscribes to
+//! one topic costs the hub one entry in that topic's member list and nothing else.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use bytes::Bytes;
+
+use crate::wire::message;
+
+/// Opaque subscriber identity chosen by the caller, unique for the life of the process. Ids
+/// should grow in connection order (see the module doc); the top bit is reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriberId(pub u64);
+
+/// Marks a member that left; it is skipped until the list is compacted.
+const LEFT: u64 = 1 << 63;
+
+/// What joining a topic changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Joined {
+    Already,
+    Member,
+    /// The subscriber is the topic's first: the topic was created.
+    FirstMember,
+}
+
+/// What leaving a topic changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Left {
+    NotMember,
+    Member,
+    /// The subscriber was the topic's last: the topic is gone.
+    LastMember,
+}
+
+/// One subscriber's topics, kept by its connection and changed only through the [`Hub`].
+/// Most clients hold one topic: it is stored inline, without a `Vec`.
+#[derive(Debug, Default)]
+pub struct Subscriptions(TopicList);
+
+#[derive(Debug, Default)]
+enum TopicList {
+    #[default]
+    None,
+    One(Rc<str>),
+    Many(Vec<Rc<str>>),
+}
+
+impl Subscriptions {
+    pub fn len(&self) -> usize {
+        match &self.0 {
+            TopicList::None => 0,
+            TopicList::One(_) => 1,
+            TopicList::Many(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, topic: &str) -> bool {
+        match &self.0 {
+            TopicList::None => false,
+            TopicList::One(t) => &**t == topic,
+            TopicList::Many(v) => v.iter().any(|t| &**t == topic),
+        }
+    }
+
+    fn push(&mut self, topic: Rc<str>) {
+        self.0 = match std::mem::take(&mut self.0) {
+            TopicList::None => TopicList::One(topic),
+            TopicList::One(first) => TopicList::Many(vec![first, topic]),
+            TopicList::Many(mut v) => {
+                v.push(topic);
+                TopicList::Many(v)
+            }
+        };
+    }
+
+    fn remove(&mut self, topic: &str) -> Option<Rc<str>> {
+        match &mut self.0 {
+            TopicList::One(t) if &**t == topic => match std::mem::take(&mut self.0) {
+                TopicList::One(t) => Some(t),
+                _ => None,
+            },
+            TopicList::Many(v) => {
+                let pos = v.iter().position(|t| &**t == topic)?;
+                let removed = v.swap_remove(pos);
+                if v.is_empty() {
+                    self.0 = TopicList::None;
+                }
+                Some(removed)
+            }
+            _ => None,
+        }
+    }
+
+    fn take_all(&mut self) -> Vec<Rc<str>> {
+        match std::mem::take(&mut self.0) {
+            TopicList::None => Vec::new(),
+            TopicList::One(t) => vec![t],
+            TopicList::Many(v) => v,
+        }
+    }
+}
+
+/// A topic's members, sorted by id (marked ones have left).
+#[derive(Debug)]
+enum Members {
+    One(SubscriberId),
+    Many { ids: Vec<u64>, left: usize },
+}
+
+impl Members {
+    fn live(&self) -> usize {
+        match self {
+            Members::One(_) => 1,
+            Members::Many { ids, left } => ids.len() - left,
+        }
+    }
+
+    fn ids(&self) -> &[u64] {
+        match self {
+            Members::One(id) => std::slice::from_ref(&id.0),
+            Members::Many { ids, .. } => ids,
+        }
+    }
+
+    /// Position of `id` (marked or not) in the sorted list.
+    fn search(ids: &[u64], id: u64) -> Result<usize, usize> {
+        ids.binary_search_by(|probe| (probe & !LEFT).cmp(&id))
+    }
+
+    fn insert(&mut self, id: SubscriberId) -> bool {
+        match self {
+            Members::One(only) if *only == id => false,
+            Members::One(only) => {
+                let mut ids = vec![only.0, id.0];
+                ids.sort_unstable();
+                *self = Members::Many { ids, left: 0 };
+                true
+            }
+            Members::Many { ids, left } => match Self::search(ids, id.0) {
+                Ok(at) if ids[at] & LEFT != 0 => {
+                    ids[at] = id.0;
+                    *left -= 1;
+                    true
+                }
+                Ok(_) => false,
+                Err(at) => {
+                    // New connections have the largest ids: this is nearly always a push.
+                    ids.insert(at, id.0);
+                    true
+                }
+            },
+        }
+    }
+
+    /// Removes `id`; an emptied list is the caller's to drop.
+    fn remove(&mut self, id: SubscriberId) -> bool {
+        match self {
+            Members::One(only) => *only == id,
+            Members::Many { ids, left } => match Self::search(ids, id.0) {
+                Ok(at) if ids[at] & LEFT == 0 => {
+                    // Marked, not shifted: a wave of departures from a big topic stays linear.
+                    ids[at] |= LEFT;
+                    *left += 1;
+                    if *left * 2 > ids.len() {
+                        ids.retain(|id| id & LEFT == 0);
+                        *left = 0;
+                        if ids.len() == 1 {
+                            *self = Members::One(SubscriberId(ids[0]));
+                        } else if ids.capacity() > 2 * ids.len() {
+                            ids.shrink_to(ids.len() * 3 / 2);
+                        }
+                    }
+                    true
+                }
+                _ => false,
+            },
+        }
+    }
+}
+
+/// A publish resolved against the index: the frame, encoded once, and who gets it.
+pub struct Delivery<'a> {
+    pub frame: Bytes,
+    members: &'a [u64],
+}
+
+impl Delivery<'_> {
+    /// The subscribers, in id order.
+    pub fn subscribers(&self) -> impl Iterator<Item = SubscriberId> + '_ {
+        self.members
+            .iter()
+            .filter(|&&id| id & LEFT == 0)
+            .map(|&id| SubscriberId(id))
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    topics: HashMap<Rc<str>, Members>,
+    subscription_count: usize,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `topic` to the subscriber `id` whose list is `subscriptions`.
+    pub fn subscribe(
+        &mut self,
+        subscriptions: &mut Subscriptions,
+        id: SubscriberId,
+        topic: &str,
+    ) -> Joined {
+        debug_assert_eq!(id.0 & LEFT, 0, "the top bit of an id is reserved");
+        if subscriptions.contains(topic) {
+            return Joined::Already;
+        }
+        let joined = match self.topics.get_key_value(topic) {
+            Some((name, _)) => {
+                let name = Rc::clone(name);
+                if let Some(members) = self.topics.get_mut(topic) {
+                    members.insert(id);
+                }
+                subscriptions.push(name);
+                Joined::Member
+            }
+            None => {
+                let name: Rc<str> = Rc::from(topic);
+                self.topics.insert(Rc::clone(&name), Members::One(id));
+                subscriptions.push(name);
+                Joined::FirstMember
+            }
+        };
+        self.subscription_count += 1;
+        joined
+    }
+
+    /// Removes `topic` from the subscriber `id`.
+    pub fn unsubscribe(
+        &mut self,
+        subscriptions: &mut Subscriptions,
+        id: SubscriberId,
+        topic: &str,
+    ) -> Left {
+        match subscriptions.remove(topic) {
+            Some(name) => self.leave(id, &name),
+            None => Left::NotMember,
+        }
+    }
+
+    /// Removes every subscription of `id` (it disconnected); calls `gone` with each topic that
+    /// lost its last subscriber.
+    pub fn remove_subscriber(
+        &mut self,
+        subscriptions: &mut Subscriptions,
+        id: SubscriberId,
+        mut gone: impl FnMut(&str),
+    ) {
+        for name in subscriptions.take_all() {
+            if self.leave(id, &name) == Left::LastMember {
+                gone(&name);
+            }
+        }
+    }
+
+    fn leave(&mut self, id: SubscriberId, topic: &str) -> Left {
+        let Some(members) = self.topics.get_mut(topic) else {
+            return Left::NotMember;
+        };
+        if !members.remove(id) {
+            return Left::NotMember;
+        }
+        self.subscription_count -= 1;
+        if matches!(members, Members::One(only) if *only == id)
+            || matches!(members, Members::Many { .. } if members.live() == 0)
+        {
+            self.topics.remove(topic);
+            if self.topics.capacity() > 64 && self.topics.len() * 4 < self.topics.capacity() {
+                // Mostly empty after a wave of departures: give the memory back.
+                self.topics.shrink_to(self.topics.len() * 2);
+            }
+            return Left::LastMember;
+        }
+        Left::Member
+    }
+
+    /// Encodes a push of `data_json` (valid JSON) to `topic` once, for all its subscribers.
+    pub fn publish(&self, topic: &str, data_json: &str) -> Delivery<'_> {
+        let members = self.topics.get(topic).map_or(&[][..], Members::ids);
+        Delivery {
+            frame: message::encode_push(topic, data_json),
+            members,
+        }
+    }
+
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.topics.get(topic).map_or(0, Members::live)
+    }
+
+    pub fn topic_count(&self) -> usize {
+        self.topics.len()
+    }
+
+    pub fn subscription_count(&self) -> usize {
+        self.subscription_count
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: SubscriberId = SubscriberId(1);
+    const B: SubscriberId = SubscriberId(2);
+
+    fn members(hub: &Hub, topic: &str) -> Vec<SubscriberId> {
+        hub.publish(topic, "1").subscribers().collect()
+    }
+
+    #[test]
+    fn publish_targets_only_members_in_id_order() {
+        let mut hub = Hub::new();
+        let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
+        assert_eq!(hub.subscribe(&mut b, B, "x"), Joined::FirstMember);
+        assert_eq!(hub.subscribe(&mut a, A, "x"), Joined::Member);
+        assert_eq!(hub.subscribe(&mut b, B, "y"), Joined::FirstMember);
+        assert_eq!(hub.subscribe(&mut b, B, "y"), Joined::Already);
+        assert_eq!(members(&hub, "x"), vec![A, B]);
+        assert_eq!(members(&hub, "y"), vec![B]);
+        assert_eq!(members(&hub, "z"), vec![]);
+        assert_eq!(hub.subscription_count(), 3);
+        assert_eq!((a.len(), b.len()), (1, 2));
+        let delivery = hub.publish("x", r#""hi""#);
+        assert_eq!(
+            &delivery.frame[2..],
+            br#"{"cmd":"push","topic":"x","data":"hi"}"#
+        );
+    }
+
+    #[test]
+    fn leaving_reports_the_topic_lifecycle() {
+        let mut hub = Hub::new();
+        let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
+        hub.subscribe(&mut a, A, "x");
+        hub.subscribe(&mut a, A, "y");
+        hub.subscribe(&mut b, B, "y");
+        assert_eq!(hub.unsubscribe(&mut a, A, "x"), Left::LastMember);
+        assert_eq!(hub.unsubscribe(&mut a, A, "x"), Left::NotMember);
+        assert_eq!(hub.unsubscribe(&mut b, B, "x"), Left::NotMember);
+        assert_eq!(hub.topic_count(), 1);
+        let mut gone = Vec::new();
+        hub.remove_subscriber(&mut a, A, |t| gone.push(t.to_owned()));
+        assert!(gone.is_empty(), "B still holds y");
+        hub.remove_subscriber(&mut b, B, |t| gone.push(t.to_owned()));
+        assert_eq!(gone, ["y"]);
+        assert_eq!((hub.topic_count(), hub.subscription_count()), (0, 0));
+        assert!(a.is_empty() && b.is_empty());
+    }
+
+    #[test]
+    fn big_topic_churn_keeps_order_and_leaves_nothing_behind() {
+        let mut hub = Hub::new();
+        let mut subs: Vec<Subscriptions> = (0..10_000).map(|_| Subscriptions::default()).collect();
+        for (i, s) in subs.iter_mut().enumerate() {
+            hub.subscribe(s, SubscriberId(i as u64), "t");
+            hub.subscribe(s, SubscriberId(i as u64), &format!("own-{i}"));
+        }
+        assert_eq!(hub.subscriber_count("t"), 10_000);
+        assert_eq!(hub.topic_count(), 10_001);
+        // Every other one leaves, then rejoins: still sorted, no duplicates.
+        for (i, s) in subs.iter_mut().enumerate().step_by(2) {
+            assert_eq!(
+                hub.unsubscribe(s, SubscriberId(i as u64), "t"),
+                Left::Member
+            );
+        }
+        assert_eq!(hub.subscriber_count("t"), 5_000);
+        for (i, s) in subs.iter_mut().enumerate().step_by(2) {
+            assert_eq!(
+                hub.subscribe(s, SubscriberId(i as u64), "t"),
+                Joined::Member
+            );
+        }
+        let order = members(&hub, "t");
+        assert_eq!(order, (0..10_000).map(SubscriberId).collect::<Vec<_>>());
+        for (i, s) in subs.iter_mut().enumerate() {
+            hub.remove_subscriber(s, SubscriberId(i as u64), |_| {});
+        }
+        assert_eq!((hub.topic_count(), hub.subscription_count()), (0, 0));
+        assert!(
+            hub.topics.capacity() < 1_000,
+            "the index shrinks when it empties"
+        );
+    }
+}

@@ -1,0 +1,211 @@
+//! Accepting connections on both listeners: the connection caps, pausing when the process is
+//! out of descriptors, and refusing over the cap with a 503.
+
+use std::io::{self, Write};
+use std::net::Shutdown;
+
+use log::warn;
+use mio::Interest;
+use mio::net::TcpStream;
+
+use super::{Conn, Kind, Loop, Timeout, drain, interrupted, subscriber_id, sys, would_block};
+use crate::conn::http::HttpConn;
+use crate::conn::ws::Session;
+use crate::wire::http;
+
+/// Back-off before accepting again when the process is out of descriptors.
+const ACCEPT_PAUSE_MS: u64 = 100;
+/// API connections that may be open at once.
+const MAX_API_CONNECTIONS: usize = 256;
+
+/// The accept side's state.
+pub(super) struct Accepting {
+    pub(super) ws_count: usize,
+    pub(super) api_count: usize,
+    max_connections: usize,
+    pub(super) paused: bool,
+    /// Accepted sockets already have TCP_NODELAY (from the listener).
+    nodelay_inherited: bool,
+    /// Accepted WebSocket connections usually have their request waiting (TCP_DEFER_ACCEPT).
+    deferred_accept: bool,
+    log: LogLimiter,
+}
+
+impl Accepting {
+    pub(super) fn new(
+        max_connections: usize,
+        nodelay_inherited: bool,
+        deferred_accept: bool,
+    ) -> Self {
+        Accepting {
+            ws_count: 0,
+            api_count: 0,
+            max_connections,
+            paused: false,
+            nodelay_inherited,
+            deferred_accept,
+            log: LogLimiter::default(),
+        }
+    }
+}
+
+impl Loop {
+    pub(super) fn accept_ws(&mut self) {
+        while !self.accepting.paused {
+            let Some(listener) = &self.ws_listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((socket, peer)) => {
+                    if self.accepting.ws_count >= self.accepting.max_connections {
+                        self.app.stats.refused_over_capacity += 1;
+                        if self.accepting.log.allow(self.now_ms) {
+                            warn!(
+                                "refusing {peer}: {} connections (--max-connections)",
+                                self.accepting.ws_count
+                            );
+                        }
+                        refuse(socket);
+                        continue;
+                    }
+                    let Some(key) = self.register(socket, |key, generation, now, _| {
+                        Kind::Ws(Session::new(subscriber_id(key, generation), now))
+                    }) else {
+                        continue;
+                    };
+                    self.accepting.ws_count += 1;
+                    self.app.stats.accepted += 1;
+                    if self.accepting.deferred_accept {
+                        // The request is most likely here already; reading it now saves
+                        // a readiness event (epoll does not report a drained socket).
+                        self.read(key, false);
+                        self.service(key);
+                    } else {
+                        self.sync_timer(key);
+                    }
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => {}
+                Err(e) => return self.accept_failed(e),
+            }
+        }
+    }
+
+    pub(super) fn accept_api(&mut self) {
+        while !self.accepting.paused {
+            let Some(listener) = &self.api_listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((socket, _)) => {
+                    if self.accepting.api_count >= MAX_API_CONNECTIONS {
+                        refuse(socket);
+                        continue;
+                    }
+                    let Some(key) = self.register(socket, |_, _, now, this| {
+                        Kind::Http(Box::new(HttpConn::new(
+                            this.app.api_limits(),
+                            &this.settings,
+                            now,
+                        )))
+                    }) else {
+                        continue;
+                    };
+                    self.accepting.api_count += 1;
+                    self.sync_timer(key);
+                }
+                Err(e) if would_block(&e) => return,
+                Err(e) if interrupted(&e) => {}
+                Err(e) => return self.accept_failed(e),
+            }
+        }
+    }
+
+    fn accept_failed(&mut self, e: io::Error) {
+        if self.accepting.log.allow(self.now_ms) {
+            warn!("accept failed: {e}");
+        }
+        if sys::out_of_resources(&e) && !self.accepting.paused {
+            // Edge-triggered: nothing would wake us for the connections already queued, and
+            // retrying now would fail the same way. Both listeners pause; one timer resumes them.
+            self.accepting.paused = true;
+            self.timers
+                .insert(self.now_ms + ACCEPT_PAUSE_MS, Timeout::ResumeAccept);
+        }
+        // Other errors (ECONNABORTED, ...) concern one connection; the next event retries.
+    }
+
+    fn register(
+        &mut self,
+        mut socket: TcpStream,
+        make: impl FnOnce(usize, u32, u64, &Loop) -> Kind,
+    ) -> Option<usize> {
+        if !self.accepting.nodelay_inherited {
+            // Pushes are small: never hold them back waiting for an ACK (Nagle).
+            let _ = socket.set_nodelay(true);
+        }
+        let key = self.conns.vacant_key();
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut socket, mio::Token(key), Interest::READABLE)
+        {
+            warn!("register failed: {e}");
+            return None;
+        }
+        // Ids grow in connection order (the hub's fan-out order); the top bit stays clear.
+        self.next_generation = (self.next_generation + 1) & 0x7FFF_FFFF;
+        let generation = self.next_generation;
+        let kind = make(key, generation, self.now_ms, self);
+        self.conns.insert(Conn {
+            socket,
+            generation,
+            kind,
+            timer: None,
+            dirty: false,
+            eof: false,
+            write_closed: false,
+            wants_write: false,
+        });
+        Some(key)
+    }
+}
+
+/// Turns away a connection over the cap with a short HTTP 503.
+fn refuse(mut socket: TcpStream) {
+    // Read what has arrived of the request first (with TCP_DEFER_ACCEPT, usually all of it).
+    drain(&mut socket, 8 * 1024);
+    let _ = socket.write(&http::error_response(503, "server at connection capacity"));
+    let _ = socket.shutdown(Shutdown::Write);
+}
+
+/// Rate limits a class of log lines so a misbehaving peer cannot flood the log.
+#[derive(Default)]
+struct LogLimiter {
+    window_start_ms: u64,
+    in_window: u32,
+    suppressed: u32,
+}
+
+impl LogLimiter {
+    const WINDOW_MS: u64 = 10_000;
+    const PER_WINDOW: u32 = 10;
+
+    fn allow(&mut self, now_ms: u64) -> bool {
+        if now_ms >= self.window_start_ms + Self::WINDOW_MS {
+            if self.suppressed > 0 {
+                warn!("{} similar log lines suppressed", self.suppressed);
+            }
+            *self = LogLimiter {
+                window_start_ms: now_ms,
+                ..Default::default()
+            };
+        }
+        self.in_window += 1;
+        let allowed = self.in_window <= Self::PER_WINDOW;
+        if !allowed {
+            self.suppressed += 1;
+        }
+        allowed
+    }
+}
