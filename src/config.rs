@@ -1,8 +1,15 @@
-//! Server configuration: every setting with its default, validation, and the command-line parser
-//! used by the `wspush` binary (hand-written to keep the dependency tree small).
+//! Server configuration: every setting with its default, validation, and the parser that reads
+//! the `wspush` binary's flags and `WSPUSH_*` environment variables (hand-written to keep the
+//! dependency tree small).
+//!
+//! Each setting is one entry of [`SETTINGS`]: its flag, environment variable, value name,
+//! default, help line and the function that parses, checks and applies a value. The defaults
+//! (`Config::default()`), the parser and `--help` are all generated from that table, so a setting
+//! cannot be documented with one default and run with another.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::io::Read;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 /// What to do with a subscriber whose outbound queue is full.
@@ -14,7 +21,8 @@ pub enum SlowConsumerPolicy {
     Drop,
 }
 
-#[derive(Clone, Debug)]
+/// Debug is written by hand (below) so the tokens never reach a log or a panic message.
+#[derive(Clone)]
 pub struct Config {
     /// WebSocket listener. Default `0.0.0.0:8091`, as the seed.
     pub listen: SocketAddr,
@@ -58,32 +66,101 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The defaults of [`SETTINGS`], the same text `--help` shows.
     fn default() -> Self {
+        let mut config = Config::placeholders();
+        for setting in SETTINGS {
+            if let Kind::Value(apply) = setting.kind {
+                // Constant input that cannot fail: the test `every_default_applies` runs each one.
+                let _ = apply(&mut config, setting.default);
+            }
+        }
+        config
+    }
+}
+
+impl Config {
+    /// What `default()` starts from: every value setting's default overwrites its field, while
+    /// switches stay off, lists empty and tokens unset, which are their defaults.
+    fn placeholders() -> Self {
         Config {
-            listen: SocketAddr::from(([0, 0, 0, 0], 8091)),
-            api_listen: Some(SocketAddr::from(([127, 0, 0, 1], 8092))),
-            path: "/ws".into(),
-            tick: Some(("test-topic".into(), Duration::from_secs(3))),
-            heartbeat_interval: Duration::from_secs(10),
-            heartbeat_timeout: Duration::from_secs(10),
-            write_timeout: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            max_connections: 10_000,
-            max_message_size: 64 * 1024,
-            outbound_cap: 256 * 1024,
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            api_listen: None,
+            path: String::new(),
+            tick: None,
+            heartbeat_interval: Duration::ZERO,
+            heartbeat_timeout: Duration::ZERO,
+            write_timeout: Duration::ZERO,
+            handshake_timeout: Duration::ZERO,
+            max_connections: 0,
+            max_message_size: 0,
+            outbound_cap: 0,
             slow_consumer: SlowConsumerPolicy::Close,
-            max_topics_per_connection: 100,
-            max_topic_length: 128,
+            max_topics_per_connection: 0,
+            max_topic_length: 0,
             api_token: None,
-            api_max_body: 1024 * 1024,
+            api_max_body: 0,
             echo: false,
-            log_level: log::LevelFilter::Info,
+            log_level: log::LevelFilter::Off,
             allowed_origins: Vec::new(),
             client_token: None,
         }
     }
 }
 
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Destructured, so a new field fails to compile here until it is shown (or hidden).
+        let Config {
+            listen,
+            api_listen,
+            path,
+            tick,
+            heartbeat_interval,
+            heartbeat_timeout,
+            write_timeout,
+            handshake_timeout,
+            max_connections,
+            max_message_size,
+            outbound_cap,
+            slow_consumer,
+            max_topics_per_connection,
+            max_topic_length,
+            api_token,
+            api_max_body,
+            echo,
+            log_level,
+            allowed_origins,
+            client_token,
+        } = self;
+        let hidden = |token: &Option<String>| token.as_ref().map(|_| "<hidden>");
+        f.debug_struct("Config")
+            .field("listen", listen)
+            .field("api_listen", api_listen)
+            .field("path", path)
+            .field("tick", tick)
+            .field("heartbeat_interval", heartbeat_interval)
+            .field("heartbeat_timeout", heartbeat_timeout)
+            .field("write_timeout", write_timeout)
+            .field("handshake_timeout", handshake_timeout)
+            .field("max_connections", max_connections)
+            .field("max_message_size", max_message_size)
+            .field("outbound_cap", outbound_cap)
+            .field("slow_consumer", slow_consumer)
+            .field("max_topics_per_connection", max_topics_per_connection)
+            .field("max_topic_length", max_topic_length)
+            .field("api_token", &hidden(api_token))
+            .field("api_max_body", api_max_body)
+            .field("echo", echo)
+            .field("log_level", log_level)
+            .field("allowed_origins", allowed_origins)
+            .field("client_token", &hidden(client_token))
+            .finish()
+    }
+}
+
+/// Why the configuration was refused. Flags and environment variables are named as the user
+/// typed them; token values are never kept in an error, so no message can show one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigError {
     UnknownFlag(String),
@@ -93,6 +170,25 @@ pub enum ConfigError {
         value: String,
         expected: &'static str,
     },
+    /// A bad value in an environment variable (`var` is its name).
+    InvalidEnv {
+        var: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+    /// A bad token given by the flag or variable `from`; the value itself is left out.
+    InvalidSecret {
+        from: &'static str,
+        expected: &'static str,
+    },
+    /// The token file `path`, named by the flag or variable `from`, cannot be used.
+    SecretFile {
+        from: &'static str,
+        path: String,
+        problem: String,
+    },
+    /// Two ways of giving the same setting at the same level, such as a token and its file.
+    Conflict(&'static str, &'static str),
     Invalid(String),
 }
 
@@ -108,6 +204,22 @@ impl fmt::Display for ConfigError {
             } => {
                 write!(f, "invalid value {value:?} for {flag}: expected {expected}")
             }
+            Self::InvalidEnv {
+                var,
+                value,
+                expected,
+            } => {
+                write!(f, "invalid value {value:?} in {var}: expected {expected}")
+            }
+            Self::InvalidSecret { from, expected } => {
+                write!(f, "invalid token in {from}: expected {expected}")
+            }
+            Self::SecretFile {
+                from,
+                path,
+                problem,
+            } => write!(f, "cannot use token file {path:?} ({from}): {problem}"),
+            Self::Conflict(a, b) => write!(f, "{a} and {b} are both set: use one of them"),
             Self::Invalid(why) => f.write_str(why),
         }
     }
@@ -123,7 +235,9 @@ impl Config {
             && !api.ip().is_loopback()
             && self.api_token.as_deref().is_none_or(str::is_empty)
         {
-            return bad("the API listens on a non-loopback address: set --api-token");
+            return bad(
+                "the API listens on a non-loopback address: set --api-token or --api-token-file",
+            );
         }
         if !self.path.starts_with('/') {
             return bad("--path must start with '/'");
@@ -213,148 +327,471 @@ pub enum Command {
     Version,
 }
 
-/// Flags, their value names and help lines; `--help` prints this table with the defaults.
-const FLAGS: &[(&str, &str, &str)] = &[
-    (
-        "--listen",
-        "ADDR",
-        "WebSocket listen address [default: 0.0.0.0:8091]",
-    ),
-    (
-        "--api-listen",
-        "ADDR|off",
-        "backend HTTP API address [default: 127.0.0.1:8092]",
-    ),
-    ("--path", "PATH", "WebSocket endpoint path [default: /ws]"),
-    (
-        "--tick-topic",
-        "TOPIC",
-        "demo publisher topic [default: test-topic]",
-    ),
-    (
-        "--tick-interval",
-        "DURATION",
-        "demo publisher interval [default: 3s]",
-    ),
-    ("--no-tick", "", "turn the demo publisher off [default: on]"),
-    (
-        "--heartbeat-interval",
-        "DURATION",
-        "expected client ping interval [default: 10s]",
-    ),
-    (
-        "--heartbeat-timeout",
-        "DURATION",
-        "grace after a missed ping before closing [default: 10s]",
-    ),
-    (
-        "--write-timeout",
-        "DURATION",
-        "close a socket without write progress after [default: 10s]",
-    ),
-    (
-        "--handshake-timeout",
-        "DURATION",
-        "accept to first subscribe deadline [default: 10s]",
-    ),
-    (
-        "--max-connections",
-        "N",
-        "WebSocket connections, handshakes included [default: 10000]",
-    ),
-    (
-        "--max-message-size",
-        "SIZE",
-        "largest client message/frame, closes 1009 [default: 64KiB]",
-    ),
-    (
-        "--outbound-cap",
-        "SIZE",
-        "per-connection outbound queue cap [default: 256KiB]",
-    ),
-    (
-        "--slow-consumer",
-        "close|drop",
-        "when the outbound cap is hit [default: close (1013)]",
-    ),
-    ("--max-topics", "N", "topics per connection [default: 100]"),
-    (
-        "--max-topic-length",
-        "N",
-        "bytes per topic name [default: 128]",
-    ),
-    (
-        "--api-token",
-        "TOKEN",
-        "bearer token required by the API [default: none]",
-    ),
-    (
-        "--api-max-body",
-        "SIZE",
-        "largest API request body [default: 1MiB]",
-    ),
-    (
-        "--allowed-origin",
-        "ORIGIN",
-        "allow this browser Origin, repeatable (403 otherwise) [default: any]",
-    ),
-    (
-        "--client-token",
-        "TOKEN",
-        "token clients present as ?token= or Bearer (401) [default: none]",
-    ),
-    (
-        "--echo",
-        "",
-        "conformance testing only: echo every message back [default: off]",
-    ),
-    (
-        "--log-level",
-        "LEVEL",
-        "off|error|warn|info|debug|trace [default: info]",
-    ),
-    ("--help", "", "print this help"),
-    ("--version", "", "print the version"),
+/// One setting: everything the parser, the environment and `--help` know about it.
+struct Setting {
+    /// As typed, `--` included.
+    flag: &'static str,
+    /// `WSPUSH_` and the flag upper-cased, `-` as `_` (the test `env_names_follow_the_rule`).
+    env: &'static str,
+    /// The value's name in `--help`; unused by switches.
+    value: &'static str,
+    /// Shown in `--help`; for `Kind::Value` also what `Config::default()` applies.
+    default: &'static str,
+    help: &'static str,
+    kind: Kind,
+}
+
+/// How a setting takes its value, with the function that parses, checks and applies it to a
+/// `Config`. Those functions return only what was expected: the caller knows where the value
+/// came from and names that in the error.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// `--flag VALUE`; the last one given wins.
+    Value(fn(&mut Config, &str) -> Result<(), &'static str>),
+    /// `--flag` alone; in the environment 1/true/yes or 0/false/no. Off by default; the
+    /// function turns it on.
+    Switch(fn(&mut Config)),
+    /// `--flag VALUE`, repeatable; in the environment a comma-separated list. The function adds
+    /// one item to a list that starts empty.
+    List(fn(&mut Config, &str) -> Result<(), &'static str>),
+    /// A token: `--flag TOKEN`, or `file_flag PATH` to read it from a file and keep it out of
+    /// `ps` and `/proc/PID/cmdline`; the same pair in the environment. Unset by default.
+    Secret {
+        file_flag: &'static str,
+        file_env: &'static str,
+        apply: fn(&mut Config, String),
+    },
+}
+
+const DURATION: &str = "a duration like 500ms, 3s, 1m";
+const SIZE: &str = "a size like 65536, 64KiB, 1MiB";
+const COUNT: &str = "a whole number";
+const ADDRESS: &str = "HOST:PORT like 0.0.0.0:8091 or localhost:8091 (a name must resolve)";
+const ADDRESS_OR_OFF: &str =
+    "off, or HOST:PORT like 127.0.0.1:8092 or localhost:8092 (a name must resolve)";
+
+fn duration(value: &str) -> Result<Duration, &'static str> {
+    parse_duration(value).ok_or(DURATION)
+}
+
+fn size(value: &str) -> Result<usize, &'static str> {
+    parse_size(value).ok_or(SIZE)
+}
+
+fn count(value: &str) -> Result<usize, &'static str> {
+    value.trim().parse().map_err(|_| COUNT)
+}
+
+/// An address literal, or a host name resolved now (first address): the listeners bind once at
+/// start, so a later change of the name's address would not matter anyway.
+fn socket_addr(value: &str) -> Result<SocketAddr, &'static str> {
+    if let Ok(addr) = value.parse() {
+        return Ok(addr);
+    }
+    value
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or(ADDRESS)
+}
+
+/// Every setting, in `--help` order. `--tick-topic`, `--tick-interval` and `--no-tick` share
+/// `Config::tick` and are applied in this order, so `--no-tick` wins over the other two.
+static SETTINGS: &[Setting] = &[
+    Setting {
+        flag: "--listen",
+        env: "WSPUSH_LISTEN",
+        value: "ADDR",
+        default: "0.0.0.0:8091",
+        help: "WebSocket listen address",
+        kind: Kind::Value(|c, v| {
+            c.listen = socket_addr(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--api-listen",
+        env: "WSPUSH_API_LISTEN",
+        value: "ADDR|off",
+        default: "127.0.0.1:8092",
+        help: "backend HTTP API address, or off",
+        kind: Kind::Value(|c, v| {
+            c.api_listen = if v == "off" {
+                None
+            } else {
+                Some(socket_addr(v).map_err(|_| ADDRESS_OR_OFF)?)
+            };
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--path",
+        env: "WSPUSH_PATH",
+        value: "PATH",
+        default: "/ws",
+        help: "WebSocket endpoint path",
+        kind: Kind::Value(|c, v| {
+            c.path = v.to_owned();
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--tick-topic",
+        env: "WSPUSH_TICK_TOPIC",
+        value: "TOPIC",
+        default: "test-topic",
+        help: "demo publisher topic",
+        kind: Kind::Value(|c, v| {
+            let interval = c.tick.take().map_or(Duration::ZERO, |(_, i)| i);
+            c.tick = Some((v.to_owned(), interval));
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--tick-interval",
+        env: "WSPUSH_TICK_INTERVAL",
+        value: "DURATION",
+        default: "3s",
+        help: "demo publisher interval",
+        kind: Kind::Value(|c, v| {
+            let interval = duration(v)?;
+            let topic = c.tick.take().map(|(t, _)| t).unwrap_or_default();
+            c.tick = Some((topic, interval));
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--no-tick",
+        env: "WSPUSH_NO_TICK",
+        value: "",
+        default: "false",
+        help: "turn the demo publisher off",
+        kind: Kind::Switch(|c| c.tick = None),
+    },
+    Setting {
+        flag: "--heartbeat-interval",
+        env: "WSPUSH_HEARTBEAT_INTERVAL",
+        value: "DURATION",
+        default: "10s",
+        help: "expected client ping interval",
+        kind: Kind::Value(|c, v| {
+            c.heartbeat_interval = duration(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--heartbeat-timeout",
+        env: "WSPUSH_HEARTBEAT_TIMEOUT",
+        value: "DURATION",
+        default: "10s",
+        help: "grace after a missed ping before closing",
+        kind: Kind::Value(|c, v| {
+            c.heartbeat_timeout = duration(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--write-timeout",
+        env: "WSPUSH_WRITE_TIMEOUT",
+        value: "DURATION",
+        default: "10s",
+        help: "close a socket without write progress after",
+        kind: Kind::Value(|c, v| {
+            c.write_timeout = duration(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--handshake-timeout",
+        env: "WSPUSH_HANDSHAKE_TIMEOUT",
+        value: "DURATION",
+        default: "10s",
+        help: "accept to first subscribe deadline",
+        kind: Kind::Value(|c, v| {
+            c.handshake_timeout = duration(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--max-connections",
+        env: "WSPUSH_MAX_CONNECTIONS",
+        value: "N",
+        default: "10000",
+        help: "WebSocket connections, handshakes included",
+        kind: Kind::Value(|c, v| {
+            c.max_connections = count(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--max-message-size",
+        env: "WSPUSH_MAX_MESSAGE_SIZE",
+        value: "SIZE",
+        default: "64KiB",
+        help: "largest client message/frame, closes 1009",
+        kind: Kind::Value(|c, v| {
+            c.max_message_size = size(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--outbound-cap",
+        env: "WSPUSH_OUTBOUND_CAP",
+        value: "SIZE",
+        default: "256KiB",
+        help: "per-connection outbound queue cap",
+        kind: Kind::Value(|c, v| {
+            c.outbound_cap = size(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--slow-consumer",
+        env: "WSPUSH_SLOW_CONSUMER",
+        value: "close|drop",
+        default: "close",
+        help: "at the outbound cap: close (1013) or drop pushes",
+        kind: Kind::Value(|c, v| {
+            c.slow_consumer = match v {
+                "close" => SlowConsumerPolicy::Close,
+                "drop" => SlowConsumerPolicy::Drop,
+                _ => return Err("close or drop"),
+            };
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--max-topics",
+        env: "WSPUSH_MAX_TOPICS",
+        value: "N",
+        default: "100",
+        help: "topics per connection",
+        kind: Kind::Value(|c, v| {
+            c.max_topics_per_connection = count(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--max-topic-length",
+        env: "WSPUSH_MAX_TOPIC_LENGTH",
+        value: "N",
+        default: "128",
+        help: "bytes per topic name",
+        kind: Kind::Value(|c, v| {
+            c.max_topic_length = count(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--api-token",
+        env: "WSPUSH_API_TOKEN",
+        value: "TOKEN",
+        default: "none",
+        help: "bearer token required by the API",
+        kind: Kind::Secret {
+            file_flag: "--api-token-file",
+            file_env: "WSPUSH_API_TOKEN_FILE",
+            apply: |c, token| c.api_token = Some(token),
+        },
+    },
+    Setting {
+        flag: "--api-max-body",
+        env: "WSPUSH_API_MAX_BODY",
+        value: "SIZE",
+        default: "1MiB",
+        help: "largest API request body",
+        kind: Kind::Value(|c, v| {
+            c.api_max_body = size(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--allowed-origin",
+        env: "WSPUSH_ALLOWED_ORIGIN",
+        value: "ORIGIN",
+        default: "any",
+        help: "allow this browser Origin, repeatable (403 otherwise)",
+        kind: Kind::List(|c, v| {
+            c.allowed_origins.push(v.to_owned());
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--client-token",
+        env: "WSPUSH_CLIENT_TOKEN",
+        value: "TOKEN",
+        default: "none",
+        help: "token clients present as ?token= or Bearer (401)",
+        kind: Kind::Secret {
+            file_flag: "--client-token-file",
+            file_env: "WSPUSH_CLIENT_TOKEN_FILE",
+            apply: |c, token| c.client_token = Some(token),
+        },
+    },
+    Setting {
+        flag: "--echo",
+        env: "WSPUSH_ECHO",
+        value: "",
+        default: "false",
+        help: "conformance testing only: echo every message back",
+        kind: Kind::Switch(|c| c.echo = true),
+    },
+    Setting {
+        flag: "--log-level",
+        env: "WSPUSH_LOG_LEVEL",
+        value: "LEVEL",
+        default: "info",
+        help: "off|error|warn|info|debug|trace",
+        kind: Kind::Value(|c, v| {
+            c.log_level = v.parse().map_err(|_| "off|error|warn|info|debug|trace")?;
+            Ok(())
+        }),
+    },
 ];
 
-/// The `--help` text.
+/// Width of the flag column in `--help`.
+const HELP_COLUMN: usize = 30;
+
+/// The `--help` text, generated from [`SETTINGS`].
 pub fn help_text() -> String {
     let mut out = String::from(
         "wspush: a single-threaded WebSocket publish/subscribe push server\n\n\
          Usage: wspush [FLAGS]\n\n\
+         Every flag can also be set by the environment variable shown under it. A flag beats its\n\
+         variable, a variable beats the default; an empty variable counts as unset. In the\n\
+         environment, switches take 1/true/yes or 0/false/no and lists are comma-separated.\n\
+         Addresses are HOST:PORT; a host name is resolved at start and its first address used.\n\
          Durations: 500ms, 3s, 1m, 1h (a bare number is seconds). Sizes: 65536, 64KiB, 1MiB.\n\n",
     );
-    for (flag, value, help) in FLAGS {
-        let left = if value.is_empty() {
-            flag.to_string()
+    let line = |out: &mut String, left: &str, text: &str| {
+        out.push_str(&format!("  {left:<HELP_COLUMN$} {text}\n"));
+    };
+    for s in SETTINGS {
+        let usage = if s.value.is_empty() {
+            s.flag.to_owned()
         } else {
-            format!("{flag} {value}")
+            format!("{} {}", s.flag, s.value)
         };
-        out.push_str(&format!("  {left:<30} {help}\n"));
+        line(&mut out, &usage, s.help);
+        let mut env = s.env.to_owned();
+        if let Kind::Secret {
+            file_flag,
+            file_env,
+            ..
+        } = s.kind
+        {
+            line(
+                &mut out,
+                &format!("{file_flag} PATH"),
+                "the same, read from a file (kept out of ps; whitespace trimmed)",
+            );
+            env = format!("{env}, {file_env}");
+        }
+        line(
+            &mut out,
+            "",
+            &format!("[env: {env}] [default: {}]", s.default),
+        );
     }
+    line(&mut out, "-h, --help", "print this help");
+    line(&mut out, "--version", "print the version");
     out
 }
 
-/// Parses the arguments after the program name. `--flag value` and `--flag=value` both work.
+/// Parses the arguments after the program name, with the process environment under them.
+/// `--flag value` and `--flag=value` both work.
 pub fn parse_args<I, S>(args: I) -> Result<Command, ConfigError>
 where
     I: IntoIterator<Item = S>,
     S: Into<String>,
 {
-    let mut config = Config::default();
-    let mut tick_topic = None;
-    let mut tick_interval = None;
-    let mut no_tick = false;
+    parse(args, |var| match std::env::var(var) {
+        Ok(value) => Ok(Some(value)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        // Not shown: it may be a token.
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(ConfigError::Invalid(format!("{var} is not valid UTF-8")))
+        }
+    })
+}
+
+/// [`parse_args`] with the environment given as a lookup, so tests never see the real one.
+pub fn parse_args_with_env<I, S>(
+    args: I,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Command, ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    parse(args, |var| Ok(env(var)))
+}
+
+/// Where a value came from, to name it in errors as the user wrote it.
+#[derive(Clone, Copy)]
+enum Source {
+    Flag(&'static str),
+    Env(&'static str),
+}
+
+impl Source {
+    fn name(self) -> &'static str {
+        match self {
+            Source::Flag(name) | Source::Env(name) => name,
+        }
+    }
+
+    fn invalid(self, value: &str, expected: &'static str) -> ConfigError {
+        let value = value.to_owned();
+        match self {
+            Source::Flag(flag) => ConfigError::InvalidValue {
+                flag,
+                value,
+                expected,
+            },
+            Source::Env(var) => ConfigError::InvalidEnv {
+                var,
+                value,
+                expected,
+            },
+        }
+    }
+}
+
+/// One value given for a setting: `file` when it names a token file rather than the token.
+struct Input {
+    source: Source,
+    file: bool,
+    value: String,
+}
+
+fn parse<I, S>(
+    args: I,
+    env: impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+) -> Result<Command, ConfigError>
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    // The flags first, grouped by setting. `--help` answers before the environment is read,
+    // so a broken variable cannot hide the help.
+    let mut flags: Vec<Vec<Input>> = SETTINGS.iter().map(|_| Vec::new()).collect();
     let mut args = args.into_iter().map(Into::into);
     while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "--version" => return Ok(Command::Version),
+            _ => {}
+        }
         let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
+            Some((n, v)) if n.starts_with("--") => (n, Some(v.to_owned())),
+            _ => (arg.as_str(), None),
         };
-        let Some(&(flag, value_name, _)) = FLAGS.iter().find(|(f, _, _)| *f == name) else {
-            return Err(ConfigError::UnknownFlag(arg));
+        let Some((index, flag, file)) = find_flag(name) else {
+            // The name only: what follows `=` may be a token given to a misspelt flag.
+            return Err(ConfigError::UnknownFlag(name.to_owned()));
         };
-        let value = if value_name.is_empty() {
+        let value = if matches!(SETTINGS[index].kind, Kind::Switch(_)) {
             if inline.is_some() {
                 return Err(ConfigError::Invalid(format!("{flag} takes no value")));
             }
@@ -365,87 +802,216 @@ where
                 None => return Err(ConfigError::MissingValue(flag)),
             }
         };
-        let invalid = |expected| ConfigError::InvalidValue {
-            flag,
-            value: value.clone(),
-            expected,
-        };
-        let duration =
-            || parse_duration(&value).ok_or_else(|| invalid("a duration like 500ms, 3s, 1m"));
-        let size = || parse_size(&value).ok_or_else(|| invalid("a size like 65536, 64KiB, 1MiB"));
-        let count = || {
-            value
-                .parse::<usize>()
-                .map_err(|_| invalid("a whole number"))
-        };
-        let addr = || {
-            value
-                .parse::<SocketAddr>()
-                .map_err(|_| invalid("an address like 0.0.0.0:8091"))
-        };
-        match flag {
-            "--listen" => config.listen = addr()?,
-            "--api-listen" => {
-                config.api_listen = if value == "off" { None } else { Some(addr()?) };
-            }
-            "--path" => config.path = value.clone(),
-            "--tick-topic" => tick_topic = Some(value.clone()),
-            "--tick-interval" => tick_interval = Some(duration()?),
-            "--no-tick" => no_tick = true,
-            "--heartbeat-interval" => config.heartbeat_interval = duration()?,
-            "--heartbeat-timeout" => config.heartbeat_timeout = duration()?,
-            "--write-timeout" => config.write_timeout = duration()?,
-            "--handshake-timeout" => config.handshake_timeout = duration()?,
-            "--max-connections" => config.max_connections = count()?,
-            "--max-message-size" => config.max_message_size = size()?,
-            "--outbound-cap" => config.outbound_cap = size()?,
-            "--slow-consumer" => {
-                config.slow_consumer = match value.as_str() {
-                    "close" => SlowConsumerPolicy::Close,
-                    "drop" => SlowConsumerPolicy::Drop,
-                    _ => return Err(invalid("close or drop")),
-                }
-            }
-            "--max-topics" => config.max_topics_per_connection = count()?,
-            "--max-topic-length" => config.max_topic_length = count()?,
-            "--api-token" => config.api_token = Some(value.clone()),
-            "--api-max-body" => config.api_max_body = size()?,
-            "--allowed-origin" => config.allowed_origins.push(value.clone()),
-            "--client-token" => config.client_token = Some(value.clone()),
-            "--echo" => config.echo = true,
-            "--log-level" => {
-                config.log_level = value
-                    .parse()
-                    .map_err(|_| invalid("off|error|warn|info|debug|trace"))?
-            }
-            "--help" => return Ok(Command::Help),
-            "--version" => return Ok(Command::Version),
-            _ => return Err(ConfigError::UnknownFlag(arg)),
-        }
+        let source = Source::Flag(flag);
+        flags[index].push(Input {
+            source,
+            file,
+            value,
+        });
     }
-    if let Some((topic, interval)) = &mut config.tick {
-        if let Some(t) = tick_topic {
-            *topic = t;
-        }
-        if let Some(i) = tick_interval {
-            *interval = i;
-        }
-    }
-    if no_tick {
-        config.tick = None;
+    let mut config = Config::default();
+    for (setting, given) in SETTINGS.iter().zip(flags) {
+        // Flags replace the environment's values, which replace the default.
+        let inputs = if given.is_empty() {
+            from_env(setting, &env)?
+        } else {
+            given
+        };
+        apply(&mut config, setting, &inputs)?;
     }
     config.validate()?;
     Ok(Command::Run(Box::new(config)))
+}
+
+/// The setting a flag belongs to: its index, the flag's own name, and whether it is a file flag.
+fn find_flag(name: &str) -> Option<(usize, &'static str, bool)> {
+    SETTINGS.iter().enumerate().find_map(|(i, s)| match s.kind {
+        _ if s.flag == name => Some((i, s.flag, false)),
+        Kind::Secret { file_flag, .. } if file_flag == name => Some((i, file_flag, true)),
+        _ => None,
+    })
+}
+
+/// A setting's values from the environment: its variable and, for tokens, the file variable.
+fn from_env(
+    setting: &Setting,
+    env: &impl Fn(&'static str) -> Result<Option<String>, ConfigError>,
+) -> Result<Vec<Input>, ConfigError> {
+    let mut vars = vec![(setting.env, false)];
+    if let Kind::Secret { file_env, .. } = setting.kind {
+        vars.push((file_env, true));
+    }
+    let mut inputs = Vec::new();
+    for (var, file) in vars {
+        // Empty counts as unset, so `WSPUSH_X=` in a unit or compose file leaves the default.
+        if let Some(value) = env(var)?.filter(|v| !v.is_empty()) {
+            let source = Source::Env(var);
+            inputs.push(Input {
+                source,
+                file,
+                value,
+            });
+        }
+    }
+    Ok(inputs)
+}
+
+/// Applies the values one level (flags or environment) gave for `setting`.
+fn apply(config: &mut Config, setting: &Setting, inputs: &[Input]) -> Result<(), ConfigError> {
+    match setting.kind {
+        Kind::Value(apply) => {
+            if let Some(last) = inputs.last() {
+                apply(config, &last.value).map_err(|e| last.source.invalid(&last.value, e))?;
+            }
+        }
+        Kind::Switch(turn_on) => {
+            let Some(last) = inputs.last() else {
+                return Ok(());
+            };
+            let on = match last.source {
+                Source::Flag(_) => true,
+                Source::Env(_) => parse_bool(&last.value).ok_or_else(|| {
+                    last.source
+                        .invalid(&last.value, "1, true, yes, 0, false or no")
+                })?,
+            };
+            if on {
+                turn_on(config);
+            }
+        }
+        Kind::List(add) => {
+            for input in inputs {
+                let items: Vec<&str> = match input.source {
+                    Source::Flag(_) => vec![input.value.as_str()],
+                    Source::Env(_) => input
+                        .value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|item| !item.is_empty())
+                        .collect(),
+                };
+                for item in items {
+                    add(config, item).map_err(|e| input.source.invalid(item, e))?;
+                }
+            }
+        }
+        Kind::Secret { apply, .. } => {
+            let direct = inputs.iter().find(|i| !i.file);
+            let file = inputs.iter().find(|i| i.file);
+            if let (Some(direct), Some(file)) = (direct, file) {
+                return Err(ConfigError::Conflict(
+                    direct.source.name(),
+                    file.source.name(),
+                ));
+            }
+            let Some(last) = inputs.last() else {
+                return Ok(());
+            };
+            let from = last.source.name();
+            let token = if last.file {
+                read_token_file(from, &last.value)?
+            } else {
+                check_token(&last.value)
+                    .map_err(|expected| ConfigError::InvalidSecret { from, expected })?;
+                last.value.clone()
+            };
+            apply(config, token);
+        }
+    }
+    Ok(())
+}
+
+fn parse_bool(value: &str) -> Option<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" => Some(true),
+        "0" | "false" | "no" => Some(false),
+        _ => None,
+    }
+}
+
+/// An empty token would let requests without one through, and a control character (a second
+/// line) could never arrive in a header: both are mistakes to refuse at start.
+fn check_token(token: &str) -> Result<(), &'static str> {
+    if token.is_empty() {
+        Err("a non-empty token")
+    } else if token.chars().any(char::is_control) {
+        Err("a token of one line without control characters")
+    } else {
+        Ok(())
+    }
+}
+
+/// Largest token file read: a token is short, and a wrong path (a log, `/dev/zero`) should fail
+/// at once rather than fill memory.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
+/// The token in `path`, surrounding whitespace (the editor's final newline) trimmed. Errors
+/// name the path and the flag or variable, never the contents.
+fn read_token_file(from: &'static str, path: &str) -> Result<String, ConfigError> {
+    let fail = |problem: String| ConfigError::SecretFile {
+        from,
+        path: path.to_owned(),
+        problem,
+    };
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(MAX_TOKEN_FILE + 1).read_to_end(&mut bytes))
+        .map_err(|e| fail(e.to_string()))?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE {
+        return Err(fail(format!(
+            "larger than {} KiB, not a token",
+            MAX_TOKEN_FILE / 1024
+        )));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8 text".into()))?;
+    let token = text.trim();
+    check_token(token).map_err(|expected| fail(format!("expected {expected}")))?;
+    Ok(token.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn run(args: &[&str]) -> Result<Config, ConfigError> {
-        match parse_args(args.iter().copied())? {
+    /// A fake environment: `parse_args_with_env` never reads the real one.
+    fn env_of<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        }
+    }
+
+    fn run_env(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        match parse_args_with_env(args.iter().copied(), env_of(vars))? {
             Command::Run(c) => Ok(*c),
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn run(args: &[&str]) -> Result<Config, ConfigError> {
+        run_env(args, &[])
+    }
+
+    /// A file under the temp directory, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn with(name: &str, contents: &str) -> TempFile {
+            let path =
+                std::env::temp_dir().join(format!("wspush-config-{}-{name}", std::process::id()));
+            std::fs::write(&path, contents).unwrap();
+            TempFile(path)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
         }
     }
 
@@ -453,9 +1019,55 @@ mod tests {
     fn defaults_follow_the_seed() {
         let c = run(&[]).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:8091");
+        assert_eq!(c.api_listen, Some("127.0.0.1:8092".parse().unwrap()));
         assert_eq!(c.path, "/ws");
         assert_eq!(c.tick, Some(("test-topic".into(), Duration::from_secs(3))));
         assert_eq!(c.idle_limit_ms(), 20_000);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.write_timeout, Duration::from_secs(10));
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_connections, 10_000);
+        assert_eq!(c.max_message_size, 64 * 1024);
+        assert_eq!(c.outbound_cap, 256 * 1024);
+        assert_eq!(c.slow_consumer, SlowConsumerPolicy::Close);
+        assert_eq!(c.max_topics_per_connection, 100);
+        assert_eq!(c.max_topic_length, 128);
+        assert_eq!(c.api_max_body, 1024 * 1024);
+        assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert!(c.api_token.is_none() && c.client_token.is_none());
+        assert!(!c.echo && c.allowed_origins.is_empty());
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_default_applies() {
+        for s in SETTINGS {
+            if let Kind::Value(apply) = s.kind {
+                let mut c = Config::placeholders();
+                assert_eq!(apply(&mut c, s.default), Ok(()), "{}", s.flag);
+            }
+        }
+    }
+
+    fn env_name(flag: &str) -> String {
+        let name = flag.trim_start_matches("--");
+        format!("WSPUSH_{}", name.to_ascii_uppercase().replace('-', "_"))
+    }
+
+    #[test]
+    fn env_names_follow_the_rule() {
+        for s in SETTINGS {
+            assert_eq!(s.env, env_name(s.flag));
+            if let Kind::Secret {
+                file_flag,
+                file_env,
+                ..
+            } = s.kind
+            {
+                assert_eq!(file_flag, format!("{}-file", s.flag));
+                assert_eq!(file_env, env_name(file_flag));
+            }
+        }
     }
 
     #[test]
@@ -486,11 +1098,24 @@ mod tests {
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.tick, Some(("t".into(), Duration::from_millis(500))));
         assert!(run(&["--no-tick"]).unwrap().tick.is_none());
+        assert!(
+            run(&["--no-tick", "--tick-topic", "t"])
+                .unwrap()
+                .tick
+                .is_none()
+        );
         assert!(run(&["--api-listen", "off"]).unwrap().api_listen.is_none());
         assert_eq!(
             run(&["--slow-consumer", "drop"]).unwrap().slow_consumer,
             SlowConsumerPolicy::Drop
         );
+        let c = run(&[
+            "--allowed-origin",
+            "https://a",
+            "--allowed-origin=https://b",
+        ])
+        .unwrap();
+        assert_eq!(c.allowed_origins, ["https://a", "https://b"]);
     }
 
     #[test]
@@ -498,6 +1123,10 @@ mod tests {
         assert_eq!(
             run(&["--nope"]).unwrap_err(),
             ConfigError::UnknownFlag("--nope".into())
+        );
+        assert_eq!(
+            run(&["--api-tokn=s3cret"]).unwrap_err(),
+            ConfigError::UnknownFlag("--api-tokn".into())
         );
         assert_eq!(
             run(&["--listen"]).unwrap_err(),
@@ -521,11 +1150,210 @@ mod tests {
     }
 
     #[test]
-    fn help_lists_every_flag_with_a_default() {
-        let help = help_text();
-        for (flag, _, text) in FLAGS {
-            assert!(help.contains(flag));
-            assert!(text.contains("default") || *flag == "--help" || *flag == "--version");
+    fn env_is_used_when_no_flag_is_given() {
+        let c = run_env(
+            &[],
+            &[
+                ("WSPUSH_LISTEN", "127.0.0.1:9"),
+                ("WSPUSH_MAX_CONNECTIONS", "5"),
+                ("WSPUSH_NO_TICK", "yes"),
+                ("WSPUSH_ECHO", "TRUE"),
+                ("WSPUSH_ALLOWED_ORIGIN", "https://a, https://b,"),
+                ("WSPUSH_API_TOKEN", "s3cret"),
+                ("WSPUSH_PATH", ""), // empty: unset, the default stays
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9");
+        assert_eq!(c.max_connections, 5);
+        assert!(c.tick.is_none() && c.echo);
+        assert_eq!(c.allowed_origins, ["https://a", "https://b"]);
+        assert_eq!(c.api_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.path, "/ws");
+        let c = run_env(&[], &[("WSPUSH_NO_TICK", "0"), ("WSPUSH_ECHO", "no")]).unwrap();
+        assert!(c.tick.is_some() && !c.echo);
+    }
+
+    #[test]
+    fn flags_beat_env() {
+        let env = [
+            ("WSPUSH_LISTEN", "127.0.0.1:1"),
+            ("WSPUSH_ALLOWED_ORIGIN", "https://env-a,https://env-b"),
+            ("WSPUSH_API_TOKEN", "from-env"),
+        ];
+        let c = run_env(
+            &[
+                "--listen",
+                "127.0.0.1:2",
+                "--allowed-origin",
+                "https://flag",
+                "--api-token",
+                "from-flag",
+            ],
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.allowed_origins, ["https://flag"]);
+        assert_eq!(c.api_token.as_deref(), Some("from-flag"));
+        // A token file given as a flag also beats the token from the environment.
+        let file = TempFile::with("beats-env", "from-file\n");
+        let c = run_env(&["--api-token-file", file.path()], &env).unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("from-file"));
+    }
+
+    #[test]
+    fn help_and_version() {
+        let broken = [("WSPUSH_LISTEN", "nowhere")];
+        for flag in ["-h", "--help"] {
+            let command = parse_args_with_env([flag], env_of(&broken)).unwrap();
+            assert!(matches!(command, Command::Help));
         }
+        let command = parse_args_with_env(["--no-tick", "--version"], env_of(&[])).unwrap();
+        assert!(matches!(command, Command::Version));
+    }
+
+    #[test]
+    fn help_lists_every_setting_with_its_env_and_default() {
+        let help = help_text();
+        for s in SETTINGS {
+            let line = help
+                .lines()
+                .skip_while(|l| !l.trim_start().starts_with(s.flag))
+                .find(|l| l.contains("[env: "))
+                .unwrap_or_else(|| panic!("--help lacks {}", s.flag));
+            assert!(line.contains(s.env), "{line}");
+            assert!(!s.default.is_empty(), "{} has no default", s.flag);
+            assert!(
+                line.contains(&format!("[default: {}]", s.default)),
+                "{line}"
+            );
+            if let Kind::Secret {
+                file_flag,
+                file_env,
+                ..
+            } = s.kind
+            {
+                assert!(help.contains(&format!("{file_flag} PATH")));
+                assert!(line.contains(file_env), "{line}");
+            }
+        }
+        assert!(help.contains("-h, --help") && help.contains("--version"));
+    }
+
+    #[test]
+    fn token_file_is_read_and_trimmed() {
+        let api = TempFile::with("api", "  s3cret-api \n");
+        let client = TempFile::with("client", "s3cret-client\r\n");
+        let c = run_env(
+            &["--api-token-file", api.path()],
+            &[("WSPUSH_CLIENT_TOKEN_FILE", client.path())],
+        )
+        .unwrap();
+        assert_eq!(c.api_token.as_deref(), Some("s3cret-api"));
+        assert_eq!(c.client_token.as_deref(), Some("s3cret-client"));
+        let empty = TempFile::with("empty", " \n");
+        assert!(matches!(
+            run(&["--api-token-file", empty.path()]),
+            Err(ConfigError::SecretFile { .. })
+        ));
+        let two_lines = TempFile::with("two-lines", "s3cret\nmore\n");
+        assert!(matches!(
+            run(&["--client-token-file", two_lines.path()]),
+            Err(ConfigError::SecretFile { .. })
+        ));
+    }
+
+    #[test]
+    fn token_and_token_file_conflict() {
+        let file = TempFile::with("conflict", "s3cret\n");
+        assert_eq!(
+            run(&["--api-token", "s3cret", "--api-token-file", file.path()]).unwrap_err(),
+            ConfigError::Conflict("--api-token", "--api-token-file")
+        );
+        let env = [
+            ("WSPUSH_CLIENT_TOKEN", "s3cret"),
+            ("WSPUSH_CLIENT_TOKEN_FILE", file.path()),
+        ];
+        let err = run_env(&[], &env).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::Conflict("WSPUSH_CLIENT_TOKEN", "WSPUSH_CLIENT_TOKEN_FILE")
+        );
+        assert!(!err.to_string().contains("s3cret"));
+    }
+
+    #[test]
+    fn missing_token_file_names_the_path_not_a_token() {
+        let err = run_env(
+            &["--api-token-file", "/nonexistent/wspush-token"],
+            &[("WSPUSH_CLIENT_TOKEN", "s3cret-client")],
+        )
+        .unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("/nonexistent/wspush-token"), "{message}");
+        assert!(message.contains("--api-token-file"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+        assert!(!format!("{err:?}").contains("s3cret"));
+        let err = run(&["--api-token", ""]).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::InvalidSecret {
+                from: "--api-token",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn debug_output_hides_tokens() {
+        let c = run(&[
+            "--api-token",
+            "s3cret-api",
+            "--client-token",
+            "s3cret-client",
+        ])
+        .unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(debug.contains("api_token: Some(\"<hidden>\")"), "{debug}");
+    }
+
+    #[test]
+    fn host_names_resolve() {
+        let c = run(&["--listen", "localhost:0", "--api-listen", "localhost:0"]).unwrap();
+        assert!(c.listen.ip().is_loopback() && c.listen.port() == 0);
+        let api = c.api_listen.unwrap();
+        assert!(api.ip().is_loopback() && api.port() == 0);
+        let err = run(&["--listen", "localhost"]).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::InvalidValue {
+                flag: "--listen",
+                expected: ADDRESS,
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("HOST:PORT"));
+    }
+
+    #[test]
+    fn bad_env_values_name_the_variable() {
+        let err = run_env(&[], &[("WSPUSH_WRITE_TIMEOUT", "soon")]).unwrap_err();
+        assert_eq!(
+            err,
+            ConfigError::InvalidEnv {
+                var: "WSPUSH_WRITE_TIMEOUT",
+                value: "soon".into(),
+                expected: DURATION,
+            }
+        );
+        assert!(err.to_string().contains("WSPUSH_WRITE_TIMEOUT"));
+        let err = run_env(&[], &[("WSPUSH_ECHO", "maybe")]).unwrap_err();
+        assert!(err.to_string().contains("WSPUSH_ECHO"), "{err}");
+        let err = run_env(&[], &[("WSPUSH_API_LISTEN", "nowhere:x")]).unwrap_err();
+        assert!(err.to_string().contains("WSPUSH_API_LISTEN"), "{err}");
+        // A flag replaces the bad variable, so it is never parsed.
+        assert!(run_env(&["--echo"], &[("WSPUSH_ECHO", "maybe")]).is_ok());
     }
 }

@@ -302,3 +302,66 @@ impl Drop for KillOnDrop {
         }
     }
 }
+
+/// Configuration from the environment alone, with the API token read from a file: the API
+/// requires that token, and the token shows neither in the command line nor in the logs.
+#[test]
+fn configured_from_env_with_a_token_file() {
+    const TOKEN: &str = "env-file-s3cret-7f3a";
+    let token_file =
+        std::env::temp_dir().join(format!("wspush-binary-token-{}", std::process::id()));
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let mut child = Command::new(BIN)
+        // Only what the test sets: a WSPUSH_* variable of the caller must not leak in.
+        .env_clear()
+        .env("WSPUSH_LISTEN", "127.0.0.1:0")
+        .env("WSPUSH_API_LISTEN", "localhost:0")
+        .env("WSPUSH_NO_TICK", "1")
+        .env("WSPUSH_API_TOKEN_FILE", &token_file)
+        .env("WSPUSH_LOG_LEVEL", "debug")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut child = KillOnDrop(child);
+    let ready = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if line.contains("listening on") {
+            break line;
+        }
+    };
+    // Keep the rest of the log, to look for the token in it after the exit.
+    let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+    // The token is read at start; the file is not needed afterwards.
+    std::fs::remove_file(&token_file).unwrap();
+    let api: std::net::SocketAddr = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix(')')?.parse().ok())
+        .expect(&ready);
+    assert!(api.ip().is_loopback(), "{ready}");
+
+    let (status, _) = common::http(api, "GET", "/stats", "", &[]);
+    assert_eq!(status, 401, "the API must require the token");
+    let wrong = [("Authorization", "Bearer wrong")];
+    assert_eq!(common::http(api, "GET", "/stats", "", &wrong).0, 401);
+    let bearer = format!("Bearer {TOKEN}");
+    let (status, body) = common::http(api, "GET", "/stats", "", &[("Authorization", &bearer)]);
+    assert_eq!(status, 200, "{body}");
+
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    assert!(!cmdline.is_empty());
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(TOKEN),
+        "the token is visible in /proc/{pid}/cmdline"
+    );
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    assert!(child.0.wait().unwrap().success());
+    let log = log.join().unwrap();
+    assert!(
+        !ready.contains(TOKEN) && !log.iter().any(|l| l.contains(TOKEN)),
+        "the token is in the log"
+    );
+}
