@@ -5,7 +5,7 @@
 //! publishes of an iteration leave together). Everything else lives in sans-IO modules.
 
 mod api;
-pub mod sys;
+mod sys;
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -313,11 +313,6 @@ fn interrupted(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::Interrupted
 }
 
-/// EMFILE / ENFILE (and ENOBUFS / ENOMEM): accepting again at once would fail the same way.
-fn out_of_resources(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
-}
-
 impl Loop {
     fn run(&mut self) -> Result<(), ServerError> {
         info!(
@@ -496,7 +491,7 @@ impl Loop {
         if self.accept_log.allow(self.now_ms) {
             warn!("accept failed: {e}");
         }
-        if out_of_resources(&e) && !self.accept_paused {
+        if sys::out_of_resources(&e) && !self.accept_paused {
             // Edge-triggered: nothing would wake us for the connections already queued, and
             // retrying now would fail the same way. Both listeners pause; one timer resumes them.
             self.accept_paused = true;
