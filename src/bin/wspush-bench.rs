@@ -888,6 +888,25 @@ fn floor_reader(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
+/// Raises the soft open-file limit to the hard limit; returns the resulting soft limit.
+fn raise_fd_limit() -> std::io::Result<libc::rlim_t> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let raised = libc::rlimit {
+        rlim_cur: lim.rlim_max,
+        ..lim
+    };
+    // SAFETY: `raised` is a valid rlimit struct for the duration of the call.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    Ok(if ok { raised.rlim_cur } else { lim.rlim_cur })
+}
+
 fn main() -> ExitCode {
     let opts = match parse_opts() {
         Ok(o) => o,
@@ -896,8 +915,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Ok(limit) = wspush::server::sys::raise_fd_limit()
-        && (limit as usize) < opts.n + 64
+    if let Ok(limit) = raise_fd_limit()
+        && usize::try_from(limit).is_ok_and(|l| l < opts.n + 64)
     {
         eprintln!(
             "wspush-bench: open-file limit {limit} is too low for -n {}",

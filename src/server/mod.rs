@@ -13,7 +13,7 @@
 mod accept;
 mod memory;
 mod socket;
-pub mod sys;
+mod sys;
 
 use std::io::Read;
 use std::net::{Shutdown, SocketAddr};

@@ -3,16 +3,17 @@
 //! It has its own C `main` instead of std's start-up (`#![no_main]`): that start-up locates the
 //! main thread's stack guard by parsing `/proc/self/maps` through the C library's stdio and
 //! scanf, which alone maps about half a MiB of libc into an idle server's RSS (measured: 2.2 ->
-//! 1.7 MiB). `sys::prepare_process` does the parts of it a server needs (SIGPIPE ignored,
+//! 1.7 MiB). `process::prepare_process` does the parts of it a server needs (SIGPIPE ignored,
 //! descriptors 0-2 open). What is lost: a stack overflow ends in SIGSEGV without std's message.
 #![no_main]
 
 use std::ffi::{CStr, c_char, c_int};
 use std::io::Write;
 
+mod process;
+
 use wspush::Server;
 use wspush::config::{self, Command};
-use wspush::server::sys;
 
 const SUCCESS: c_int = 0;
 const FAILURE: c_int = 1;
@@ -20,7 +21,7 @@ const USAGE: c_int = 2;
 
 #[unsafe(no_mangle)]
 extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
-    if let Err(e) = sys::prepare_process() {
+    if let Err(e) = process::prepare_process() {
         eprintln!("wspush: {e}");
         return FAILURE;
     }
@@ -59,11 +60,14 @@ fn run<'a>(args: impl Iterator<Item = &'a CStr>) -> c_int {
     let _ = simple_logger::SimpleLogger::new()
         .with_level(config.log_level)
         .init();
-    match sys::raise_fd_limit() {
-        Ok(limit) if (limit as usize) < config.max_connections + 64 => log::warn!(
-            "open-file limit {limit} is below --max-connections {} (+64 spare): raise `ulimit -n`",
-            config.max_connections
-        ),
+    match process::raise_fd_limit() {
+        // A limit past usize (`rlim_t` is 64 bits on some 32-bit targets) is plenty.
+        Ok(limit) if usize::try_from(limit).is_ok_and(|l| l < config.max_connections + 64) => {
+            log::warn!(
+                "open-file limit {limit} is below --max-connections {} (+64 spare): raise `ulimit -n`",
+                config.max_connections
+            )
+        }
         Ok(_) => {}
         Err(e) => log::warn!("could not read the open-file limit: {e}"),
     }
@@ -74,11 +78,11 @@ fn run<'a>(args: impl Iterator<Item = &'a CStr>) -> c_int {
             return FAILURE;
         }
     };
-    if let Err(e) = sys::install_signal_handlers(server.shutdown_handle()) {
+    if let Err(e) = process::install_signal_handlers(server.shutdown_handle()) {
         log::warn!("no graceful shutdown on signals: {e}");
     }
     // Start-up is done: only the code the loop touches from here on stays resident.
-    sys::shed_start_up_pages();
+    process::shed_start_up_pages();
     match server.run() {
         Ok(()) => SUCCESS,
         Err(e) => {
