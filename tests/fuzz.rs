@@ -9,7 +9,7 @@ use std::io::{self, IoSlice, Write};
 use std::path::Path;
 
 use bytes::Bytes;
-use wspush::app::HandshakePolicy;
+use wspush::app::WsPort;
 use wspush::config::Config;
 use wspush::conn::ws::{Ctx, Session};
 use wspush::conn::{Connection, Settings, Status};
@@ -228,7 +228,7 @@ fn fuzz_session_state_machine() {
     };
     config.max_topics_per_connection = 8;
     let settings = Settings::from_config(&config);
-    let policy = HandshakePolicy::from_config(&config);
+    let routes = WsPort::from_config(&config);
     let frames = [
         protocol::encode_push("t", "1"),
         protocol::encode_push("t", &format!("\"{}\"", "p".repeat(3000))),
@@ -263,7 +263,7 @@ fn fuzz_session_state_machine() {
                 hub: &mut hub,
                 settings: &settings,
                 stats: &mut stats,
-                policy: &policy,
+                routes: &routes,
                 now_ms: now,
             };
             session.on_input(Bytes::copy_from_slice(&script[..head_len]), &mut ctx);
@@ -281,7 +281,7 @@ fn fuzz_session_state_machine() {
                         hub: &mut hub,
                         settings: &settings,
                         stats: &mut stats,
-                        policy: &policy,
+                        routes: &routes,
                         now_ms: now,
                     };
                     session.on_input(Bytes::copy_from_slice(&rest[..n]), &mut ctx);

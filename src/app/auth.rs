@@ -2,7 +2,6 @@
 //! token) and the API's bearer token, both compared in constant time.
 
 use crate::config::Config;
-use crate::conn::ws::UpgradePolicy;
 use crate::wire::handshake::UpgradeRequest;
 use crate::wire::http::HttpError;
 
@@ -29,8 +28,9 @@ impl HandshakePolicy {
     }
 }
 
-impl UpgradePolicy for HandshakePolicy {
-    fn check(&self, request: &UpgradeRequest<'_>) -> Result<(), HttpError> {
+impl HandshakePolicy {
+    /// Whether a well-formed upgrade request may become a session.
+    pub fn check(&self, request: &UpgradeRequest<'_>) -> Result<(), HttpError> {
         let refuse = |status, message| Err(HttpError { status, message });
         if request.path != self.path {
             return refuse(404, "no WebSocket endpoint at this path");

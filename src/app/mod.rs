@@ -14,18 +14,44 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::Config;
+use crate::conn::ws::{WsRoute, WsRoutes};
 use crate::stats::Stats;
-use crate::wire::http::{HttpLimits, Method, Request, Response};
+use crate::wire::handshake;
+use crate::wire::http::{Head, HttpLimits, Method, Request, Response};
 use crate::wire::message::{self, TopicRules};
 pub use auth::HandshakePolicy;
 
 /// The application: policies derived from the configuration, and the counters.
 pub struct App {
     pub stats: Stats,
-    pub handshake: HandshakePolicy,
+    pub ws_port: WsPort,
     api_token: Option<String>,
     topic_rules: TopicRules,
     api_limits: HttpLimits,
+}
+
+/// The route table of the WebSocket port: the upgrade on `--path`, checked against the policy.
+pub struct WsPort {
+    pub policy: HandshakePolicy,
+}
+
+impl WsPort {
+    pub fn from_config(config: &Config) -> Self {
+        WsPort {
+            policy: HandshakePolicy::from_config(config),
+        }
+    }
+}
+
+impl WsRoutes for WsPort {
+    fn route(&self, head: &Head<'_, '_>) -> WsRoute {
+        let accepted = handshake::upgrade_request(head)
+            .and_then(|request| self.policy.check(&request).map(|()| request));
+        match accepted {
+            Ok(request) => WsRoute::Upgrade(handshake::accept_response(request.key)),
+            Err(e) => WsRoute::Refuse(e),
+        }
+    }
 }
 
 /// Live values reported next to the counters in `/stats`.
@@ -50,9 +76,12 @@ pub enum Action<'r> {
     },
 }
 
+/// `(topic, data)` pairs of a publish request, borrowed from it.
+pub type Messages<'r> = Vec<(Cow<'r, str>, &'r RawValue)>;
+
 /// A validated publish request: one message (`?topic=`) or a batch (one per line).
 pub struct Publish<'r> {
-    pub messages: Vec<(Cow<'r, str>, &'r RawValue)>,
+    pub messages: Messages<'r>,
     batch: bool,
     keep_alive: bool,
 }
@@ -77,7 +106,9 @@ impl App {
     pub fn new(config: &Config) -> Self {
         App {
             stats: Stats::default(),
-            handshake: HandshakePolicy::from_config(config),
+            ws_port: WsPort {
+                policy: HandshakePolicy::from_config(config),
+            },
             api_token: config.api_token.clone(),
             topic_rules: TopicRules {
                 max_len: config.max_topic_length,
@@ -125,14 +156,15 @@ impl App {
                 ..Response::error(401, "missing or wrong bearer token", ka)
             }),
             (Method::Post, "/publish") => {
-                let parsed = match request.query_param("topic") {
+                let topic = request.query_param("topic");
+                let parsed = match topic {
                     Some(topic) => self.one_message(topic, &request.body),
                     None => self.batch(&request.body),
                 };
                 match parsed {
-                    Ok((messages, batch)) => Action::Publish(Publish {
+                    Ok(messages) => Action::Publish(Publish {
+                        batch: topic.is_none(),
                         messages,
-                        batch,
                         keep_alive: ka,
                     }),
                     Err(message) => respond(Response::error(400, &message, ka)),
@@ -158,23 +190,16 @@ impl App {
         }
     }
 
-    fn one_message<'r>(
-        &self,
-        topic: &'r str,
-        body: &'r [u8],
-    ) -> Result<(Vec<(Cow<'r, str>, &'r RawValue)>, bool), String> {
+    fn one_message<'r>(&self, topic: &'r str, body: &'r [u8]) -> Result<Messages<'r>, String> {
         message::validate_topic(topic, self.topic_rules).map_err(|e| e.to_string())?;
         let data = serde_json::from_slice::<&RawValue>(body)
             .map_err(|e| format!("the body must be one JSON value: {e}"))?;
-        Ok((vec![(Cow::Borrowed(topic), data)], false))
+        Ok(vec![(Cow::Borrowed(topic), data)])
     }
 
     /// One `{"topic":..,"data":..}` per line. All lines are checked before any is published, so
     /// a bad batch publishes nothing.
-    fn batch<'r>(
-        &self,
-        body: &'r [u8],
-    ) -> Result<(Vec<(Cow<'r, str>, &'r RawValue)>, bool), String> {
+    fn batch<'r>(&self, body: &'r [u8]) -> Result<Messages<'r>, String> {
         let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_owned())?;
         let mut messages = Vec::new();
         for (n, line) in text.lines().enumerate() {
@@ -193,7 +218,7 @@ impl App {
                 "no messages: use ?topic=T, or one {\"topic\":..,\"data\":..} per line".to_owned(),
             );
         }
-        Ok((messages, true))
+        Ok(messages)
     }
 
     /// The answer to a publish; `reached[i]`: how many subscribers got message `i`.

@@ -10,7 +10,7 @@
 //!   queues the responses the application gives back.
 //!
 //! This layer knows [`crate::wire`] and [`crate::hub`]; what requests mean (routes, auth) is
-//! the application's, passed in as values or the [`ws::UpgradePolicy`] trait.
+//! the application's, passed in as values or through the [`ws::WsRoutes`] trait.
 
 pub mod http;
 pub mod outbound;

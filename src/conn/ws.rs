@@ -7,7 +7,7 @@
 //!
 //! The upgrade request is parsed by [`crate::wire::handshake`], usually straight from the
 //! server's read buffer (a request split over several reads is collected, up to 16 KiB), and
-//! judged by the application's [`UpgradePolicy`]. tungstenite parses the frames. It reads from
+//! routed by the application's [`WsRoutes`]. tungstenite parses the frames. It reads from
 //! and writes to a [`Stream`] made for each call of the input the server handed over and the
 //! session's [`OutQueue`]; it never touches the socket, so its buffers stay small (no 128 KiB
 //! read buffer per connection). Its frame context (~340 bytes) exists only while a client
@@ -27,17 +27,24 @@ use crate::config::SlowConsumerPolicy;
 use crate::hub::{Hub, SubscriberId, Subscriptions};
 use crate::stats::Stats;
 use crate::wire::frame::{self, FrameBoundary, Opcode};
-use crate::wire::handshake::{self, UpgradeRequest};
+use crate::wire::handshake;
 use crate::wire::http::{self, HttpError};
 use crate::wire::message::{self, ClientMessage, RequestError};
 
 /// How long a closing connection may take to acknowledge our close before it is dropped.
 const CLOSE_LINGER_MS: u64 = 2_000;
 
-/// Decides whether a well-formed upgrade request may become a session (path, origin, token):
-/// the application's policy, asked at the handshake.
-pub trait UpgradePolicy {
-    fn check(&self, request: &UpgradeRequest<'_>) -> Result<(), HttpError>;
+/// What a request on the WebSocket port gets: the application's route table, asked once the
+/// request's head has arrived.
+pub trait WsRoutes {
+    fn route(&self, head: &http::Head<'_, '_>) -> WsRoute;
+}
+
+pub enum WsRoute {
+    /// Become a WebSocket session; this is the 101 response.
+    Upgrade(Vec<u8>),
+    /// Answer with this error and close.
+    Refuse(HttpError),
 }
 
 /// The stream tungstenite reads from and writes to: the input the server handed over and the
@@ -161,7 +168,7 @@ pub struct Ctx<'a> {
     pub hub: &'a mut Hub,
     pub settings: &'a Settings,
     pub stats: &'a mut Stats,
-    pub policy: &'a dyn UpgradePolicy,
+    pub routes: &'a dyn WsRoutes,
     pub now_ms: u64,
 }
 
@@ -266,22 +273,28 @@ impl Session {
             status: 431,
             message: "request header too large",
         };
-        let answer = match handshake::read_request(request) {
+        let mut slots = [httparse::EMPTY_HEADER; http::MAX_HEADER_SLOTS];
+        let answer = match http::parse_head(request, &mut slots) {
             Ok(None) if request.len() < handshake::MAX_HEAD_BYTES => {
                 self.phase = Phase::Handshaking(received.unwrap_or_else(|| input.to_vec()));
                 return;
             }
             Ok(None) => Err(too_large),
             // A valid client waits for our 101 before it sends anything else.
-            Ok(Some((_, length))) if length < request.len() => Err(HttpError {
+            Ok(Some(head)) if head.len < request.len() => Err(HttpError {
                 status: 400,
                 message: "data after the upgrade request",
             }),
-            Ok(Some((request, _))) => ctx
-                .policy
-                .check(&request)
-                .map(|()| handshake::accept_response(request.key)),
-            Err(rejection) => Err(rejection),
+            Ok(Some(head)) => match ctx.routes.route(&head) {
+                WsRoute::Upgrade(response) => Ok(response),
+                WsRoute::Refuse(e) => Err(e),
+            },
+            // The upgrade needs exactly HTTP/1.1: another version is a bad request.
+            Err(HttpError { status: 505, .. }) => Err(HttpError {
+                status: 400,
+                message: "HTTP/1.1 is required",
+            }),
+            Err(e) => Err(e),
         };
         match answer {
             Ok(response) => {

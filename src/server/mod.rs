@@ -392,7 +392,7 @@ impl Loop {
                         hub: &mut self.hub,
                         settings: &self.settings,
                         stats: &mut self.app.stats,
-                        policy: &self.app.handshake,
+                        routes: &self.app.ws_port,
                         now_ms: self.now_ms,
                     };
                     session.on_input(input, &mut ctx);

@@ -46,23 +46,19 @@ pub fn read_request(input: &[u8]) -> Result<Option<(UpgradeRequest<'_>, usize)>,
         Err(e) => return Err(e),
     };
     let length = parsed.len;
+    upgrade_request(&parsed).map(|request| Some((request, length)))
+}
+
+/// Checks that a parsed head is a well-formed WebSocket upgrade (method, version, the upgrade
+/// headers, a valid key) and picks out what the server's policy needs.
+pub fn upgrade_request<'b>(parsed: &http::Head<'_, 'b>) -> Result<UpgradeRequest<'b>, HttpError> {
     if parsed.method != "GET" {
         return Err(reject(405, "use GET for the WebSocket upgrade"));
     }
     if parsed.version != 1 {
         return Err(reject(400, "HTTP/1.1 is required"));
     }
-    let mut target = parsed.target;
-    // The absolute form (`GET ws://host/ws?x HTTP/1.1`), which servers must accept too.
-    if let Some((_, after_scheme)) = target.split_once("://") {
-        target = after_scheme
-            .find(['/', '?'])
-            .map_or("/", |at| &after_scheme[at..]);
-    }
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    };
+    let (path, query) = parsed.path_and_query();
     let one = |name: &str| -> Result<Option<&str>, HttpError> {
         let mut values = parsed.values(name);
         let Some(first) = values.next() else {
@@ -102,7 +98,7 @@ pub fn read_request(input: &[u8]) -> Result<Option<(UpgradeRequest<'_>, usize)>,
         authorization: one("authorization")?,
         key,
     };
-    Ok(Some((request, length)))
+    Ok(request)
 }
 
 /// 16 bytes in base64: 22 characters of the alphabet, then `==`.

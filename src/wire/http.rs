@@ -115,6 +115,21 @@ pub struct Head<'h, 'b> {
 }
 
 impl<'b> Head<'_, 'b> {
+    /// The target's path and query (undecoded). The absolute form (`GET ws://host/ws?x`),
+    /// which servers must accept too, is reduced to its path.
+    pub fn path_and_query(&self) -> (&'b str, Option<&'b str>) {
+        let mut target = self.target;
+        if let Some((_, after_scheme)) = target.split_once("://") {
+            target = after_scheme
+                .find(['/', '?'])
+                .map_or("/", |at| &after_scheme[at..]);
+        }
+        match target.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (target, None),
+        }
+    }
+
     /// Values of every header called `name`, in order.
     pub fn values<'s>(&'s self, name: &'s str) -> impl Iterator<Item = &'b [u8]> + 's {
         self.headers
