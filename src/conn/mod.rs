@@ -57,24 +57,34 @@ pub trait Connection {
 
 /// When a connection's pending output last made progress; the same write-timeout rule for
 /// every kind.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct WriteStall {
-    since_ms: Option<u64>,
+    /// `NOT_STALLED` while nothing waits (a plain `u64`: one is kept per connection).
+    since_ms: u64,
+}
+
+const NOT_STALLED: u64 = u64::MAX;
+
+impl Default for WriteStall {
+    fn default() -> Self {
+        WriteStall {
+            since_ms: NOT_STALLED,
+        }
+    }
 }
 
 impl WriteStall {
     pub fn on_written(&mut self, written: usize, queue_empty: bool, now_ms: u64) {
-        self.since_ms = match (queue_empty, written > 0, self.since_ms) {
-            (true, _, _) => None,
-            (false, true, _) | (false, false, None) => Some(now_ms),
-            (false, false, since) => since,
-        };
+        if queue_empty {
+            self.since_ms = NOT_STALLED;
+        } else if written > 0 || self.since_ms == NOT_STALLED {
+            self.since_ms = now_ms;
+        }
     }
 
     /// When the connection times out unless its output moves; `u64::MAX` when nothing waits.
     pub fn deadline(&self, write_timeout_ms: u64) -> u64 {
-        self.since_ms
-            .map_or(u64::MAX, |s| s.saturating_add(write_timeout_ms))
+        self.since_ms.saturating_add(write_timeout_ms)
     }
 
     pub fn expired(&self, now_ms: u64, write_timeout_ms: u64) -> bool {

@@ -18,7 +18,9 @@ pub struct OutQueue {
     /// (an idle connection holds no ring buffer). Invariant: `head` is `None` only when `rest` is
     /// empty.
     head: Option<Bytes>,
-    rest: VecDeque<Bytes>,
+    /// Boxed: allocated only while more than one frame waits (a burst), so an idle connection
+    /// carries one pointer for it.
+    rest: Option<Box<VecDeque<Bytes>>>,
     /// Bytes of `frames` not yet written (the front frame may be partly written).
     queued: usize,
     /// The front frame has been partly written: it must go out whole or the stream breaks.
@@ -38,7 +40,7 @@ impl OutQueue {
         if self.head.is_none() {
             self.head = Some(frame);
         } else {
-            self.rest.push_back(frame);
+            self.rest.get_or_insert_default().push_back(frame);
         }
     }
 
@@ -52,14 +54,17 @@ impl OutQueue {
     }
 
     fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.head.iter().chain(self.rest.iter())
+        self.head
+            .iter()
+            .chain(self.rest.iter().flat_map(|rest| rest.iter()))
     }
 
     /// Drops every frame that has not started to go out, keeping a partly written front frame so
     /// the byte stream stays well formed. Returns how many frames were dropped.
     pub fn discard_unsent(&mut self) -> usize {
-        let dropped = self.rest.len() + usize::from(self.head.is_some() && !self.front_partial);
-        self.rest = VecDeque::new();
+        let queued = self.rest.as_ref().map_or(0, |rest| rest.len());
+        let dropped = queued + usize::from(self.head.is_some() && !self.front_partial);
+        self.rest = None;
         if !self.front_partial {
             self.head = None;
         }
@@ -90,9 +95,9 @@ impl OutQueue {
             self.consume(written);
             total += written;
         }
-        if self.rest.is_empty() && self.rest.capacity() > 0 {
+        if self.rest.as_ref().is_some_and(|rest| rest.is_empty()) {
             // The burst is over: an idle connection keeps no ring buffer.
-            self.rest = VecDeque::new();
+            self.rest = None;
         }
         Ok(total)
     }
@@ -109,7 +114,7 @@ impl OutQueue {
                 return;
             }
             n -= front.len();
-            self.head = self.rest.pop_front();
+            self.head = self.rest.as_mut().and_then(|rest| rest.pop_front());
             self.front_partial = false;
         }
     }

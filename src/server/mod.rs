@@ -69,15 +69,14 @@ impl ShutdownHandle {
     }
 }
 
+/// What a timer is for. Small: the wheel keeps one per connection.
 enum Timeout {
     Conn {
-        key: usize,
+        key: u32,
         generation: u32,
     },
-    /// The demo publisher, due at this time.
-    Tick {
-        due_ms: u64,
-    },
+    /// The demo publisher (it knows when it is due).
+    Tick,
     ResumeAccept,
     ShutdownDeadline,
     ReleaseMemory,
@@ -103,7 +102,7 @@ struct Conn {
     socket: TcpStream,
     generation: u32,
     kind: Kind,
-    timer: Option<(TimerHandle, u64)>,
+    timer: Option<TimerHandle>,
     /// Queued in `dirty` for a flush at the end of the iteration.
     dirty: bool,
     /// The peer closed its side.
@@ -283,8 +282,7 @@ struct Loop {
 impl Loop {
     fn run(&mut self) -> Result<(), ServerError> {
         if let Some(tick) = &self.tick {
-            let due_ms = tick.interval_ms;
-            self.timers.insert(due_ms, Timeout::Tick { due_ms });
+            self.timers.insert(tick.due_ms, Timeout::Tick);
         }
         let mut events = Events::with_capacity(1024);
         loop {
@@ -560,8 +558,12 @@ impl Loop {
             return;
         };
         let deadline = conn.kind.conn().next_deadline(&self.settings);
-        if let Some((handle, at)) = conn.timer {
-            if at <= deadline {
+        if let Some(handle) = conn.timer {
+            if self
+                .timers
+                .deadline(handle)
+                .is_some_and(|at| at <= deadline)
+            {
                 return;
             }
             self.timers.cancel(handle);
@@ -569,11 +571,12 @@ impl Loop {
         let handle = self.timers.insert(
             deadline,
             Timeout::Conn {
-                key,
+                // Slab keys of live connections fit: at most `--max-connections` + 256.
+                key: key as u32,
                 generation: conn.generation,
             },
         );
-        conn.timer = Some((handle, deadline));
+        conn.timer = Some(handle);
     }
 
     fn expire_timers(&mut self) {
@@ -582,6 +585,7 @@ impl Loop {
         while let Some((_, timeout)) = self.timers.poll(now) {
             match timeout {
                 Timeout::Conn { key, generation } => {
+                    let key = key as usize;
                     let Some(conn) = self.conns.get_mut(key) else {
                         continue;
                     };
@@ -594,13 +598,12 @@ impl Loop {
                         .on_timer(&self.settings, &mut self.app.stats, now);
                     self.service(key);
                 }
-                Timeout::Tick { due_ms } => {
-                    if let Some(tick) = self.tick.take() {
+                Timeout::Tick => {
+                    if let Some(mut tick) = self.tick.take() {
                         if !self.shutting_down {
                             let reached = self.publish(&tick.topic, tick::DATA);
                             debug!("tick: pushed to {reached} subscribers of {}", tick.topic);
-                            let next = tick.next_due(due_ms, now);
-                            self.timers.insert(next, Timeout::Tick { due_ms: next });
+                            self.timers.insert(tick.advance(now), Timeout::Tick);
                         }
                         self.tick = Some(tick);
                     }
@@ -647,7 +650,7 @@ impl Loop {
         };
         self.memory.on_removed();
         let _ = self.poll.registry().deregister(&mut conn.socket);
-        if let Some((handle, _)) = conn.timer {
+        if let Some(handle) = conn.timer {
             self.timers.cancel(handle);
         }
         match conn.kind {

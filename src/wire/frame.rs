@@ -119,7 +119,8 @@ fn payload_extent(buf: &[u8]) -> Option<(usize, usize)> {
 /// its frame decoder holds neither a partial frame nor a fragmented message.
 #[derive(Debug, Default)]
 pub struct FrameBoundary {
-    header: [u8; 14],
+    /// The header so far, without its mask key (which only the decoder needs).
+    header: [u8; 10],
     have: u8,
     fragmented: bool,
     payload_left: u64,
@@ -134,7 +135,9 @@ impl FrameBoundary {
                 input = &input[n as usize..];
                 continue;
             }
-            self.header[usize::from(self.have)] = byte;
+            if let Some(slot) = self.header.get_mut(usize::from(self.have)) {
+                *slot = byte;
+            }
             self.have += 1;
             input = rest;
             if self.have >= 2 && usize::from(self.have) == self.header_len() {
