@@ -2,7 +2,7 @@
 //! the `wspush` binary's flags and `WSPUSH_*` environment variables (hand-written to keep the
 //! dependency tree small).
 //!
-//! Each setting is one entry of [`SETTINGS`]: its flag, environment variable, value name,
+//! Each setting is one entry of `SETTINGS`: its flag, environment variable, value name,
 //! default, help line and the function that parses, checks and applies a value. The defaults
 //! (`Config::default()`), the parser and `--help` are all generated from that table, so a setting
 //! cannot be documented with one default and run with another.
@@ -66,7 +66,7 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The defaults of [`SETTINGS`], the same text `--help` shows.
+    /// The defaults of `SETTINGS`, the same text `--help` shows.
     fn default() -> Self {
         let mut config = Config::placeholders();
         for setting in SETTINGS {
@@ -652,7 +652,7 @@ static SETTINGS: &[Setting] = &[
 /// Width of the flag column in `--help`.
 const HELP_COLUMN: usize = 30;
 
-/// The `--help` text, generated from [`SETTINGS`].
+/// The `--help` text, generated from `SETTINGS`.
 pub fn help_text() -> String {
     let mut out = String::from(
         "wspush: a single-threaded WebSocket publish/subscribe push server\n\n\

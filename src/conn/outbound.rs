@@ -77,15 +77,21 @@ impl OutQueue {
     /// writer would block. Returns the number of bytes written; `WouldBlock` is not an error.
     pub fn write_to<W: Write>(&mut self, writer: &mut W) -> io::Result<usize> {
         let mut total = 0;
-        while !self.is_empty() {
-            let written = {
+        while let Some(head) = &self.head {
+            let attempt = if self.rest.is_none() {
+                // One frame (the common case of a fan-out): a plain write, no iovec array.
+                writer.write(head)
+            } else {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
                 let mut n = 0;
                 for (slot, frame) in slices.iter_mut().zip(self.frames()) {
                     *slot = IoSlice::new(frame);
                     n += 1;
                 }
-                match writer.write_vectored(&slices[..n]) {
+                writer.write_vectored(&slices[..n])
+            };
+            let written = {
+                match attempt {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(written) => written,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -8,7 +8,7 @@
 //! The upgrade request is parsed by [`crate::wire::handshake`], usually straight from the
 //! server's read buffer (a request split over several reads is collected, up to 16 KiB), and
 //! routed by the application's [`WsRoutes`]. tungstenite parses the frames. It reads from
-//! and writes to a [`Stream`] made for each call of the input the server handed over and the
+//! and writes to a `Stream` made for each call of the input the server handed over and the
 //! session's [`OutQueue`]; it never touches the socket, so its buffers stay small (no 128 KiB
 //! read buffer per connection). Its frame context (~340 bytes) exists only while a client
 //! message is being read: between messages an open session holds nothing but its queue.
