@@ -1,12 +1,12 @@
 //! `wspush-bench`: the load generator. One thread, one mio poll loop, raw WebSocket framing, so
 //! the generator is not the bottleneck: pin it to the other core with `taskset -c 1`.
 //!
-//! Scenarios (see BENCHMARKS.md): `connect`, `fanout`, `flood`, `slow`, `churn`, `floor`.
-//! Each prints a summary, and with `--json` one JSON line.
+//! Scenarios (see BENCHMARKS.md): `connect`, `fanout`, `flood`, `notify`, `slow`, `churn`.
+//! Each prints a summary, and with `--json` one JSON line. `yardstick` is not a scenario but
+//! the minimal server the scenarios also run against (`yardstick.rs`).
 
-use std::collections::VecDeque;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,8 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json};
 use wspush::config::{parse_duration, parse_size};
+
+mod yardstick;
 
 const HANDSHAKE: &[u8] =
     b"GET /ws HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -40,12 +42,15 @@ struct Opts {
 fn usage() -> &'static str {
     "usage: wspush-bench SCENARIO [--ws ADDR] [--api ADDR] [--server-pid PID] [-n N] [--concurrency C]
        [--messages M] [--rate R] [--duration 10s] [--payload 100] [--stuck K] [--cycles 5] [--warmup 20] [--json]
-scenarios: connect | fanout | flood | slow | churn | floor
+scenarios: connect | fanout | flood | notify | slow | churn
+       wspush-bench yardstick [--ws ADDR] [--api ADDR]   (the minimal reference server; port 0 allowed)
 defaults: --ws 127.0.0.1:8091 --api 127.0.0.1:8092 -n 1000 --concurrency 256 --messages 100
           --rate 10 --duration 10s --payload 100 --stuck 10 --cycles 5 --warmup 20
 --warmup: messages published at --rate before fanout and slow measure (reported separately):
           Linux ACKs the first 16 segments of a new connection at once (quick-ACK mode), which
-          makes the first pushes to fresh connections cost the server more than later ones"
+          makes the first pushes to fresh connections cost the server more than later ones
+notify:   client i subscribes to user-<i>; --messages publishes round-robin over the topics, in
+          batch requests of 100 lines, at --rate messages per second (--rate/100 requests/s)"
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -102,12 +107,71 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
-/// User + system CPU seconds of a process.
-fn cpu_secs(pid: u32) -> Option<f64> {
+/// User and system CPU seconds of a process (all its threads), from `/proc/PID/stat`.
+fn cpu_times(pid: u32) -> Option<(f64, f64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let f: Vec<&str> = s.get(s.rfind(')')? + 2..)?.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / 100.0)
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let ticks = |i: usize| f.get(i)?.parse::<u64>().ok();
+    Some((ticks(11)? as f64 / hz, ticks(12)? as f64 / hz))
+}
+
+/// User + system CPU seconds of a process.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    cpu_times(pid).map(|(user, system)| user + system)
+}
+
+/// The server's CPU over a measured window, taken the same way in `fanout`, `flood` and
+/// `notify` and for any server (wspush or the yardstick): `start` just before the first
+/// measured publish, `finish` just after the last expected push arrived (or the wait for it
+/// timed out), divided by the pushes received in between. `/proc/PID/stat` counts in clock
+/// ticks (10 ms), so windows should hold seconds of server CPU. This kernel has no IRQ time
+/// accounting, so softirq work done on the server's core (on loopback: the receiving side of
+/// TCP for the server's sends) is charged to the server.
+struct ServerCpu {
+    pid: Option<u32>,
+    start: Option<(f64, f64)>,
+}
+
+struct CpuFigures {
+    ns_per_delivery: Option<f64>,
+    /// User time / (user + system).
+    user_share: Option<f64>,
+    secs: Option<f64>,
+}
+
+impl ServerCpu {
+    fn start(pid: Option<u32>) -> ServerCpu {
+        ServerCpu {
+            pid,
+            start: pid.and_then(cpu_times),
+        }
+    }
+
+    fn finish(&self, deliveries: u64) -> CpuFigures {
+        let end = self.pid.and_then(cpu_times);
+        let spent = end.zip(self.start).map(|(z, a)| (z.0 - a.0, z.1 - a.1));
+        CpuFigures {
+            ns_per_delivery: spent.map(|(u, s)| (u + s) * 1e9 / deliveries.max(1) as f64),
+            user_share: spent.and_then(|(u, s)| (u + s > 0.0).then(|| u / (u + s))),
+            secs: spent.map(|(u, s)| u + s),
+        }
+    }
+}
+
+impl CpuFigures {
+    fn text(&self) -> String {
+        match (self.ns_per_delivery, self.user_share) {
+            (Some(ns), Some(user)) => format!(
+                "{ns:.0} ns/delivery ({:.0} deliveries per CPU-second, {:.0} % of it user space)",
+                1e9 / ns,
+                user * 100.0
+            ),
+            (Some(ns), None) => format!("{ns:.0} ns/delivery"),
+            _ => "?".into(),
+        }
+    }
 }
 
 fn fd_count(pid: u32) -> Option<usize> {
@@ -183,6 +247,8 @@ struct Bench {
     latencies: Vec<u64>,
     last_arrival: std::collections::HashMap<u64, (u64, u64)>,
     parse_timestamps: bool,
+    /// Connection i subscribes to `user-<i>` (notify) instead of `bench`.
+    own_topics: bool,
     read_buf: Vec<u8>,
     events: Events,
 }
@@ -198,6 +264,7 @@ impl Bench {
             latencies: Vec::new(),
             last_arrival: Default::default(),
             parse_timestamps: false,
+            own_topics: false,
             read_buf: vec![0; 256 * 1024],
             events: Events::with_capacity(4096),
         })
@@ -308,7 +375,11 @@ impl Bench {
                 return;
             };
             c.buf.drain(..end + 4);
-            let sub = masked_text(br#"{"topics":["bench"]}"#, i as u32);
+            let sub = if self.own_topics {
+                masked_text(format!(r#"{{"topics":["user-{i}"]}}"#).as_bytes(), i as u32)
+            } else {
+                masked_text(br#"{"topics":["bench"]}"#, i as u32)
+            };
             if c.stream.write_all(&sub).is_err() {
                 self.failed += 1;
                 return;
@@ -587,14 +658,14 @@ fn fanout(o: &Opts) -> Result<(), String> {
     let base = b.total_frames();
     let expected = (o.messages * o.n) as u64;
     b.expect_receipts(expected);
-    let cpu0 = o.pid.and_then(cpu_secs);
+    let cpu = ServerCpu::start(o.pid);
     publish_paced(o, &mut b, &mut publisher, o.messages, |_| {})?;
     b.run_until(Duration::from_secs(10), |b| {
         b.total_frames() - base >= expected
     });
-    publisher.collect(true).map_err(|e| e.to_string())?;
-    let cpu = o.pid.and_then(cpu_secs).zip(cpu0).map(|(z, a)| z - a);
     let delivered = b.total_frames() - base;
+    let cpu = cpu.finish(delivered);
+    publisher.collect(true).map_err(|e| e.to_string())?;
     let mut lat = std::mem::take(&mut b.latencies);
     lat.sort_unstable();
     // Fan-out time: publish to the last subscriber's receipt, per message (median).
@@ -630,7 +701,6 @@ fn fanout(o: &Opts) -> Result<(), String> {
         percentile(&lat, 0.999),
         percentile(&lat, 1.0),
     );
-    let cpu_per_delivery_ns = cpu.map(|c| c * 1e9 / delivered.max(1) as f64);
     report(
         o,
         format!(
@@ -642,14 +712,15 @@ fn fanout(o: &Opts) -> Result<(), String> {
             expected.saturating_sub(delivered),
             percentile(&spans, 1.0),
             percentile(&waits, 0.99),
-            cpu_per_delivery_ns.map_or("?".into(), |c| format!("{c:.0} ns/delivery")),
+            cpu.text(),
             o.warmup,
             warmup_p99.map_or("-".into(), |p| format!("{p:.2} ms")),
         ),
         json!({ "subscribers": o.n, "messages": o.messages, "delivered": delivered, "expected": expected,
                 "p50_ms": p50, "p90_ms": p90, "p99_ms": p99, "p999_ms": p999, "max_ms": max,
                 "fanout_ms": fanout_ms, "fanout_max_ms": percentile(&spans, 1.0), "fanouts_ms": spans_in_order,
-                "wait_p99_ms": percentile(&waits, 0.99), "cpu_ns_per_delivery": cpu_per_delivery_ns,
+                "wait_p99_ms": percentile(&waits, 0.99), "cpu_ns_per_delivery": cpu.ns_per_delivery,
+                "cpu_user_share": cpu.user_share, "server_cpu_secs": cpu.secs,
                 "warmup_messages": o.warmup, "warmup_p99_ms": warmup_p99 }),
     );
     Ok(())
@@ -662,10 +733,9 @@ fn flood(o: &Opts) -> Result<(), String> {
     let data = format!("\"{}\"", "f".repeat(o.payload.saturating_sub(2)));
     let line = format!("{{\"topic\":\"bench\",\"data\":{data}}}\n");
     let batch = line.repeat(100);
-    let cpu0 = o.pid.and_then(cpu_secs);
+    let cpu = ServerCpu::start(o.pid);
     let start = Instant::now();
     let mut published = 0u64;
-    let mut queue: VecDeque<()> = VecDeque::new();
     while start.elapsed() < o.duration {
         // Keep a few batches in flight (pipelining), and keep reading pushes meanwhile.
         while publisher.pending < 4 {
@@ -673,7 +743,6 @@ fn flood(o: &Opts) -> Result<(), String> {
                 .send("/publish", batch.as_bytes())
                 .map_err(|e| e.to_string())?;
             published += 100;
-            queue.push_back(());
         }
         publisher.collect(false).map_err(|e| e.to_string())?;
         b.run_until(Duration::from_millis(1), |_| false);
@@ -682,10 +751,9 @@ fn flood(o: &Opts) -> Result<(), String> {
     let expected = published * o.n as u64;
     b.run_until(Duration::from_secs(20), |b| b.total_frames() >= expected);
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = o.pid.and_then(cpu_secs).zip(cpu0).map(|(z, a)| z - a);
     let delivered = b.total_frames();
+    let cpu = cpu.finish(delivered);
     let per_sec = delivered as f64 / elapsed;
-    let cpu_ns = cpu.map(|c| c * 1e9 / delivered.max(1) as f64);
     report(
         o,
         format!(
@@ -694,13 +762,102 @@ fn flood(o: &Opts) -> Result<(), String> {
             o.payload,
             expected.saturating_sub(delivered),
             per_sec,
-            cpu_ns.map_or("?".into(), |c| format!(
-                "{c:.0} ns/delivery ({:.0} deliveries per CPU-second)",
-                1e9 / c
-            ))
+            cpu.text()
         ),
         json!({ "subscribers": o.n, "published": published, "delivered": delivered, "expected": expected,
-                "deliveries_per_sec": per_sec, "cpu_ns_per_delivery": cpu_ns }),
+                "deliveries_per_sec": per_sec, "cpu_ns_per_delivery": cpu.ns_per_delivery,
+                "cpu_user_share": cpu.user_share, "server_cpu_secs": cpu.secs }),
+    );
+    Ok(())
+}
+
+/// N clients, client i subscribed to `user-<i>` alone; `--messages` publishes round-robin over
+/// those topics in batch requests of 100 lines (`NOTIFY_LINES`), each line to the next client,
+/// paced at `--rate` messages per second. Every push has one subscriber, so each delivery costs
+/// the server one send of its own (a client's pushes are `-n / --rate` seconds apart).
+fn notify(o: &Opts) -> Result<(), String> {
+    use std::fmt::Write as _;
+    const NOTIFY_LINES: usize = 100;
+    let mut b = Bench::new().map_err(|e| e.to_string())?;
+    b.own_topics = true;
+    let rss_before = o.pid.and_then(rss_kib);
+    b.connect_all(o.ws, o.n, o.concurrency, 0)?;
+    // Idle for a moment, as `connect` does, before the memory reading.
+    b.run_until(Duration::from_secs(2), |_| false);
+    let rss_connected = o.pid.and_then(rss_kib);
+    b.parse_timestamps = true;
+    let expected = o.messages as u64;
+    b.expect_receipts(expected);
+    let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
+    let pad = "x".repeat(o.payload.saturating_sub(30));
+    let interval = Duration::from_secs_f64(NOTIFY_LINES as f64 / o.rate.max(0.001));
+    let mut body = String::new();
+    let cpu = ServerCpu::start(o.pid);
+    let start = Instant::now();
+    for (request, first) in (0..o.messages).step_by(NOTIFY_LINES).enumerate() {
+        let due = start + interval * request as u32;
+        b.run_until(due.saturating_duration_since(Instant::now()), |_| false);
+        body.clear();
+        let t = b.now_ns();
+        for m in first..(first + NOTIFY_LINES).min(o.messages) {
+            let _ = writeln!(
+                body,
+                r#"{{"topic":"user-{}","data":{{"t":{t},"p":"{pad}"}}}}"#,
+                m % o.n.max(1)
+            );
+        }
+        publisher
+            .send("/publish", body.as_bytes())
+            .map_err(|e| e.to_string())?;
+        publisher.collect(false).map_err(|e| e.to_string())?;
+    }
+    b.run_until(Duration::from_secs(10), |b| b.total_frames() >= expected);
+    let delivered = b.total_frames();
+    let cpu = cpu.finish(delivered);
+    let elapsed = start.elapsed().as_secs_f64();
+    publisher.collect(true).map_err(|e| e.to_string())?;
+    let rss_end = o.pid.and_then(rss_kib);
+    // Client i is owed one push per round, plus one for i < messages % n.
+    let n = o.n.max(1);
+    let misrouted: u64 = b
+        .conns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let owed = (o.messages / n + usize::from(i < o.messages % n)) as u64;
+            c.frames.saturating_sub(owed)
+        })
+        .sum();
+    let mut lat = std::mem::take(&mut b.latencies);
+    lat.sort_unstable();
+    let per_conn = |z: Option<u64>| {
+        let (a, z) = (rss_before?, z?);
+        Some(z.saturating_sub(a) as f64 * 1024.0 / o.n as f64)
+    };
+    let (bytes_per_conn, bytes_per_conn_after) = (per_conn(rss_connected), per_conn(rss_end));
+    let bytes = |b: Option<f64>| b.map_or("?".into(), |b| format!("{b:.0} B"));
+    report(
+        o,
+        format!(
+            "notify: {} clients on a topic each, {} messages of {} B at {}/s in batches of {NOTIFY_LINES} ({elapsed:.1} s): delivered {delivered}/{expected} (loss {}, misrouted {misrouted}); latency ms p50 {:.2} p99 {:.2} max {:.2}; server CPU {}; server RSS {rss_before:?} -> {rss_connected:?} KiB connected ({} per connection) -> {rss_end:?} KiB after the messages ({})",
+            o.n,
+            o.messages,
+            o.payload,
+            o.rate,
+            expected.saturating_sub(delivered),
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99),
+            percentile(&lat, 1.0),
+            cpu.text(),
+            bytes(bytes_per_conn),
+            bytes(bytes_per_conn_after),
+        ),
+        json!({ "clients": o.n, "messages": o.messages, "delivered": delivered, "expected": expected,
+                "misrouted": misrouted, "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99),
+                "max_ms": percentile(&lat, 1.0), "cpu_ns_per_delivery": cpu.ns_per_delivery,
+                "cpu_user_share": cpu.user_share, "server_cpu_secs": cpu.secs,
+                "rss_before_kib": rss_before, "rss_connected_kib": rss_connected, "rss_after_kib": rss_end,
+                "bytes_per_conn": bytes_per_conn, "bytes_per_conn_after_messages": bytes_per_conn_after }),
     );
     Ok(())
 }
@@ -781,130 +938,26 @@ fn churn(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-/// The floor: one `write()` of a pre-encoded frame per socket, over loopback TCP connections
-/// whose other ends a separate reader process (on core 1, epoll, like the real generator) drains.
-fn floor(o: &Opts) -> Result<(), String> {
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let pairs = o.n.min(9_000);
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let mut reader = std::process::Command::new("taskset")
-        .args(["-c", "1"])
-        .arg(exe)
-        .args([
-            "floor-reader",
-            "--ws",
-            &addr.to_string(),
-            "-n",
-            &pairs.to_string(),
-        ])
-        .spawn()
-        .map_err(|e| format!("spawning the reader: {e}"))?;
-    let mut writers = Vec::with_capacity(pairs);
-    for _ in 0..pairs {
-        let (w, _) = listener.accept().map_err(|e| e.to_string())?;
-        w.set_nodelay(true).map_err(|e| e.to_string())?;
-        writers.push(w);
-    }
-    let frame = wspush::wire::message::encode_push(
-        "bench",
-        &format!("\"{}\"", "x".repeat(o.payload.saturating_sub(2))),
-    );
-    let rounds = (1_000_000 / pairs).max(10);
-    let mut spent = Duration::ZERO;
-    for _ in 0..rounds {
-        let t0 = Instant::now();
-        for w in &mut writers {
-            let _ = w.write(&frame);
-        }
-        spent += t0.elapsed();
-        // Pace the rounds like a publish rate, so the reader keeps up and buffers stay empty.
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    drop(writers);
-    let _ = reader.wait();
-    let writes = (rounds * pairs) as f64;
-    let ns = spent.as_nanos() as f64 / writes;
-    report(
-        o,
-        format!(
-            "floor: {writes} writes of a {}-byte frame over {pairs} loopback sockets (reader on core 1): {ns:.0} ns per write()",
-            frame.len()
-        ),
-        json!({ "writes": writes, "ns_per_write": ns, "frame_bytes": frame.len() }),
-    );
-    Ok(())
-}
-
-/// The floor's reader: connects `n` sockets and drains them until they close.
-fn floor_reader(o: &Opts) -> Result<(), String> {
-    let poll = Poll::new().map_err(|e| e.to_string())?;
-    let mut socks = Vec::new();
-    for i in 0..o.n {
-        let mut s =
-            TcpStream::from_std(std::net::TcpStream::connect(o.ws).map_err(|e| e.to_string())?);
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        poll.registry()
-            .register(&mut s, Token(i), Interest::READABLE)
-            .map_err(|e| e.to_string())?;
-        socks.push(Some(s));
-    }
-    let mut poll = poll;
-    let mut events = Events::with_capacity(1024);
-    let mut open = o.n;
-    let mut buf = vec![0u8; 64 * 1024];
-    while open > 0 {
-        if poll
-            .poll(&mut events, Some(Duration::from_secs(60)))
-            .is_err()
-        {
-            continue;
-        }
-        if events.is_empty() {
-            return Err("floor reader: no data for 60 s".into());
-        }
-        for ev in events.iter() {
-            let Some(s) = socks[ev.token().0].as_mut() else {
-                continue;
-            };
-            loop {
-                match s.read(&mut buf) {
-                    Ok(0) => {
-                        socks[ev.token().0] = None;
-                        open -= 1;
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        socks[ev.token().0] = None;
-                        open -= 1;
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Raises the soft open-file limit to the hard limit; returns the resulting soft limit.
-fn raise_fd_limit() -> std::io::Result<libc::rlim_t> {
+fn raise_fd_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
+    // SAFETY: `lim` is a valid, writable rlimit for the duration of the call.
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
+        return Err(io::Error::last_os_error());
     }
     let raised = libc::rlimit {
         rlim_cur: lim.rlim_max,
         ..lim
     };
-    // SAFETY: `raised` is a valid rlimit struct for the duration of the call.
-    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
-    Ok(if ok { raised.rlim_cur } else { lim.rlim_cur })
+    // SAFETY: `raised` is a valid rlimit for the duration of the call.
+    if lim.rlim_cur < lim.rlim_max && unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0
+    {
+        return Ok(raised.rlim_cur);
+    }
+    Ok(lim.rlim_cur)
 }
 
 fn main() -> ExitCode {
@@ -916,7 +969,7 @@ fn main() -> ExitCode {
         }
     };
     if let Ok(limit) = raise_fd_limit()
-        && usize::try_from(limit).is_ok_and(|l| l < opts.n + 64)
+        && (limit as usize) < opts.n + 64
     {
         eprintln!(
             "wspush-bench: open-file limit {limit} is too low for -n {}",
@@ -929,8 +982,8 @@ fn main() -> ExitCode {
         "flood" => flood(&opts),
         "slow" => slow(&opts),
         "churn" => churn(&opts),
-        "floor" => floor(&opts),
-        "floor-reader" => floor_reader(&opts),
+        "notify" => notify(&opts),
+        "yardstick" => yardstick::run(opts.ws, opts.api).map_err(|e| e.to_string()),
         other => Err(format!("unknown scenario {other}\n{}", usage())),
     };
     match result {
