@@ -9,8 +9,8 @@ use std::io::{self, IoSlice, Write};
 
 use bytes::{Buf, Bytes};
 
-/// At most this many frames go into one `writev`.
-const MAX_IOVECS: usize = 64;
+/// At most this many frames go into one vectored write (Linux's `IOV_MAX`).
+const MAX_IOVECS: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct OutQueue {
@@ -54,6 +54,10 @@ impl OutQueue {
         self.queued
     }
 
+    fn frame_count(&self) -> usize {
+        usize::from(self.head.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.len())
+    }
+
     fn frames(&self) -> impl Iterator<Item = &Bytes> {
         self.head
             .iter()
@@ -82,13 +86,11 @@ impl OutQueue {
                 // One frame (the common case of a fan-out): a plain write, no iovec array.
                 writer.write(head)
             } else {
-                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-                let mut n = 0;
-                for (slot, frame) in slices.iter_mut().zip(self.frames()) {
-                    *slot = IoSlice::new(frame);
-                    n += 1;
-                }
-                writer.write_vectored(&slices[..n])
+                // A burst: every frame of it in one call (allocated per call, not per frame).
+                let count = self.frame_count().min(MAX_IOVECS);
+                let mut slices = Vec::with_capacity(count);
+                slices.extend(self.frames().take(count).map(|f| IoSlice::new(f)));
+                writer.write_vectored(&slices)
             };
             let written = {
                 match attempt {
