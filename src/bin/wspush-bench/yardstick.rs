@@ -25,7 +25,9 @@ use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json, value::RawValue};
 use slab::Slab;
 use wspush::wire::handshake::{accept_response, read_request};
-use wspush::wire::message::{ClientMessage, encode_ack, encode_push, parse_client_message, pong_frame};
+use wspush::wire::message::{
+    ClientMessage, encode_ack, encode_push, parse_client_message, pong_frame,
+};
 
 const WS: Token = Token(usize::MAX - 1);
 const API: Token = Token(usize::MAX - 2);
