@@ -1,31 +1,69 @@
-//! A session's ordered outbound queue: the only path from the server to a socket.
+//! A connection's ordered outbound queue: the only path from the server to a socket.
 //!
-//! Frames are `Bytes`, so a push frame is shared by reference between every subscriber's queue.
-//! The queue counts its bytes against a cap the caller enforces, and writes with one vectored
-//! write per call, so the frames of several publishes leave in one syscall.
+//! A push frame is one [`Shared`] allocation whose reference every subscriber's queue holds;
+//! the loop is one thread, so sharing costs a plain increment, not an atomic one (atomic
+//! reference counts were a quarter of the server's CPU in a flood), and a queue entry is one
+//! pointer (wider entries made storing them the flood's largest user-space cost: cache misses). The queue counts its bytes
+//! against a cap the caller enforces, and writes with one vectored write per call, so the frames
+//! of several publishes leave in one syscall.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
+
+pub use crate::wire::frame::Shared;
 
 /// At most this many frames go into one vectored write (Linux's `IOV_MAX`).
 const MAX_IOVECS: usize = 1024;
+/// The ring a burst starts with: a flood of small pushes grows it a few times, not ten.
+const RING_START: usize = 32;
+
+/// One queued frame: a thin reference (8 bytes per queue entry), so a flood that queues
+/// hundreds of frames per subscriber per iteration touches little memory. A push shares one
+/// allocation between every queue; a reply of the connection's own is counted once.
+#[derive(Clone, Debug)]
+pub struct Chunk(Shared);
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<Shared> for Chunk {
+    fn from(frame: Shared) -> Self {
+        Chunk(frame)
+    }
+}
+
+impl From<Vec<u8>> for Chunk {
+    fn from(bytes: Vec<u8>) -> Self {
+        Chunk(Shared::new(bytes.into_boxed_slice()))
+    }
+}
+
+impl From<Bytes> for Chunk {
+    fn from(bytes: Bytes) -> Self {
+        // Without a copy when the bytes are a whole unique allocation (most replies are).
+        Chunk::from(Vec::from(bytes))
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct OutQueue {
     /// The oldest frame. Kept inline so the common case, one pending frame, allocates nothing
     /// (an idle connection holds no ring buffer). Invariant: `head` is `None` only when `rest` is
     /// empty.
-    head: Option<Bytes>,
+    head: Option<Chunk>,
     /// Boxed: allocated only while more than one frame waits (a burst), so an idle connection
     /// carries one pointer for it instead of a 32-byte ring header.
     #[allow(clippy::box_collection)]
-    rest: Option<Box<VecDeque<Bytes>>>,
-    /// Bytes of `frames` not yet written (the front frame may be partly written).
+    rest: Option<Box<VecDeque<Chunk>>>,
+    /// Bytes not yet written (the front frame may be partly written).
     queued: usize,
-    /// The front frame has been partly written: it must go out whole or the stream breaks.
-    front_partial: bool,
+    /// Bytes of the front frame already written: it must go out whole or the stream breaks.
+    front_written: usize,
 }
 
 impl OutQueue {
@@ -33,15 +71,19 @@ impl OutQueue {
         Self::default()
     }
 
-    pub fn push(&mut self, frame: Bytes) {
-        if frame.is_empty() {
+    pub fn push(&mut self, frame: impl Into<Chunk>) {
+        let frame = frame.into();
+        let len = frame.bytes().len();
+        if len == 0 {
             return;
         }
-        self.queued += frame.len();
+        self.queued += len;
         if self.head.is_none() {
             self.head = Some(frame);
         } else {
-            self.rest.get_or_insert_default().push_back(frame);
+            self.rest
+                .get_or_insert_with(|| Box::new(VecDeque::with_capacity(RING_START)))
+                .push_back(frame);
         }
     }
 
@@ -58,22 +100,30 @@ impl OutQueue {
         usize::from(self.head.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.len())
     }
 
-    fn frames(&self) -> impl Iterator<Item = &Bytes> {
-        self.head
-            .iter()
-            .chain(self.rest.iter().flat_map(|rest| rest.iter()))
+    /// The unwritten bytes of each frame, in order.
+    fn pending(&self) -> impl Iterator<Item = &[u8]> {
+        let front = self.head.iter().map(|f| &f.bytes()[self.front_written..]);
+        front.chain(
+            self.rest
+                .iter()
+                .flat_map(|rest| rest.iter().map(Chunk::bytes)),
+        )
     }
 
     /// Drops every frame that has not started to go out, keeping a partly written front frame so
     /// the byte stream stays well formed. Returns how many frames were dropped.
     pub fn discard_unsent(&mut self) -> usize {
         let queued = self.rest.as_ref().map_or(0, |rest| rest.len());
-        let dropped = queued + usize::from(self.head.is_some() && !self.front_partial);
+        let partial = self.front_written > 0;
+        let dropped = queued + usize::from(self.head.is_some() && !partial);
         self.rest = None;
-        if !self.front_partial {
+        if !partial {
             self.head = None;
         }
-        self.queued = self.head.as_ref().map_or(0, Bytes::len);
+        self.queued = self
+            .head
+            .as_ref()
+            .map_or(0, |f| f.bytes().len() - self.front_written);
         dropped
     }
 
@@ -84,22 +134,20 @@ impl OutQueue {
         while let Some(head) = &self.head {
             let attempt = if self.rest.is_none() {
                 // One frame (the common case of a fan-out): a plain write, no iovec array.
-                writer.write(head)
+                writer.write(&head.bytes()[self.front_written..])
             } else {
                 // A burst: every frame of it in one call (allocated per call, not per frame).
                 let count = self.frame_count().min(MAX_IOVECS);
                 let mut slices = Vec::with_capacity(count);
-                slices.extend(self.frames().take(count).map(|f| IoSlice::new(f)));
+                slices.extend(self.pending().take(count).map(IoSlice::new));
                 writer.write_vectored(&slices)
             };
-            let written = {
-                match attempt {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(written) => written,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                }
+            let written = match attempt {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => written,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
             };
             self.consume(written);
             total += written;
@@ -114,17 +162,17 @@ impl OutQueue {
     fn consume(&mut self, mut n: usize) {
         self.queued -= n;
         while n > 0 {
-            let Some(front) = self.head.as_mut() else {
+            let Some(front) = &self.head else {
                 return;
             };
-            if n < front.len() {
-                front.advance(n);
-                self.front_partial = true;
+            let left = front.bytes().len() - self.front_written;
+            if n < left {
+                self.front_written += n;
                 return;
             }
-            n -= front.len();
+            n -= left;
             self.head = self.rest.as_mut().and_then(|rest| rest.pop_front());
-            self.front_partial = false;
+            self.front_written = 0;
         }
     }
 }
@@ -168,7 +216,7 @@ mod tests {
 
     #[test]
     fn shared_frames_are_written_in_order_with_one_call() {
-        let shared = Bytes::from_static(b"shared");
+        let shared = Shared::new(Box::from(&b"shared"[..]));
         let mut q = OutQueue::new();
         q.push(Bytes::from_static(b"a"));
         q.push(shared.clone());

@@ -26,7 +26,7 @@ use super::{CONTROL_SLACK, Connection, OutQueue, Settings, Status, WriteStall};
 use crate::config::SlowConsumerPolicy;
 use crate::hub::{Hub, SubscriberId, Subscriptions};
 use crate::stats::Stats;
-use crate::wire::frame::{self, FrameBoundary, Opcode};
+use crate::wire::frame::{self, FrameBoundary, Opcode, Shared};
 use crate::wire::handshake;
 use crate::wire::http::{self, HttpError};
 use crate::wire::message::{self, ClientMessage, RequestError};
@@ -67,7 +67,7 @@ impl Read for Stream<'_> {
 
 impl Write for Stream<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.push(Bytes::copy_from_slice(buf));
+        self.out.push(buf.to_vec());
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -460,7 +460,7 @@ impl Session {
     /// Queues a shared push frame; a full queue triggers the slow-consumer policy.
     pub fn push(
         &mut self,
-        frame: &Bytes,
+        frame: &Shared,
         settings: &Settings,
         stats: &mut Stats,
         now_ms: u64,

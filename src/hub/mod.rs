@@ -16,8 +16,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use bytes::Bytes;
-
+use crate::wire::frame::Shared;
 use crate::wire::message;
 
 /// Opaque subscriber identity chosen by the caller, unique for the life of the process. Ids
@@ -206,7 +205,7 @@ impl Members {
 
 /// A publish resolved against the index: the frame, encoded once, and who gets it.
 pub struct Delivery<'a> {
-    pub frame: Bytes,
+    pub frame: Shared,
     members: &'a [u64],
 }
 

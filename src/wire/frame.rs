@@ -5,7 +5,13 @@
 //! Clients of our own (the load generator) build masked frames with [`masked`] and split what the
 //! server sends with [`split_frames`].
 
+use std::rc::Rc;
+
 use bytes::{BufMut, Bytes, BytesMut};
+
+/// A frame encoded once and shared by every queue it goes to: one thread, so no atomic counts,
+/// and a thin pointer (the `Box` holds the length), so a queue entry is 8 bytes.
+pub type Shared = Rc<Box<[u8]>>;
 
 /// WebSocket opcodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -14,10 +14,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use serde::Deserialize;
 
-use super::frame::{self, Opcode};
+use super::frame::{self, Opcode, Shared};
 
 /// What a client asked for.
 #[derive(Debug, PartialEq, Eq)]
@@ -145,16 +145,16 @@ fn is_topic_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')
 }
 
-/// Encodes `{"cmd":"push","topic":<topic>,"data":<data>}` as one text frame.
+/// Encodes `{"cmd":"push","topic":<topic>,"data":<data>}` as one text frame, to be shared.
 ///
 /// `data_json` must already be valid JSON (the API validates it); it is copied verbatim, once.
-pub fn encode_push(topic: &str, data_json: &str) -> Bytes {
+pub fn encode_push(topic: &str, data_json: &str) -> Shared {
     const HEAD: &[u8] = br#"{"cmd":"push","topic":"#;
     const MID: &[u8] = br#","data":"#;
     let topic_len = json_string_len(topic);
     let payload_len = HEAD.len() + topic_len + MID.len() + data_json.len() + 1;
     let frame_len = frame::header_len(payload_len, false) + payload_len;
-    let mut buf = BytesMut::with_capacity(frame_len);
+    let mut buf = Vec::with_capacity(frame_len);
     frame::put_header(&mut buf, Opcode::Text, payload_len, None);
     buf.put_slice(HEAD);
     put_json_string(&mut buf, topic);
@@ -162,7 +162,7 @@ pub fn encode_push(topic: &str, data_json: &str) -> Bytes {
     buf.put_slice(data_json.as_bytes());
     buf.put_u8(b'}');
     debug_assert_eq!(buf.len(), frame_len);
-    buf.freeze()
+    Shared::new(buf.into_boxed_slice())
 }
 
 /// `{"cmd":"pong"}`, framed once for the life of the process.
@@ -189,7 +189,7 @@ pub fn encode_error(message: &str) -> Bytes {
 }
 
 /// Writes `s` as a JSON string literal.
-fn put_json_string(buf: &mut BytesMut, s: &str) {
+fn put_json_string(buf: &mut impl BufMut, s: &str) {
     buf.put_u8(b'"');
     for &b in s.as_bytes() {
         match json_escape(b) {
@@ -223,7 +223,7 @@ fn json_escape(b: u8) -> Option<std::borrow::Cow<'static, str>> {
 mod tests {
     use super::*;
 
-    fn payload(frame: &Bytes) -> &[u8] {
+    fn payload(frame: &[u8]) -> &[u8] {
         let len = (frame[1] & 0x7f) as usize;
         match len {
             126 => &frame[4..],

@@ -19,11 +19,11 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 
-use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json, value::RawValue};
 use slab::Slab;
+use wspush::wire::frame::Shared;
 use wspush::wire::handshake::{accept_response, read_request};
 use wspush::wire::message::{
     ClientMessage, encode_ack, encode_push, parse_client_message, pong_frame,
@@ -60,7 +60,7 @@ struct Server {
     /// By topic id: the subscribers' connection keys, in subscription order.
     subscribers: Vec<Vec<u32>>,
     /// This iteration's frames, each stored once.
-    frames: Vec<Bytes>,
+    frames: Vec<Shared>,
     /// Connections with a non-empty batch.
     dirty: Vec<u32>,
     iov: Vec<libc::iovec>,
@@ -216,7 +216,7 @@ impl Server {
             Ok(ClientMessage::Ping) => pong_frame(),
             _ => return,
         };
-        let frame = self.add_frame(reply);
+        let frame = self.add_frame(Shared::new(Box::from(&reply[..])));
         if let Some(conn) = self.conns.get_mut(key) {
             if conn.batch.is_empty() {
                 self.dirty.push(key as u32);
@@ -240,7 +240,7 @@ impl Server {
     }
 
     /// Stores a frame for this iteration; returns its index.
-    fn add_frame(&mut self, frame: Bytes) -> u32 {
+    fn add_frame(&mut self, frame: Shared) -> u32 {
         if self.frames.len() >= MAX_FRAMES {
             self.flush();
         }
@@ -249,7 +249,7 @@ impl Server {
     }
 
     /// Appends one frame to the batch of every subscriber of `topic`; returns how many.
-    fn publish(&mut self, topic: &str, frame: Bytes) -> usize {
+    fn publish(&mut self, topic: &str, frame: Shared) -> usize {
         let Some(&id) = self.topic_ids.get(topic) else {
             return 0;
         };
