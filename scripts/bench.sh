@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins >/dev/null 2>&1 || cargo build --release --bins
-N=10000; FLOOD_N=1000; SLOW_N=1000; NOTIFY_MSGS=100000; RUNS=3
+N=10000; FLOOD_N=1000; SLOW_N=1000; NOTIFY_MSGS=60000; RUNS=3
 [ "${1:-}" = quick ] && { N=2000; FLOOD_N=500; SLOW_N=500; NOTIFY_MSGS=20000; RUNS=1; }
 out=$(mktemp -d)
 server=

@@ -774,7 +774,9 @@ fn flood(o: &Opts) -> Result<(), String> {
 /// N clients, client i subscribed to `user-<i>` alone; `--messages` publishes round-robin over
 /// those topics in batch requests of 100 lines (`NOTIFY_LINES`), each line to the next client,
 /// paced at `--rate` messages per second. Every push has one subscriber, so each delivery costs
-/// the server one send of its own (a client's pushes are `-n / --rate` seconds apart).
+/// the server one send of its own (a client's pushes are `-n / --rate` seconds apart). The
+/// clients never ping: against wspush (heartbeat interval + timeout: 20 s by default) the run
+/// must end within 20 s of connecting, or the server closes them and counts as loss.
 fn notify(o: &Opts) -> Result<(), String> {
     use std::fmt::Write as _;
     const NOTIFY_LINES: usize = 100;
