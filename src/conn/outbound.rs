@@ -160,6 +160,16 @@ impl OutQueue {
     }
 
     fn consume(&mut self, mut n: usize) {
+        if n == self.queued {
+            // Everything went out (the usual case): release the frames in one sweep.
+            self.head = None;
+            if let Some(rest) = &mut self.rest {
+                rest.clear();
+            }
+            self.queued = 0;
+            self.front_written = 0;
+            return;
+        }
         self.queued -= n;
         while n > 0 {
             let Some(front) = &self.head else {
