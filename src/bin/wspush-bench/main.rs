@@ -14,6 +14,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use serde_json::{Value, json};
 use wspush::config::{parse_duration, parse_size};
+use wspush::wire::frame::{self, Opcode};
 
 mod yardstick;
 
@@ -197,44 +198,13 @@ struct Conn {
     frames: u64,
 }
 
+/// A client text frame, masked with a key derived from `seed` (the project's one frame codec).
 fn masked_text(payload: &[u8], seed: u32) -> Vec<u8> {
-    let mask = seed.wrapping_mul(2_654_435_761).to_be_bytes();
-    let mut f = vec![0x81];
-    match payload.len() {
-        n @ 0..=125 => f.push(0x80 | n as u8),
-        n => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
-
-/// Splits complete server frames off `buf`: (opcode, payload range) for each.
-fn frames(buf: &[u8], mut each: impl FnMut(u8, &[u8])) -> usize {
-    let mut at = 0;
-    while buf.len() >= at + 2 {
-        let (hdr, len) = match buf[at + 1] & 0x7f {
-            126 if buf.len() >= at + 4 => {
-                (4, u16::from_be_bytes([buf[at + 2], buf[at + 3]]) as usize)
-            }
-            127 if buf.len() >= at + 10 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&buf[at + 2..at + 10]);
-                (10, u64::from_be_bytes(b) as usize)
-            }
-            126 | 127 => break,
-            n => (2, n as usize),
-        };
-        if buf.len() < at + hdr + len {
-            break;
-        }
-        each(buf[at] & 0x0f, &buf[at + hdr..at + hdr + len]);
-        at += hdr + len;
-    }
-    at
+    frame::masked(
+        Opcode::Text,
+        payload,
+        seed.wrapping_mul(2_654_435_761).to_be_bytes(),
+    )
 }
 
 struct Bench {
@@ -390,7 +360,7 @@ impl Bench {
         let (mut count, mut acked) = (0u64, false);
         let latencies = &mut self.latencies;
         let last = &mut self.last_arrival;
-        let used = frames(&c.buf, |op, payload| {
+        let used = frame::split_frames(&c.buf, |op, payload| {
             if op != 1 {
                 return;
             }
