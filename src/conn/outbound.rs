@@ -96,6 +96,19 @@ impl OutQueue {
         self.queued
     }
 
+    /// The queue is empty but keeps the ring of its last burst (for the next one: a flood
+    /// refills it every iteration). The caller releases it with [`OutQueue::release_spare_ring`]
+    /// once bursts stop, so an idle connection holds no ring.
+    pub fn has_spare_ring(&self) -> bool {
+        self.head.is_none() && self.rest.is_some()
+    }
+
+    pub fn release_spare_ring(&mut self) {
+        if self.head.is_none() {
+            self.rest = None;
+        }
+    }
+
     fn frame_count(&self) -> usize {
         usize::from(self.head.is_some()) + self.rest.as_ref().map_or(0, |rest| rest.len())
     }
@@ -132,7 +145,7 @@ impl OutQueue {
     pub fn write_to<W: Write>(&mut self, writer: &mut W) -> io::Result<usize> {
         let mut total = 0;
         while let Some(head) = &self.head {
-            let attempt = if self.rest.is_none() {
+            let attempt = if self.rest.as_ref().is_none_or(|rest| rest.is_empty()) {
                 // One frame (the common case of a fan-out): a plain write, no iovec array.
                 writer.write(&head.bytes()[self.front_written..])
             } else {
@@ -151,10 +164,6 @@ impl OutQueue {
             };
             self.consume(written);
             total += written;
-        }
-        if self.rest.as_ref().is_some_and(|rest| rest.is_empty()) {
-            // The burst is over: an idle connection keeps no ring buffer.
-            self.rest = None;
         }
         Ok(total)
     }

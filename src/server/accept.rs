@@ -166,6 +166,7 @@ impl Loop {
             eof: false,
             write_closed: false,
             wants_write: false,
+            ring_listed: false,
         });
         Some(key)
     }

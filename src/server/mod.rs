@@ -112,6 +112,8 @@ struct Conn {
     /// Registered for writability: only while output waits on a full socket buffer, so a fast
     /// reader's acknowledgements do not wake the loop after every write.
     wants_write: bool,
+    /// Listed in `spare_rings`: its drained queue keeps the ring of its last burst.
+    ring_listed: bool,
 }
 
 impl Conn {
@@ -245,6 +247,7 @@ impl Server {
             scratch: BytesMut::new(),
             dirty: Vec::new(),
             more_to_read: Vec::new(),
+            spare_rings: Vec::new(),
             accepting: self.accepting,
             shutting_down: false,
             tick: self.config.tick.as_ref().map(|(t, i)| DemoTick::new(t, *i)),
@@ -273,6 +276,9 @@ struct Loop {
     dirty: Vec<(usize, u32)>,
     /// Connections that used their read budget and still have input.
     more_to_read: Vec<(usize, u32)>,
+    /// Connections whose drained queue kept its ring: released unless the next iteration
+    /// pushes to them again (a flood reuses one ring instead of allocating one per iteration).
+    spare_rings: Vec<(usize, u32)>,
     accepting: Accepting,
     shutting_down: bool,
     tick: Option<DemoTick>,
@@ -339,7 +345,9 @@ impl Loop {
 
     /// Sleep until the next timer deadline, or not at all when work is pending.
     fn poll_timeout(&self) -> Option<Duration> {
-        if !self.more_to_read.is_empty() || !self.dirty.is_empty() {
+        // Spare rings: one more turn releases them if no burst follows, instead of keeping
+        // them through a long sleep.
+        if !self.more_to_read.is_empty() || !self.dirty.is_empty() || !self.spare_rings.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = millis(self.started.elapsed());
@@ -502,6 +510,16 @@ impl Loop {
         };
         let written = conn.flush(now);
         self.app.stats.bytes_written += written as u64;
+        if !conn.ring_listed
+            && conn
+                .kind
+                .conn()
+                .outbound()
+                .is_some_and(|out| out.has_spare_ring())
+        {
+            conn.ring_listed = true;
+            self.spare_rings.push((key, conn.generation));
+        }
         let eof = conn.eof;
         let status = conn.kind.conn().status(eof);
         if status != Status::Dead {
@@ -627,7 +645,29 @@ impl Loop {
         }
     }
 
+    /// Frees the spare rings of connections that got nothing to send in this iteration.
+    fn release_spare_rings(&mut self) {
+        for (key, generation) in std::mem::take(&mut self.spare_rings) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.generation != generation {
+                continue;
+            }
+            if conn.dirty {
+                // Its ring holds this iteration's pushes: still in use.
+                self.spare_rings.push((key, generation));
+                continue;
+            }
+            conn.ring_listed = false;
+            if let Some(out) = conn.kind.conn().outbound() {
+                out.release_spare_ring();
+            }
+        }
+    }
+
     fn flush_dirty(&mut self) {
+        self.release_spare_rings();
         let dirty = std::mem::take(&mut self.dirty);
         for &(key, generation) in &dirty {
             if let Some(conn) = self.conns.get_mut(key)
