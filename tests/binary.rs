@@ -208,7 +208,8 @@ fn out_of_descriptors_does_not_spin_and_recovers() {
 /// /dev/null so no socket can take descriptor 0.
 #[test]
 fn survives_vanished_peers_and_closed_stdin() {
-    let mut child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         // The test harness ignores SIGPIPE and children inherit that: restore the default.
         .args([
             "-c",
@@ -216,19 +217,9 @@ fn survives_vanished_peers_and_closed_stdin() {
             BIN,
         ])
         .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
-        .arg("--no-tick")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut child = KillOnDrop(child);
-    let ready = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if line.contains("listening on") {
-            break line;
-        }
-    };
+        .arg("--no-tick");
+    let (mut child, lines, ready) = start_until_listening(&mut command);
+    let pid = child.0.id();
     std::thread::spawn(move || for _ in lines {});
     let addr = |prefix: &str, suffix: &str| -> std::net::SocketAddr {
         ready
@@ -291,6 +282,27 @@ fn survives_vanished_peers_and_closed_stdin() {
     assert!(child.0.wait().unwrap().success());
 }
 
+/// Starts the server with its log piped; returns it, the rest of its log, and the line that
+/// says where it listens.
+fn start_until_listening(
+    command: &mut Command,
+) -> (
+    KillOnDrop,
+    std::io::Lines<BufReader<std::process::ChildStderr>>,
+    String,
+) {
+    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let child = KillOnDrop(child);
+    let ready = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if line.contains("listening on") {
+            break line;
+        }
+    };
+    (child, lines, ready)
+}
+
 /// Ends the server if a test fails half-way, so no orphan outlives the test run.
 struct KillOnDrop(std::process::Child);
 
@@ -311,26 +323,17 @@ fn configured_from_env_with_a_token_file() {
     let token_file =
         std::env::temp_dir().join(format!("wspush-binary-token-{}", std::process::id()));
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         // Only what the test sets: a WSPUSH_* variable of the caller must not leak in.
         .env_clear()
         .env("WSPUSH_LISTEN", "127.0.0.1:0")
         .env("WSPUSH_API_LISTEN", "localhost:0")
         .env("WSPUSH_NO_TICK", "1")
         .env("WSPUSH_API_TOKEN_FILE", &token_file)
-        .env("WSPUSH_LOG_LEVEL", "debug")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut child = KillOnDrop(child);
-    let ready = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if line.contains("listening on") {
-            break line;
-        }
-    };
+        .env("WSPUSH_LOG_LEVEL", "debug");
+    let (mut child, lines, ready) = start_until_listening(&mut command);
+    let pid = child.0.id();
     // Keep the rest of the log, to look for the token in it after the exit.
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
     // The token is read at start; the file is not needed afterwards.
