@@ -1,11 +1,11 @@
 //! A connection's ordered outbound queue: the only path from the server to a socket.
 //!
-//! A push frame is one [`Shared`] allocation whose reference every subscriber's queue holds;
-//! the loop is one thread, so sharing costs a plain increment, not an atomic one (atomic
-//! reference counts were a quarter of the server's CPU in a flood), and a queue entry is one
-//! pointer (wider entries made storing them the flood's largest user-space cost: cache misses). The queue counts its bytes
-//! against a cap the caller enforces, and writes with one vectored write per call, so the frames
-//! of several publishes leave in one syscall.
+//! A push frame is one [`Shared`] allocation whose reference every subscriber's queue holds. The
+//! loop is one thread, so sharing costs a plain increment rather than an atomic one, and a queue
+//! entry is one pointer: in a flood, where a subscriber gets hundreds of pushes per iteration,
+//! storing the entries is most of the server's own work (see BENCHMARKS.md). The queue counts
+//! its bytes against a cap the caller enforces, and writes with one vectored write per call, so
+//! the frames of several publishes leave in one syscall.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};

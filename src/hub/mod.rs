@@ -108,11 +108,12 @@ impl Subscriptions {
         }
     }
 
-    fn take_all(&mut self) -> Vec<Rc<str>> {
+    /// Empties the list, handing each topic to `each` (no allocation for a single topic).
+    fn drain(&mut self, mut each: impl FnMut(Rc<str>)) {
         match std::mem::take(&mut self.0) {
-            TopicList::None => Vec::new(),
-            TopicList::One(t) => vec![t],
-            TopicList::Many(v) => v,
+            TopicList::None => {}
+            TopicList::One(t) => each(t),
+            TopicList::Many(v) => v.into_iter().for_each(each),
         }
     }
 }
@@ -282,11 +283,11 @@ impl Hub {
         id: SubscriberId,
         mut gone: impl FnMut(&str),
     ) {
-        for name in subscriptions.take_all() {
+        subscriptions.drain(|name| {
             if self.leave(id, &name) == Left::LastMember {
                 gone(&name);
             }
-        }
+        });
     }
 
     fn leave(&mut self, id: SubscriberId, topic: &str) -> Left {

@@ -1,14 +1,14 @@
 //! Accepting connections on both listeners: the connection caps, pausing when the process is
 //! out of descriptors, and refusing over the cap with a 503.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 
 use log::warn;
 use mio::Interest;
 use mio::net::TcpStream;
 
-use super::{Conn, Kind, Loop, Timeout, drain, interrupted, subscriber_id, sys, would_block};
+use super::{Conn, Kind, Loop, Timeout, interrupted, subscriber_id, sys, would_block};
 use crate::conn::http::HttpConn;
 use crate::conn::ws::Session;
 use crate::wire::http;
@@ -174,8 +174,14 @@ impl Loop {
 
 /// Turns away a connection over the cap with a short HTTP 503.
 fn refuse(mut socket: TcpStream) {
-    // Read what has arrived of the request first (with TCP_DEFER_ACCEPT, usually all of it).
-    drain(&mut socket, 8 * 1024);
+    // Read what has arrived of the request first (with TCP_DEFER_ACCEPT, usually all of it):
+    // closing over unread input sends a reset, which can destroy the 503 before it is read.
+    let mut sink = [0u8; 1024];
+    for _ in 0..8 {
+        if !matches!(socket.read(&mut sink), Ok(n) if n == sink.len()) {
+            break;
+        }
+    }
     let _ = socket.write(&http::error_response(503, "server at connection capacity"));
     let _ = socket.shutdown(Shutdown::Write);
 }

@@ -477,10 +477,8 @@ impl Loop {
             if conn.generation != generation {
                 continue;
             }
-            let Kind::Ws(session) = &mut conn.kind else {
-                continue;
-            };
-            if !session.has_room(delivery.frame.len(), &self.settings) {
+            let full = |s: &Session| !s.has_room(delivery.frame.len(), &self.settings);
+            if matches!(&conn.kind, Kind::Ws(session) if full(session)) {
                 let written = conn.flush(self.now_ms);
                 self.app.stats.bytes_written += written as u64;
             }
@@ -739,17 +737,6 @@ impl Loop {
             topics: self.hub.topic_count(),
             subscriptions: self.hub.subscription_count(),
             uptime_secs: self.now_ms / 1000,
-        }
-    }
-}
-
-/// Reads and discards what has arrived of a request, up to `limit` bytes (so a close that
-/// follows is a FIN, not a reset that could destroy the reply).
-fn drain(socket: &mut TcpStream, limit: usize) {
-    let mut sink = [0u8; 1024];
-    for _ in 0..limit / sink.len() {
-        if !matches!(socket.read(&mut sink), Ok(n) if n == sink.len()) {
-            break;
         }
     }
 }
