@@ -15,6 +15,8 @@
 //! caller sleeping until then wakes once per due timer, not once per cascade between levels
 //! (after a cancel it may wake early once; `poll` then returns nothing and the wheel moves on).
 
+use std::num::NonZeroU32;
+
 use slab::Slab;
 
 const LEVELS: usize = 6;
@@ -24,17 +26,18 @@ const NIL: u32 = u32::MAX;
 /// The wheel's range: deadlines must share the current time's aligned block of this size + 1.
 const MAX_SPAN: u64 = (1 << (SLOT_BITS * LEVELS as u32)) - 1;
 
-/// A scheduled timer: slab key plus generation.
+/// A scheduled timer: slab key plus generation. The generation is never zero, so an
+/// `Option<TimerHandle>` (one per connection) takes no more room than the handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct TimerHandle {
     key: u32,
-    generation: u32,
+    generation: NonZeroU32,
 }
 
 struct Entry<T> {
     value: T,
     deadline: u64,
-    generation: u32,
+    generation: NonZeroU32,
     prev: u32,
     next: u32,
     /// `level * SLOTS + slot`, or `READY` once due.
@@ -62,7 +65,7 @@ pub struct TimerWheel<T> {
     /// Due entries not yet returned by `poll`, in deadline order.
     ready: std::collections::VecDeque<u32>,
     elapsed: u64,
-    next_generation: u32,
+    next_generation: NonZeroU32,
     /// Reused by `expire_slot` to sort due entries without allocating each time.
     due: Vec<(u64, u32)>,
 }
@@ -86,7 +89,7 @@ impl<T> TimerWheel<T> {
             occupied: [0; LEVELS],
             ready: std::collections::VecDeque::new(),
             elapsed: 0,
-            next_generation: 0,
+            next_generation: NonZeroU32::MIN,
             due: Vec::new(),
         }
     }
@@ -104,7 +107,10 @@ impl<T> TimerWheel<T> {
     /// past the end of the current block is clamped to its last millisecond (the server's timers
     /// are seconds to hours away, so this only matters after two years of uptime).
     pub fn insert(&mut self, deadline_ms: u64, value: T) -> TimerHandle {
-        self.next_generation = self.next_generation.wrapping_add(1);
+        self.next_generation = self
+            .next_generation
+            .checked_add(1)
+            .unwrap_or(NonZeroU32::MIN);
         let generation = self.next_generation;
         let deadline = deadline_ms.min(self.elapsed | MAX_SPAN);
         let key = self.entries.insert(Entry {

@@ -255,7 +255,7 @@ fn fuzz_session_state_machine() {
         let mut stats = Stats::default();
         let id = SubscriberId(7);
         let mut now = 0u64;
-        let mut session = Session::new(id, now);
+        let mut session = Session::new(id, now, &settings);
         let mut rest = &script[..];
         if script.starts_with(&seed[..head_len]) && head_len > 0 && rng.below(8) != 0 {
             // Real clients wait for the 101 before sending frames: deliver the request alone.

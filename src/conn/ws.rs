@@ -176,23 +176,22 @@ pub struct Session {
     phase: Phase,
     id: SubscriberId,
     subscriptions: Subscriptions,
-    created_ms: u64,
+    /// When the handshake and the first subscribe must be done by; `u64::MAX` once subscribed.
+    subscribe_by_ms: u64,
     last_input_ms: u64,
     stall: WriteStall,
-    subscribed: bool,
     boundary: FrameBoundary,
 }
 
 impl Session {
-    pub fn new(id: SubscriberId, now_ms: u64) -> Self {
+    pub fn new(id: SubscriberId, now_ms: u64, settings: &Settings) -> Self {
         Session {
             phase: Phase::Accepted,
             id,
             subscriptions: Subscriptions::default(),
-            created_ms: now_ms,
+            subscribe_by_ms: now_ms + settings.handshake_timeout_ms,
             last_input_ms: now_ms,
             stall: WriteStall::default(),
-            subscribed: false,
             boundary: FrameBoundary::default(),
         }
     }
@@ -429,7 +428,7 @@ impl Session {
         for topic in new {
             ctx.hub.subscribe(&mut self.subscriptions, self.id, topic);
         }
-        self.subscribed = true;
+        self.subscribe_by_ms = u64::MAX;
         Ok(message::encode_ack(true, topics))
     }
 
@@ -572,15 +571,13 @@ impl Connection for Session {
 
     fn next_deadline(&self, settings: &Settings) -> u64 {
         let deadline = match &self.phase {
-            Phase::Accepted | Phase::Handshaking(_) => {
-                self.created_ms + settings.handshake_timeout_ms
-            }
+            Phase::Accepted | Phase::Handshaking(_) => self.subscribe_by_ms,
             Phase::Open(_) => {
                 let idle = self.last_input_ms + settings.idle_limit_ms;
-                if self.subscribed || settings.echo {
+                if settings.echo {
                     idle
                 } else {
-                    idle.min(self.created_ms + settings.handshake_timeout_ms)
+                    idle.min(self.subscribe_by_ms)
                 }
             }
             Phase::Finishing { deadline_ms, .. } => *deadline_ms,
@@ -597,9 +594,7 @@ impl Connection for Session {
             return;
         }
         match &self.phase {
-            Phase::Accepted | Phase::Handshaking(_)
-                if now >= self.created_ms + s.handshake_timeout_ms =>
-            {
+            Phase::Accepted | Phase::Handshaking(_) if now >= self.subscribe_by_ms => {
                 stats.handshake_timeouts += 1;
                 self.phase = Phase::Gone;
             }
@@ -607,11 +602,7 @@ impl Connection for Session {
                 stats.heartbeat_timeouts += 1;
                 self.close(CloseReason::HeartbeatTimeout, now);
             }
-            Phase::Open(_)
-                if !self.subscribed
-                    && !s.echo
-                    && now >= self.created_ms + s.handshake_timeout_ms =>
-            {
+            Phase::Open(_) if !s.echo && now >= self.subscribe_by_ms => {
                 stats.handshake_timeouts += 1;
                 self.close(CloseReason::SubscribeTimeout, now);
             }

@@ -68,8 +68,12 @@ impl Loop {
                         refuse(socket);
                         continue;
                     }
-                    let Some(key) = self.register(socket, |key, generation, now, _| {
-                        Kind::Ws(Session::new(subscriber_id(key, generation), now))
+                    let Some(key) = self.register(socket, |key, generation, now, this| {
+                        Kind::Ws(Session::new(
+                            subscriber_id(key, generation),
+                            now,
+                            &this.settings,
+                        ))
                     }) else {
                         continue;
                     };
