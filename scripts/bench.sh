@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins >/dev/null 2>&1 || cargo build --release --bins
-N=10000; FLOOD_N=1000; SLOW_N=1000; NOTIFY_MSGS=60000; RUNS=3
+N=10000; FLOOD_N=1000; SLOW_N=1000; NOTIFY_MSGS=120000; RUNS=3
 [ "${1:-}" = quick ] && { N=2000; FLOOD_N=500; SLOW_N=500; NOTIFY_MSGS=20000; RUNS=1; }
 out=$(mktemp -d)
 server=
@@ -61,7 +61,8 @@ for i in 1 2 3; do
 done
 both "fanout ($N subscribers, 10 msg/s, after 20 warm-up messages)" fanout -n "$N" --messages 50 --rate 10 --payload 100
 both "flood ($FLOOD_N subscribers, 10 s)" flood -n "$FLOOD_N" --duration 10s --payload 100
-both "notify ($N clients, a topic each, $NOTIFY_MSGS messages at 5000/s)" notify -n "$N" --messages "$NOTIFY_MSGS" --rate 5000 --payload 100
+# 12 s at 10,000/s: inside the 20 s heartbeat window (the clients never ping), ~1 s of server CPU
+both "notify ($N clients, a topic each, $NOTIFY_MSGS messages at 10000/s)" notify -n "$N" --messages "$NOTIFY_MSGS" --rate 10000 --payload 100
 start_server; echo "slow (baseline, $SLOW_N subscribers):"; bench slow -n "$SLOW_N" --stuck 0 --messages 200 --rate 50 --payload 1000
 start_server --outbound-cap 256KiB; echo "slow (10 stuck):"; bench slow -n "$SLOW_N" --stuck 10 --messages 200 --rate 50 --payload 1000
 start_server; echo "churn (5 x 2000):"; bench churn -n 2000 --cycles 5
