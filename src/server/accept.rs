@@ -2,7 +2,7 @@
 //! out of descriptors, and refusing over the cap with a 503.
 
 use std::io::{self, Read, Write};
-use std::net::Shutdown;
+use std::net::{Shutdown, SocketAddr};
 
 use log::warn;
 use mio::Interest;
@@ -49,45 +49,29 @@ impl Accepting {
     }
 }
 
+/// The two listeners.
+#[derive(Clone, Copy)]
+pub(super) enum Port {
+    WebSocket,
+    Api,
+}
+
 impl Loop {
-    pub(super) fn accept_ws(&mut self) {
+    /// Accepts every connection waiting on `port` (edge-triggered: until it would block).
+    pub(super) fn accept(&mut self, port: Port) {
         while !self.accepting.paused {
-            let Some(listener) = &self.ws_listener else {
+            let listener = match port {
+                Port::WebSocket => &self.ws_listener,
+                Port::Api => &self.api_listener,
+            };
+            let Some(listener) = listener else {
                 return;
             };
             match listener.accept() {
-                Ok((socket, peer)) => {
-                    if self.accepting.ws_count >= self.accepting.max_connections {
-                        self.app.stats.refused_over_capacity += 1;
-                        if self.accepting.log.allow(self.now_ms) {
-                            warn!(
-                                "refusing {peer}: {} connections (--max-connections)",
-                                self.accepting.ws_count
-                            );
-                        }
-                        refuse(socket);
-                        continue;
-                    }
-                    let Some(key) = self.register(socket, |key, generation, now, this| {
-                        Kind::Ws(Session::new(
-                            subscriber_id(key, generation),
-                            now,
-                            &this.settings,
-                        ))
-                    }) else {
-                        continue;
-                    };
-                    self.accepting.ws_count += 1;
-                    self.app.stats.accepted += 1;
-                    if self.accepting.deferred_accept {
-                        // The request is most likely here already; reading it now saves
-                        // a readiness event (epoll does not report a drained socket).
-                        self.read(key, false);
-                        self.service(key);
-                    } else {
-                        self.sync_timer(key);
-                    }
-                }
+                Ok((socket, peer)) => match port {
+                    Port::WebSocket => self.admit_ws(socket, peer),
+                    Port::Api => self.admit_api(socket),
+                },
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => {}
                 Err(e) => return self.accept_failed(e),
@@ -95,34 +79,53 @@ impl Loop {
         }
     }
 
-    pub(super) fn accept_api(&mut self) {
-        while !self.accepting.paused {
-            let Some(listener) = &self.api_listener else {
-                return;
-            };
-            match listener.accept() {
-                Ok((socket, _)) => {
-                    if self.accepting.api_count >= MAX_API_CONNECTIONS {
-                        refuse(socket);
-                        continue;
-                    }
-                    let Some(key) = self.register(socket, |_, _, now, this| {
-                        Kind::Http(Box::new(HttpConn::new(
-                            this.app.api_limits(),
-                            &this.settings,
-                            now,
-                        )))
-                    }) else {
-                        continue;
-                    };
-                    self.accepting.api_count += 1;
-                    self.sync_timer(key);
-                }
-                Err(e) if would_block(&e) => return,
-                Err(e) if interrupted(&e) => {}
-                Err(e) => return self.accept_failed(e),
+    fn admit_ws(&mut self, socket: TcpStream, peer: SocketAddr) {
+        if self.accepting.ws_count >= self.accepting.max_connections {
+            self.app.stats.refused_over_capacity += 1;
+            if self.accepting.log.allow(self.now_ms) {
+                warn!(
+                    "refusing {peer}: {} connections (--max-connections)",
+                    self.accepting.ws_count
+                );
             }
+            return refuse(socket);
         }
+        let Some(key) = self.register(socket, |key, generation, now, this| {
+            Kind::Ws(Session::new(
+                subscriber_id(key, generation),
+                now,
+                &this.settings,
+            ))
+        }) else {
+            return;
+        };
+        self.accepting.ws_count += 1;
+        self.app.stats.accepted += 1;
+        if self.accepting.deferred_accept {
+            // The request is most likely here already; reading it now saves a readiness
+            // event (epoll does not report a drained socket).
+            self.read(key, false);
+            self.service(key);
+        } else {
+            self.sync_timer(key);
+        }
+    }
+
+    fn admit_api(&mut self, socket: TcpStream) {
+        if self.accepting.api_count >= MAX_API_CONNECTIONS {
+            return refuse(socket);
+        }
+        let Some(key) = self.register(socket, |_, _, now, this| {
+            Kind::Http(Box::new(HttpConn::new(
+                this.app.api_limits(),
+                &this.settings,
+                now,
+            )))
+        }) else {
+            return;
+        };
+        self.accepting.api_count += 1;
+        self.sync_timer(key);
     }
 
     fn accept_failed(&mut self, e: io::Error) {

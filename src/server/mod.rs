@@ -36,7 +36,7 @@ use crate::conn::{Connection, Settings, Status};
 use crate::error::ServerError;
 use crate::hub::{Hub, SubscriberId};
 use crate::timer::{TimerHandle, TimerWheel};
-use accept::Accepting;
+use accept::{Accepting, Port};
 use memory::MemoryReturn;
 use socket::{SocketWriter, interrupted, would_block};
 
@@ -302,8 +302,8 @@ impl Loop {
             self.now_ms = millis(self.started.elapsed());
             for event in events.iter() {
                 match event.token() {
-                    WS_LISTENER => self.accept_ws(),
-                    API_LISTENER => self.accept_api(),
+                    WS_LISTENER => self.accept(Port::WebSocket),
+                    API_LISTENER => self.accept(Port::Api),
                     WAKER => {
                         if self.shutdown.requested.load(Ordering::SeqCst) {
                             self.begin_shutdown();
@@ -626,8 +626,8 @@ impl Loop {
                 }
                 Timeout::ResumeAccept => {
                     self.accepting.paused = false;
-                    self.accept_ws();
-                    self.accept_api();
+                    self.accept(Port::WebSocket);
+                    self.accept(Port::Api);
                 }
                 Timeout::ReleaseMemory => {
                     sys::release_free_memory();
