@@ -299,7 +299,7 @@ impl Session {
             Ok(response) => {
                 debug!("session {:?}: handshake done", self.id);
                 let mut out = OutQueue::new();
-                out.push(Bytes::from(response));
+                out.push(response);
                 self.phase = Phase::Open(OpenWs { out, reading: None });
             }
             Err(HttpError { status, message }) => {

@@ -374,7 +374,6 @@ impl Loop {
             self.scratch.reserve(READ_CHUNK);
             self.scratch.resize(READ_CHUNK, 0);
             let n = match conn.socket.read(&mut self.scratch[..]) {
-                Ok(0) => 0,
                 Ok(n) => n,
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => continue,
@@ -383,6 +382,7 @@ impl Loop {
                     0
                 }
             };
+            // EOF, or a read error: nothing more will arrive either way.
             if n == 0 {
                 conn.eof = true;
                 if let Kind::Ws(session) = &mut conn.kind {
