@@ -63,6 +63,13 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Token clients must present at the handshake (`?token=` or `Authorization: Bearer`).
     pub client_token: Option<String>,
+    /// Browser origins allowed to call the API; a request with any other `Origin` gets 403.
+    /// Empty: no request that carries an `Origin` header is served.
+    pub api_allowed_origins: Vec<String>,
+    /// HMAC-SHA256 key that signs subscription claims for private topics.
+    pub subscribe_secret: Option<String>,
+    /// Topics starting with this need a signed claim; `None`: every topic is public.
+    pub private_prefix: Option<String>,
 }
 
 impl Default for Config {
@@ -104,6 +111,9 @@ impl Config {
             log_level: log::LevelFilter::Off,
             allowed_origins: Vec::new(),
             client_token: None,
+            api_allowed_origins: Vec::new(),
+            subscribe_secret: None,
+            private_prefix: None,
         }
     }
 }
@@ -132,6 +142,9 @@ impl fmt::Debug for Config {
             log_level,
             allowed_origins,
             client_token,
+            api_allowed_origins,
+            subscribe_secret,
+            private_prefix,
         } = self;
         let hidden = |token: &Option<String>| token.as_ref().map(|_| "<hidden>");
         f.debug_struct("Config")
@@ -155,6 +168,9 @@ impl fmt::Debug for Config {
             .field("log_level", log_level)
             .field("allowed_origins", allowed_origins)
             .field("client_token", &hidden(client_token))
+            .field("api_allowed_origins", api_allowed_origins)
+            .field("subscribe_secret", &hidden(subscribe_secret))
+            .field("private_prefix", private_prefix)
             .finish()
     }
 }
@@ -271,6 +287,14 @@ impl Config {
         if self.max_topics_per_connection == 0 || self.max_topic_length == 0 {
             return bad("--max-topics and --max-topic-length must be positive");
         }
+        match (&self.subscribe_secret, &self.private_prefix) {
+            (Some(_), None) => return bad("--subscribe-secret needs --private-prefix"),
+            (None, Some(_)) => return bad("--private-prefix needs --subscribe-secret"),
+            (Some(secret), Some(_)) if secret.len() < MIN_SECRET_BYTES => {
+                return bad("--subscribe-secret must be at least 16 bytes");
+            }
+            _ => {}
+        }
         Ok(())
     }
 
@@ -279,6 +303,9 @@ impl Config {
         millis(self.heartbeat_interval + self.heartbeat_timeout)
     }
 }
+
+/// Shortest subscription-claim key: shorter keys make HMAC forgeries guessable.
+const MIN_SECRET_BYTES: usize = 16;
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -629,6 +656,49 @@ static SETTINGS: &[Setting] = &[
         },
     },
     Setting {
+        flag: "--api-allowed-origin",
+        env: "WSPUSH_API_ALLOWED_ORIGIN",
+        value: "ORIGIN",
+        default: "none",
+        help: "allow API calls from this browser Origin, repeatable (403 otherwise)",
+        kind: Kind::List(|c, v| {
+            c.api_allowed_origins.push(v.to_owned());
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--subscribe-secret",
+        env: "WSPUSH_SUBSCRIBE_SECRET",
+        value: "SECRET",
+        default: "none",
+        help: "HMAC-SHA256 key of subscription claims (private topics)",
+        kind: Kind::Secret {
+            file_flag: "--subscribe-secret-file",
+            file_env: "WSPUSH_SUBSCRIBE_SECRET_FILE",
+            apply: |c, secret| c.subscribe_secret = Some(secret),
+        },
+    },
+    Setting {
+        flag: "--private-prefix",
+        env: "WSPUSH_PRIVATE_PREFIX",
+        value: "PREFIX|none",
+        default: "none",
+        help: "topics starting with PREFIX need a signed claim",
+        kind: Kind::Value(|c, v| {
+            c.private_prefix = match v {
+                "none" => None,
+                prefix
+                    if !prefix.is_empty()
+                        && prefix.bytes().all(crate::wire::message::is_topic_byte) =>
+                {
+                    Some(prefix.to_owned())
+                }
+                _ => return Err("none, or the start of a topic name (A-Z a-z 0-9 - _ . : / @)"),
+            };
+            Ok(())
+        }),
+    },
+    Setting {
         flag: "--echo",
         env: "WSPUSH_ECHO",
         value: "",
@@ -658,8 +728,9 @@ pub fn help_text() -> String {
         "wspush: a single-threaded WebSocket publish/subscribe push server\n\n\
          Usage: wspush [FLAGS]\n\n\
          Every flag can also be set by the environment variable shown under it. A flag beats its\n\
-         variable, a variable beats the default; an empty variable counts as unset. In the\n\
-         environment, switches take 1/true/yes or 0/false/no and lists are comma-separated.\n\
+         variable, a variable beats the default; an empty variable counts as unset, except that\n\
+         an empty token variable is refused. In the environment, switches take 1/true/yes or\n\
+         0/false/no and lists are comma-separated.\n\
          Addresses are HOST:PORT; a host name is resolved at start and its first address used.\n\
          Durations: 500ms, 3s, 1m, 1h (a bare number is seconds). Sizes: 65536, 64KiB, 1MiB.\n\n",
     );
@@ -841,10 +912,20 @@ fn from_env(
     if let Kind::Secret { file_env, .. } = setting.kind {
         vars.push((file_env, true));
     }
+    let secret = matches!(setting.kind, Kind::Secret { .. });
     let mut inputs = Vec::new();
     for (var, file) in vars {
+        let value = env(var)?;
+        // A token variable set but empty is a mistake (it would have turned authentication
+        // off); it is refused rather than taken as unset.
+        if secret && value.as_deref() == Some("") {
+            return Err(ConfigError::InvalidSecret {
+                from: var,
+                expected: "a non-empty token (unset the variable instead)",
+            });
+        }
         // Empty counts as unset, so `WSPUSH_X=` in a unit or compose file leaves the default.
-        if let Some(value) = env(var)?.filter(|v| !v.is_empty()) {
+        if let Some(value) = value.filter(|v| !v.is_empty()) {
             let source = Source::Env(var);
             inputs.push(Input {
                 source,
@@ -1303,6 +1384,47 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn empty_tokens_are_refused_everywhere() {
+        for var in [
+            "WSPUSH_CLIENT_TOKEN",
+            "WSPUSH_API_TOKEN",
+            "WSPUSH_SUBSCRIBE_SECRET",
+        ] {
+            let err = run_env(&[], &[(var, "")]).unwrap_err();
+            assert!(
+                matches!(err, ConfigError::InvalidSecret { from, .. } if from == var),
+                "{var}: {err:?}"
+            );
+        }
+        for flag in ["--client-token", "--api-token", "--subscribe-secret"] {
+            assert!(run(&[flag, ""]).is_err(), "{flag}");
+        }
+        let empty = TempFile::with("empty-token", "\n");
+        assert!(run(&["--client-token-file", empty.path()]).is_err());
+    }
+
+    #[test]
+    fn private_topics_need_both_a_prefix_and_a_long_secret() {
+        let secret = "0123456789abcdef";
+        let c = run(&["--subscribe-secret", secret, "--private-prefix", "private-"]).unwrap();
+        assert_eq!(c.private_prefix.as_deref(), Some("private-"));
+        assert_eq!(c.subscribe_secret.as_deref(), Some(secret));
+        assert!(run(&["--subscribe-secret", secret]).is_err());
+        assert!(run(&["--private-prefix", "private-"]).is_err());
+        assert!(run(&["--subscribe-secret", "short", "--private-prefix", "p-"]).is_err());
+        assert!(
+            run(&[
+                "--subscribe-secret",
+                secret,
+                "--private-prefix",
+                "bad prefix"
+            ])
+            .is_err()
+        );
+        assert_eq!(Config::default().private_prefix, None);
     }
 
     #[test]

@@ -141,7 +141,7 @@ pub fn validate_topic(topic: &str, rules: TopicRules) -> Result<(), RequestError
     Ok(())
 }
 
-fn is_topic_byte(b: u8) -> bool {
+pub fn is_topic_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')
 }
 
