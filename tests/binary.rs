@@ -218,7 +218,7 @@ fn survives_vanished_peers_and_closed_stdin() {
         ])
         .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
         .arg("--no-tick");
-    let (mut child, lines, ready) = start_until_listening(&mut command);
+    let (mut child, lines, ready) = common::start_until_listening(&mut command);
     let pid = child.0.id();
     std::thread::spawn(move || for _ in lines {});
     let addr = |prefix: &str, suffix: &str| -> std::net::SocketAddr {
@@ -282,39 +282,6 @@ fn survives_vanished_peers_and_closed_stdin() {
     assert!(child.0.wait().unwrap().success());
 }
 
-/// Starts the server with its log piped; returns it, the rest of its log, and the line that
-/// says where it listens.
-fn start_until_listening(
-    command: &mut Command,
-) -> (
-    KillOnDrop,
-    std::io::Lines<BufReader<std::process::ChildStderr>>,
-    String,
-) {
-    let mut child = command.stderr(Stdio::piped()).spawn().unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let child = KillOnDrop(child);
-    let ready = loop {
-        let line = lines.next().expect("server exited").unwrap();
-        if line.contains("listening on") {
-            break line;
-        }
-    };
-    (child, lines, ready)
-}
-
-/// Ends the server if a test fails half-way, so no orphan outlives the test run.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
 /// Configuration from the environment alone, with the API token read from a file: the API
 /// requires that token, and the token shows neither in the command line nor in the logs.
 #[test]
@@ -332,7 +299,7 @@ fn configured_from_env_with_a_token_file() {
         .env("WSPUSH_NO_TICK", "1")
         .env("WSPUSH_API_TOKEN_FILE", &token_file)
         .env("WSPUSH_LOG_LEVEL", "debug");
-    let (mut child, lines, ready) = start_until_listening(&mut command);
+    let (mut child, lines, ready) = common::start_until_listening(&mut command);
     let pid = child.0.id();
     // Keep the rest of the log, to look for the token in it after the exit.
     let log = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());

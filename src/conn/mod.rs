@@ -49,6 +49,11 @@ pub trait Connection {
     fn on_timer(&mut self, settings: &Settings, stats: &mut Stats, now_ms: u64);
     /// `eof`: the peer closed its side, nothing more will arrive.
     fn status(&mut self, eof: bool) -> Status;
+    /// The server stops reading while this holds (its replies wait unread beyond the cap), and
+    /// reads again once the queue has drained below it.
+    fn input_blocked(&self, _settings: &Settings) -> bool {
+        false
+    }
 
     fn has_output(&mut self) -> bool {
         self.outbound().is_some_and(|q| !q.is_empty())

@@ -18,6 +18,10 @@ pub use crate::wire::frame::Shared;
 const MAX_IOVECS: usize = 1024;
 /// The ring a burst starts with: a flood of small pushes grows it a few times, not ten.
 const RING_START: usize = 32;
+/// What a queued frame costs beyond its bytes: its ring slot, and for a reply of the
+/// connection's own its allocation (two small heap blocks). Counted against the cap for every
+/// frame, so many tiny frames cannot hold more memory than the cap says.
+pub const FRAME_OVERHEAD: usize = 40;
 
 /// One queued frame: a thin reference (8 bytes per queue entry), so a flood that queues
 /// hundreds of frames per subscriber per iteration touches little memory. A push shares one
@@ -64,6 +68,10 @@ pub struct OutQueue {
     queued: usize,
     /// Bytes of the front frame already written: it must go out whole or the stream breaks.
     front_written: usize,
+    /// The newest frame is a Pong that has not started to go out: the next Pong replaces it
+    /// (RFC 6455 §5.5.3 lets a server answer only the most recent Ping), so a Ping flood
+    /// queues one Pong, not one per Ping.
+    pong_at_tail: bool,
 }
 
 impl OutQueue {
@@ -77,6 +85,7 @@ impl OutQueue {
         if len == 0 {
             return;
         }
+        self.pong_at_tail = false;
         self.queued += len;
         if self.head.is_none() {
             self.head = Some(frame);
@@ -87,6 +96,24 @@ impl OutQueue {
         }
     }
 
+    /// Queues a Pong frame, replacing a queued Pong that has not started to go out.
+    pub fn push_pong(&mut self, pong: &[u8]) {
+        // Only the front frame can be partly written.
+        let tail_untouched = self.frame_count() > 1 || self.front_written == 0;
+        let tail = self
+            .rest
+            .as_mut()
+            .and_then(|rest| rest.back_mut())
+            .or(self.head.as_mut());
+        if let (true, true, Some(tail)) = (self.pong_at_tail, tail_untouched, tail) {
+            self.queued = self.queued - tail.bytes().len() + pong.len();
+            *tail = Chunk::from(pong.to_vec());
+            return;
+        }
+        self.push(pong.to_vec());
+        self.pong_at_tail = true;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.head.is_none()
     }
@@ -94,6 +121,12 @@ impl OutQueue {
     /// Unwritten bytes.
     pub fn queued_bytes(&self) -> usize {
         self.queued
+    }
+
+    /// What the queue holds, counted against the outbound cap: the unwritten bytes plus
+    /// [`FRAME_OVERHEAD`] per frame.
+    pub fn charged_bytes(&self) -> usize {
+        self.queued + self.frame_count() * FRAME_OVERHEAD
     }
 
     /// The queue is empty but keeps the ring of its last burst (for the next one: a flood
@@ -130,6 +163,7 @@ impl OutQueue {
         let partial = self.front_written > 0;
         let dropped = queued + usize::from(self.head.is_some() && !partial);
         self.rest = None;
+        self.pong_at_tail = false;
         if !partial {
             self.head = None;
         }
@@ -177,6 +211,7 @@ impl OutQueue {
             }
             self.queued = 0;
             self.front_written = 0;
+            self.pong_at_tail = false;
             return;
         }
         self.queued -= n;
@@ -291,6 +326,44 @@ mod tests {
         q2.push(Bytes::from_static(b"y"));
         assert_eq!(q2.discard_unsent(), 2);
         assert!(q2.is_empty());
+    }
+
+    #[test]
+    fn a_ping_flood_queues_one_pong() {
+        let mut q = OutQueue::new();
+        q.push(Bytes::from_static(b"reply"));
+        for i in 0..10_000u16 {
+            q.push_pong(&[0x8a, 2, (i >> 8) as u8, i as u8]);
+        }
+        assert_eq!(q.frame_count(), 2);
+        assert_eq!(q.queued_bytes(), 9);
+        assert_eq!(q.charged_bytes(), 9 + 2 * FRAME_OVERHEAD);
+        // Another frame after the pong: the next pong is queued behind it, in order.
+        q.push(Bytes::from_static(b"x"));
+        q.push_pong(&[0x8a, 0]);
+        let mut w = Throttled {
+            out: vec![],
+            budget: 100,
+            calls: 0,
+        };
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.out, b"reply\x8a\x02\x27\x0fx\x8a\x00");
+    }
+
+    #[test]
+    fn a_pong_that_started_to_go_out_is_not_replaced() {
+        let mut q = OutQueue::new();
+        q.push_pong(&[0x8a, 1, b'a']);
+        let mut w = Throttled {
+            out: vec![],
+            budget: 1,
+            calls: 0,
+        };
+        q.write_to(&mut w).unwrap();
+        q.push_pong(&[0x8a, 1, b'b']);
+        w.budget = 100;
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.out, b"\x8a\x01a\x8a\x01b");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::{Role, WebSocketContext};
 
+use super::outbound::FRAME_OVERHEAD;
 use super::{CONTROL_SLACK, Connection, OutQueue, Settings, Status, WriteStall};
 use crate::config::SlowConsumerPolicy;
 use crate::hub::{Hub, SubscriberId, Subscriptions};
@@ -67,7 +68,13 @@ impl Read for Stream<'_> {
 
 impl Write for Stream<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.out.push(buf.to_vec());
+        // tungstenite writes each frame as soon as it is made (no write buffer), so one call
+        // is one frame; a Pong may replace the one still waiting.
+        if frame::is_single_pong(buf) {
+            self.out.push_pong(buf);
+        } else {
+            self.out.push(buf.to_vec());
+        }
         Ok(buf.len())
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -323,6 +330,11 @@ impl Session {
             let Phase::Open(open) = &mut self.phase else {
                 return;
             };
+            if open.out.charged_bytes() > ctx.settings.outbound_cap + CONTROL_SLACK {
+                // Replies to what this client sends pile up faster than it reads them.
+                ctx.stats.slow_consumer_closes += 1;
+                return self.close_with(Some(ws), CloseReason::SlowConsumer, ctx.now_ms);
+            }
             let mut stream = Stream {
                 input,
                 out: &mut open.out,
@@ -370,7 +382,7 @@ impl Session {
         };
         match ws.flush(&mut stream) {
             Ok(()) => {
-                if open.out.queued_bytes() > ctx.settings.outbound_cap + CONTROL_SLACK {
+                if open.out.charged_bytes() > ctx.settings.outbound_cap + CONTROL_SLACK {
                     // A client that floods pings and never reads.
                     ctx.stats.slow_consumer_closes += 1;
                     self.close_with(Some(ws), CloseReason::SlowConsumer, ctx.now_ms);
@@ -552,7 +564,7 @@ impl Session {
 
 /// An empty queue takes any frame, so one large publish never closes everyone.
 fn fits(out: &OutQueue, len: usize, cap: usize) -> bool {
-    out.is_empty() || out.queued_bytes() + len <= cap
+    out.is_empty() || out.charged_bytes() + len + FRAME_OVERHEAD <= cap
 }
 
 impl Connection for Session {
@@ -561,6 +573,13 @@ impl Connection for Session {
             Phase::Open(open) => Some(&mut open.out),
             Phase::Finishing { out, .. } => Some(&mut **out),
             Phase::Accepted | Phase::Handshaking(_) | Phase::Gone => None,
+        }
+    }
+
+    fn input_blocked(&self, settings: &Settings) -> bool {
+        match &self.phase {
+            Phase::Open(open) => open.out.charged_bytes() > settings.outbound_cap,
+            _ => false,
         }
     }
 

@@ -174,6 +174,7 @@ impl Loop {
             write_closed: false,
             wants_write: false,
             ring_listed: false,
+            read_paused: false,
         });
         Some(key)
     }

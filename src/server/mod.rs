@@ -114,6 +114,8 @@ struct Conn {
     wants_write: bool,
     /// Listed in `spare_rings`: its drained queue keeps the ring of its last burst.
     ring_listed: bool,
+    /// Not read while its replies wait unread beyond the cap; `service` resumes it.
+    read_paused: bool,
 }
 
 impl Conn {
@@ -367,6 +369,11 @@ impl Loop {
             if conn.eof {
                 return;
             }
+            if conn.kind.conn().input_blocked(&self.settings) {
+                // Its input stays in the kernel (TCP pushes back) until it reads its replies.
+                conn.read_paused = true;
+                return;
+            }
             if budget == 0 {
                 self.more_to_read.push((key, conn.generation));
                 return;
@@ -508,6 +515,11 @@ impl Loop {
         };
         let written = conn.flush(now);
         self.app.stats.bytes_written += written as u64;
+        if conn.read_paused && !conn.kind.conn().input_blocked(&self.settings) {
+            // Edge-triggered: what arrived meanwhile raises no new event, so read it now.
+            conn.read_paused = false;
+            self.more_to_read.push((key, conn.generation));
+        }
         if !conn.ring_listed
             && conn
                 .kind

@@ -67,6 +67,14 @@ pub fn frame(opcode: Opcode, payload: &[u8]) -> Bytes {
     buf.freeze()
 }
 
+/// Whether `bytes` is exactly one unmasked, final Pong frame (as a server sends it).
+pub fn is_single_pong(bytes: &[u8]) -> bool {
+    match bytes {
+        [0x8a, len, payload @ ..] => usize::from(*len) == payload.len() && *len <= 125,
+        _ => false,
+    }
+}
+
 /// A close frame with `code` and a short `reason` (at most 123 bytes, as RFC 6455 requires of
 /// a control frame's payload; longer reasons are cut at a character boundary).
 pub fn close_frame(code: u16, reason: &str) -> Bytes {

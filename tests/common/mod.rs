@@ -298,3 +298,61 @@ pub fn masked_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     f
 }
+
+/// Starts the server with its log piped; returns it, the rest of its log, and the line that
+/// says where it listens.
+pub fn start_until_listening(
+    command: &mut std::process::Command,
+) -> (
+    KillOnDrop,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    String,
+) {
+    let mut child = command
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let child = KillOnDrop(child);
+    let ready = loop {
+        let line = lines.next().expect("server exited").unwrap();
+        if line.contains("listening on") {
+            break line;
+        }
+    };
+    (child, lines, ready)
+}
+
+/// Ends the server if a test fails half-way, so no orphan outlives the test run.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// The addresses in the server's "listening on ws://WS/ws (api: API)" line.
+pub fn listening_addrs(ready: &str) -> (SocketAddr, Option<SocketAddr>) {
+    let ws = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("ws://")?.split('/').next()?.parse().ok())
+        .expect(ready);
+    let api = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_suffix(')')?.parse().ok());
+    (ws, api)
+}
+
+/// A `/proc/PID/status` figure in KiB (`VmRSS`, `VmHWM`).
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect(field)
+}
