@@ -3,7 +3,7 @@
 
 use crate::config::Config;
 use crate::wire::handshake::UpgradeRequest;
-use crate::wire::http::HttpError;
+use crate::wire::http::{self, HttpError};
 
 /// Decides at the handshake whether a request may become a WebSocket session.
 #[derive(Debug, Default)]
@@ -14,7 +14,7 @@ pub struct HandshakePolicy {
     /// check protects browsers from cross-site use, it does not authenticate.
     pub allowed_origins: Vec<String>,
     /// Required client token, given as `?token=` in the URL (browsers cannot set headers on a
-    /// WebSocket) or as `Authorization: Bearer`.
+    /// WebSocket; percent-decoded, `+` is a space) or as `Authorization: Bearer` (verbatim).
     pub client_token: Option<String>,
 }
 
@@ -45,11 +45,13 @@ impl HandshakePolicy {
             return refuse(403, "origin not allowed");
         }
         if let Some(expected) = &self.client_token {
-            let from_query = request
-                .query
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("token=")));
+            // A malformed escape is a 400 from the decoder.
+            let from_query = match request.query {
+                Some(query) => http::query_value(query, "token")?,
+                None => None,
+            };
             let from_header = request.authorization.and_then(bearer_token);
-            let presented = from_query.or(from_header).unwrap_or("");
+            let presented = from_query.as_deref().or(from_header).unwrap_or("");
             if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
                 return refuse(401, "missing or wrong client token");
             }
@@ -78,8 +80,10 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The token of an `Authorization: Bearer <token>` header value (scheme case-insensitive).
 pub fn bearer_token(authorization: &str) -> Option<&str> {
-    let (scheme, token) = authorization.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let (scheme, token) = http::trim_ows(authorization).split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| http::trim_ows(token))
 }
 
 #[cfg(test)]
@@ -94,11 +98,43 @@ mod tests {
         assert!(!constant_time_eq(b"", b"x"));
     }
 
+    fn check(token: &str, query: Option<&str>, authorization: Option<&str>) -> u16 {
+        let policy = HandshakePolicy {
+            path: "/ws".to_owned(),
+            client_token: Some(token.to_owned()),
+            ..HandshakePolicy::default()
+        };
+        let request = UpgradeRequest {
+            path: "/ws",
+            query,
+            origin: None,
+            authorization,
+            key: "dGhlIHNhbXBsZSBub25jZQ==",
+        };
+        policy.check(&request).map_or_else(|e| e.status, |()| 101)
+    }
+
+    #[test]
+    fn the_query_token_is_percent_decoded() {
+        let token = "p%ss+w&rd";
+        assert_eq!(check(token, Some("token=p%25ss%2Bw%26rd"), None), 101);
+        assert_eq!(check(token, Some("a=1&token=p%25ss%2bw%26rd&b"), None), 101);
+        assert_eq!(check(token, Some("token=p%25ss+w%26rd"), None), 401);
+        assert_eq!(check(token, Some("token=p%ss+w&rd"), None), 400);
+        assert_eq!(check(token, Some("token=%zz"), None), 400);
+        assert_eq!(check(token, None, Some("Bearer p%ss+w&rd")), 101);
+        assert_eq!(check("a+b", Some("token=a%2Bb"), None), 101);
+        assert_eq!(check("a+b", Some("token=a+b"), None), 401);
+        assert_eq!(check("a b", Some("token=a+b"), None), 101);
+    }
+
     #[test]
     fn bearer_parsing() {
         assert_eq!(bearer_token("Bearer abc"), Some("abc"));
         assert_eq!(bearer_token("bearer  abc "), Some("abc"));
         assert_eq!(bearer_token("Basic abc"), None);
         assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token("Bearer\tabc"), None);
+        assert_eq!(bearer_token("Bearer \u{a0}abc"), Some("\u{a0}abc"));
     }
 }

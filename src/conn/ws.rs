@@ -275,17 +275,13 @@ impl Session {
             }
             None => input,
         };
-        let too_large = HttpError {
-            status: 431,
-            message: "request header too large",
-        };
         let mut slots = [httparse::EMPTY_HEADER; http::MAX_HEADER_SLOTS];
-        let answer = match http::parse_head(request, &mut slots) {
-            Ok(None) if request.len() < handshake::MAX_HEAD_BYTES => {
+        // Refuses heads over the limit, complete or not.
+        let answer = match handshake::parse_request_head(request, &mut slots) {
+            Ok(None) => {
                 self.phase = Phase::Handshaking(received.unwrap_or_else(|| input.to_vec()));
                 return;
             }
-            Ok(None) => Err(too_large),
             // A valid client waits for our 101 before it sends anything else.
             Ok(Some(head)) if head.len < request.len() => Err(HttpError {
                 status: 400,
@@ -295,11 +291,6 @@ impl Session {
                 WsRoute::Upgrade(response) => Ok(response),
                 WsRoute::Refuse(e) => Err(e),
             },
-            // The upgrade needs exactly HTTP/1.1: another version is a bad request.
-            Err(HttpError { status: 505, .. }) => Err(HttpError {
-                status: 400,
-                message: "HTTP/1.1 is required",
-            }),
             Err(e) => Err(e),
         };
         match answer {

@@ -9,8 +9,8 @@
 //! in RFC 6455: it only proves that the server read this client's key, so a small plain
 //! implementation is enough (and saves the dependency tree of a crypto crate).
 
-/// The largest request (or response) head we wait for: browsers send 0.5–2 KiB, cookies can add
-/// 8 KiB.
+/// The largest request (or response) head: browsers send 0.5–2 KiB, cookies can add 8 KiB. A
+/// request head over it is refused with 431, whether it is complete or not.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// Headers per request or response; more is refused with 431.
 const MAX_HEADERS: usize = http::MAX_HEADER_SLOTS;
@@ -33,20 +33,35 @@ pub struct UpgradeRequest<'a> {
     pub key: &'a str,
 }
 
-/// Parses an upgrade request at the start of `input`. `Ok(None)`: incomplete, read more (the
-/// caller refuses with 431 past [`MAX_HEAD_BYTES`]). `Ok(Some((request, length)))`: the
-/// request occupies `input[..length]`.
+/// Parses an upgrade request at the start of `input`. `Ok(None)`: incomplete, read more.
+/// `Ok(Some((request, length)))`: the request occupies `input[..length]`.
 pub fn read_request(input: &[u8]) -> Result<Option<(UpgradeRequest<'_>, usize)>, HttpError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let parsed = match http::parse_head(input, &mut slots) {
-        Ok(Some(parsed)) => parsed,
-        Ok(None) => return Ok(None),
-        // The upgrade needs exactly HTTP/1.1: another version is a bad request, not a 505.
-        Err(HttpError { status: 505, .. }) => return Err(reject(400, "HTTP/1.1 is required")),
-        Err(e) => return Err(e),
+    let Some(parsed) = parse_request_head(input, &mut slots)? else {
+        return Ok(None);
     };
     let length = parsed.len;
     upgrade_request(&parsed).map(|request| Some((request, length)))
+}
+
+/// The head of a request on the WebSocket port, held to [`MAX_HEAD_BYTES`] (431) whether it is
+/// complete or not. `Ok(None)`: incomplete and still under the limit.
+pub fn parse_request_head<'h, 'b>(
+    input: &'b [u8],
+    slots: &'h mut [httparse::Header<'b>],
+) -> Result<Option<http::Head<'h, 'b>>, HttpError> {
+    let too_large = reject(431, "request header too large");
+    // One byte past the limit is enough to tell, and bounds the work per read.
+    let window = &input[..input.len().min(MAX_HEAD_BYTES + 1)];
+    match http::parse_head(window, slots) {
+        Ok(Some(head)) if head.len > MAX_HEAD_BYTES => Err(too_large),
+        Ok(Some(head)) => Ok(Some(head)),
+        Ok(None) if window.len() > MAX_HEAD_BYTES => Err(too_large),
+        Ok(None) => Ok(None),
+        // The upgrade needs exactly HTTP/1.1: another version is a bad request, not a 505.
+        Err(HttpError { status: 505, .. }) => Err(reject(400, "HTTP/1.1 is required")),
+        Err(e) => Err(e),
+    }
 }
 
 /// Checks that a parsed head is a well-formed WebSocket upgrade (method, version, the upgrade
@@ -68,7 +83,7 @@ pub fn upgrade_request<'b>(parsed: &http::Head<'_, 'b>) -> Result<UpgradeRequest
             return Err(reject(400, "a header the upgrade needs is repeated"));
         }
         std::str::from_utf8(first)
-            .map(|v| Some(v.trim()))
+            .map(|v| Some(http::trim_ows(v)))
             .map_err(|_| reject(400, "a header the upgrade needs is not UTF-8"))
     };
     // `Connection: keep-alive, Upgrade` and repeated headers both list tokens.
@@ -76,7 +91,7 @@ pub fn upgrade_request<'b>(parsed: &http::Head<'_, 'b>) -> Result<UpgradeRequest
         parsed
             .values(name)
             .flat_map(|v| v.split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+            .any(|t| http::trim_ows_bytes(t).eq_ignore_ascii_case(token.as_bytes()))
     };
     if !lists("connection", "upgrade") || !lists("upgrade", "websocket") {
         return Err(reject(426, "this endpoint only speaks WebSocket"));
@@ -420,6 +435,53 @@ Sec-WebSocket-Version: 13\r\nOrigin: https://app.example\r\n\r\n";
             status_of(&good.replacen("Host: x\r\n", &format!("Host: x\r\n{many}"), 1)),
             431
         );
+    }
+
+    #[test]
+    fn bare_lf_and_unicode_spaces_are_refused() {
+        let good = std::str::from_utf8(REQUEST).unwrap();
+        for request in [
+            good.replace("\r\n", "\n"),
+            good.replacen("Host: x\r\n", "Host: x\n", 1),
+            good.replacen("\r\n\r\n", "\r\n\n", 1),
+            good.replacen("Sec-WebSocket-Key: ", "Sec-WebSocket-Key: \u{a0}", 1),
+            good.replacen(
+                "dGhlIHNhbXBsZSBub25jZQ==",
+                "dGhlIHNhbXBsZSBub25jZQ==\u{a0}",
+                1,
+            ),
+        ] {
+            assert_eq!(status_of(&request), 400, "{request:?}");
+        }
+        let nbsp_version = good.replacen("Version: 13", "Version: \u{a0}13", 1);
+        assert_eq!(status_of(&nbsp_version), 426);
+        let nbsp_upgrade = good.replacen("Upgrade: websocket", "Upgrade: \u{a0}websocket", 1);
+        assert_eq!(status_of(&nbsp_upgrade), 426);
+        // A bare LF is refused before the request is complete.
+        let partial = good.replacen("Host: x\r\n", "Host: x\n", 1);
+        assert_eq!(status_of(&partial[..partial.len() / 2]), 400);
+        let tabs = good.replacen("Version: 13", "Version:\t13\t", 1);
+        assert_eq!(status_of(&tabs), 101);
+    }
+
+    #[test]
+    fn the_head_limit_holds_for_complete_requests() {
+        let good = std::str::from_utf8(REQUEST).unwrap();
+        let with_filler = |total: usize| {
+            let filler = total - REQUEST.len() - "X: \r\n".len();
+            good.replacen(
+                "Host: x\r\n",
+                &format!("Host: x\r\nX: {}\r\n", "a".repeat(filler)),
+                1,
+            )
+        };
+        assert_eq!(status_of(&with_filler(MAX_HEAD_BYTES)), 101);
+        assert_eq!(status_of(&with_filler(MAX_HEAD_BYTES + 1)), 431);
+        assert_eq!(status_of(&with_filler(40 * 1024)), 431);
+        // Incomplete: waits up to the limit, refuses past it.
+        let long = with_filler(40 * 1024);
+        assert_eq!(status_of(&long[..MAX_HEAD_BYTES]), 0);
+        assert_eq!(status_of(&long[..MAX_HEAD_BYTES + 1]), 431);
     }
 
     #[test]

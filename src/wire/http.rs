@@ -6,6 +6,10 @@
 //! within `max_head_bytes` is refused with 431, a body longer than `max_body_bytes` with 413 (as
 //! soon as its length is known). After an error the parser stays failed: the caller answers with
 //! the error's status and closes the connection. Parsing never panics on any input.
+//!
+//! Framing follows RFC 9112 strictly, so that no proxy in front can read a request differently:
+//! the head ends where httparse says, a bare LF anywhere in a head, chunk line or trailer is a
+//! 400, lengths are plain digits, optional whitespace is SP and HTAB only.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -90,7 +94,7 @@ struct PendingHead {
 pub struct RequestParser {
     limits: HttpLimits,
     buf: BytesMut,
-    /// Bytes of `buf` already searched for the end of the head.
+    /// Bytes of `buf` already searched for a LF (a head can only end on one).
     scanned: usize,
     head: Option<PendingHead>,
     /// Chunked bodies are decoded into here.
@@ -140,7 +144,8 @@ impl<'b> Head<'_, 'b> {
 }
 
 /// Parses the head at the start of `input` into `slots` (their count is the header limit).
-/// `Ok(None)`: incomplete.
+/// `Ok(None)`: incomplete. The head is `input[..len]` exactly as httparse delimits it; a bare
+/// LF in it is a 400 (httparse accepts one as a line end, other parsers may not).
 pub fn parse_head<'h, 'b>(
     input: &'b [u8],
     slots: &'h mut [httparse::Header<'b>],
@@ -148,11 +153,16 @@ pub fn parse_head<'h, 'b>(
     let mut req = httparse::Request::new(slots);
     let len = match req.parse(input) {
         Ok(httparse::Status::Complete(len)) => len,
+        // All of an incomplete input belongs to the head: refuse a bare LF without waiting.
+        Ok(httparse::Status::Partial) if has_bare_lf(input) => return Err(BARE_LF),
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return Err(error(431, "too many headers")),
         Err(httparse::Error::Version) => return Err(error(505, "only HTTP/1.0 and 1.1")),
         Err(_) => return Err(error(400, "malformed HTTP request")),
     };
+    if has_bare_lf(&input[..len]) {
+        return Err(BARE_LF);
+    }
     Ok(Some(Head {
         method: req.method.unwrap_or(""),
         target: req.path.unwrap_or("/"),
@@ -164,6 +174,89 @@ pub fn parse_head<'h, 'b>(
 
 /// Chunk-size lines longer than this are refused (hex digits plus extensions).
 const MAX_CHUNK_LINE: usize = 256;
+
+const BARE_LF: HttpError = error(400, "line ends in LF without CR");
+
+/// Whether a LF in `bytes` is not preceded by a CR.
+fn has_bare_lf(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+}
+
+/// Strips optional whitespace (RFC 9110 §5.6.3: SP and HTAB only; `str::trim` would also strip
+/// Unicode spaces, which no other parser treats as whitespace).
+pub fn trim_ows(value: &str) -> &str {
+    value.trim_matches([' ', '\t'])
+}
+
+/// [`trim_ows`] on bytes.
+pub fn trim_ows_bytes(value: &[u8]) -> &[u8] {
+    let start = value.iter().position(|&b| b != b' ' && b != b'\t');
+    let end = value.iter().rposition(|&b| b != b' ' && b != b'\t');
+    match (start, end) {
+        (Some(start), Some(end)) => &value[start..=end],
+        _ => &[],
+    }
+}
+
+/// `1*DIGIT` (a Content-Length): no sign, no spaces. Too large a value saturates, so it is
+/// refused as too large rather than as malformed.
+fn parse_decimal(value: &[u8]) -> Option<usize> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(value.iter().fold(0usize, |n, &d| {
+        n.saturating_mul(10).saturating_add(usize::from(d - b'0'))
+    }))
+}
+
+/// A chunk-size line without its CRLF: `1*HEXDIG [BWS ";" extensions]`. Extensions are
+/// ignored; control characters (a lone CR or LF above all) are not. Saturates like
+/// [`parse_decimal`].
+fn parse_chunk_size(line: &[u8]) -> Option<usize> {
+    if line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return None;
+    }
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    let rest = trim_ows_bytes(&line[digits..]);
+    if digits == 0 || !(rest.is_empty() || rest.starts_with(b";")) {
+        return None;
+    }
+    Some(line[..digits].iter().fold(0usize, |n, &d| {
+        let digit = char::from(d).to_digit(16).unwrap_or(0) as usize;
+        n.saturating_mul(16).saturating_add(digit)
+    }))
+}
+
+/// Whether `value` is a token (RFC 9110 §5.6.2).
+fn is_token(value: &str) -> bool {
+    !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The percent-decoded `name=value` pairs of a query, in order (application/x-www-form-urlencoded:
+/// `+` is a space, so a literal `+` is sent as `%2B`). A malformed escape is a 400.
+pub fn query_pairs(raw: &str) -> impl Iterator<Item = Result<(String, String), HttpError>> + '_ {
+    raw.split('&').filter(|p| !p.is_empty()).map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        Ok((percent_decode(k, true)?, percent_decode(v, true)?))
+    })
+}
+
+/// The decoded value of the first query pair called `name` (pairs before it are decoded too).
+pub fn query_value(raw: &str, name: &str) -> Result<Option<String>, HttpError> {
+    for pair in query_pairs(raw) {
+        let (k, v) = pair?;
+        if k == name {
+            return Ok(Some(v));
+        }
+    }
+    Ok(None)
+}
 
 impl RequestParser {
     pub fn new(limits: HttpLimits) -> Self {
@@ -256,25 +349,35 @@ impl RequestParser {
     }
 
     fn parse_head(&mut self) -> Result<Option<PendingHead>, HttpError> {
-        // Only run httparse once the blank line that ends the head is here; resume the search
-        // where the last one stopped, so a head arriving byte by byte costs linear time.
-        let from = self.scanned.saturating_sub(3);
-        let Some(end) = find(&self.buf[from..], b"\r\n\r\n").map(|p| from + p + 4) else {
-            self.scanned = self.buf.len();
-            if self.buf.len() > self.limits.max_head_bytes {
-                return Err(error(431, "request head too large"));
-            }
-            return Ok(None);
-        };
-        if end > self.limits.max_head_bytes {
-            return Err(error(431, "request head too large"));
+        let max = self.limits.max_head_bytes;
+        let too_large = error(431, "request head too large");
+        // A head can only end on a LF: run httparse again only when a new one has arrived, so
+        // a head trickling in byte by byte costs linear time.
+        let new_lf = self.buf[self.scanned..].contains(&b'\n');
+        self.scanned = self.buf.len();
+        if !new_lf {
+            return if self.buf.len() > max {
+                Err(too_large)
+            } else {
+                Ok(None)
+            };
         }
         // On the stack: no allocation per request.
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADER_SLOTS];
         let count = self.limits.max_headers.min(MAX_HEADER_SLOTS);
-        let Some(head) = parse_head(&self.buf[..end], &mut slots[..count])? else {
-            return Err(error(400, "malformed request"));
+        // One byte past the limit is enough to tell an oversized head, complete or not.
+        let window = &self.buf[..self.buf.len().min(max + 1)];
+        let Some(head) = parse_head(window, &mut slots[..count])? else {
+            return if window.len() > max {
+                Err(too_large)
+            } else {
+                Ok(None)
+            };
         };
+        if head.len > max {
+            return Err(too_large);
+        }
+        let end = head.len;
         let version = head.version;
         let method = match head.method {
             "GET" => Method::Get,
@@ -284,34 +387,40 @@ impl RequestParser {
         };
         let (raw_path, raw_query) = head.target.split_once('?').unwrap_or((head.target, ""));
         let path = percent_decode(raw_path, false)?;
-        let mut query = Vec::new();
-        for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            query.push((percent_decode(k, true)?, percent_decode(v, true)?));
-        }
+        let query = query_pairs(raw_query).collect::<Result<Vec<_>, _>>()?;
         let mut keep_alive = version == 1;
         let (mut length, mut chunked, mut expect_continue) = (None::<usize>, false, false);
         let (mut authorization, mut content_type) = (None, None);
         for h in head.headers {
-            let value = std::str::from_utf8(h.value)
-                .map_err(|_| error(400, "header is not UTF-8"))?
-                .trim();
+            // httparse already strips SP and HTAB around values; nothing else is whitespace.
+            let value = trim_ows(
+                std::str::from_utf8(h.value).map_err(|_| error(400, "header is not UTF-8"))?,
+            );
             let name = h.name;
             if name.eq_ignore_ascii_case("content-length") {
-                let n: usize = value
-                    .parse()
-                    .map_err(|_| error(400, "invalid Content-Length"))?;
+                let n =
+                    parse_decimal(value.as_bytes()).ok_or(error(400, "invalid Content-Length"))?;
+                // Repeats of the same value mean one length (RFC 9110 §8.6); others are refused.
                 if length.is_some_and(|l| l != n) {
                     return Err(error(400, "conflicting Content-Length"));
                 }
                 length = Some(n);
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                if !value.eq_ignore_ascii_case("chunked") {
+                // Chunked applied twice (or to HTTP/1.0, which has no chunked) is faulty
+                // framing (RFC 9112 §6.1).
+                if chunked || version == 0 {
+                    return Err(error(400, "invalid Transfer-Encoding"));
+                }
+                let codings: Vec<&str> = value.split(',').map(trim_ows).collect();
+                if !codings.iter().all(|c| is_token(c)) {
+                    return Err(error(400, "invalid Transfer-Encoding"));
+                }
+                if !matches!(&codings[..], [c] if c.eq_ignore_ascii_case("chunked")) {
                     return Err(error(501, "only chunked transfer-encoding is supported"));
                 }
                 chunked = true;
             } else if name.eq_ignore_ascii_case("connection") {
-                for token in value.split(',').map(str::trim) {
+                for token in value.split(',').map(trim_ows) {
                     if token.eq_ignore_ascii_case("close") {
                         keep_alive = false;
                     } else if token.eq_ignore_ascii_case("keep-alive") {
@@ -354,19 +463,19 @@ impl RequestParser {
     /// trailers have arrived.
     fn decode_chunks(&mut self) -> Result<Option<Bytes>, HttpError> {
         loop {
-            let Some(line_end) = find(&self.buf, b"\r\n") else {
-                if self.buf.len() > MAX_CHUNK_LINE {
+            // The line ends at the first LF, which must follow a CR.
+            let window = &self.buf[..self.buf.len().min(MAX_CHUNK_LINE + 2)];
+            let Some(lf) = window.iter().position(|&b| b == b'\n') else {
+                if window.len() > MAX_CHUNK_LINE + 1 {
                     return Err(error(400, "chunk size line too long"));
                 }
                 return Ok(None);
             };
-            if line_end > MAX_CHUNK_LINE {
-                return Err(error(400, "chunk size line too long"));
-            }
-            let line = std::str::from_utf8(&self.buf[..line_end])
-                .map_err(|_| error(400, "bad chunk size"))?;
-            let hex = line.split(';').next().unwrap_or("").trim();
-            let size = usize::from_str_radix(hex, 16).map_err(|_| error(400, "bad chunk size"))?;
+            let Some(line) = self.buf[..lf].strip_suffix(b"\r") else {
+                return Err(BARE_LF);
+            };
+            let line_end = line.len();
+            let size = parse_chunk_size(line).ok_or(error(400, "bad chunk size"))?;
             if size
                 > self
                     .limits
@@ -376,17 +485,7 @@ impl RequestParser {
                 return Err(error(413, "request body too large"));
             }
             if size == 0 {
-                // Trailers end with an empty line; they are ignored.
-                let rest = &self.buf[line_end + 2..];
-                let trailer_end = if rest.starts_with(b"\r\n") {
-                    Some(2)
-                } else {
-                    find(rest, b"\r\n\r\n").map(|p| p + 4)
-                };
-                let Some(trailer_end) = trailer_end else {
-                    if rest.len() > self.limits.max_head_bytes {
-                        return Err(error(431, "trailers too large"));
-                    }
+                let Some(trailer_end) = self.trailers_len(line_end + 2)? else {
                     return Ok(None);
                 };
                 self.buf.advance(line_end + 2 + trailer_end);
@@ -404,10 +503,27 @@ impl RequestParser {
             self.buf.advance(needed);
         }
     }
-}
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    /// The length of the trailer section (ignored) that starts at `buf[from..]`, up to and
+    /// including its empty line; delimited by httparse and held to the head's rules and limits.
+    fn trailers_len(&self, from: usize) -> Result<Option<usize>, HttpError> {
+        let max = self.limits.max_head_bytes;
+        let rest = &self.buf[from..];
+        let window = &rest[..rest.len().min(max + 1)];
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADER_SLOTS];
+        let count = self.limits.max_headers.min(MAX_HEADER_SLOTS);
+        let too_large = error(431, "trailers too large");
+        match httparse::parse_headers(window, &mut slots[..count]) {
+            Ok(httparse::Status::Complete((len, _))) if has_bare_lf(&window[..len]) => Err(BARE_LF),
+            Ok(httparse::Status::Complete((len, _))) if len > max => Err(too_large),
+            Ok(httparse::Status::Complete((len, _))) => Ok(Some(len)),
+            Ok(httparse::Status::Partial) if has_bare_lf(window) => Err(BARE_LF),
+            Ok(httparse::Status::Partial) if window.len() > max => Err(too_large),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(httparse::Error::TooManyHeaders) => Err(error(431, "too many trailers")),
+            Err(_) => Err(error(400, "malformed trailers")),
+        }
+    }
 }
 
 /// Decodes `%XX` escapes (and `+` as space in queries). Malformed escapes or a result that is
@@ -688,6 +804,189 @@ mod tests {
             parse_all(b"GET /%ff HTTP/1.1\r\n\r\n").unwrap_err().status,
             400
         );
+    }
+
+    fn status(input: &[u8]) -> u16 {
+        parse_all(input).map_or_else(|e| e.status, |_| 200)
+    }
+
+    #[test]
+    fn lengths_are_plain_digits() {
+        for value in [
+            &b"+1"[..],
+            b"-1",
+            b"\xc2\xa01",
+            b"1\xc2\xa0",
+            b"1 1",
+            b"1, 1",
+            b"0x1",
+            b"",
+        ] {
+            let mut input = b"POST /p HTTP/1.1\r\nContent-Length: ".to_vec();
+            input.extend_from_slice(value);
+            input.extend_from_slice(b"\r\n\r\n7");
+            assert_eq!(status(&input), 400, "{:?}", String::from_utf8_lossy(value));
+        }
+        let reqs = parse_all(b"POST /p HTTP/1.1\r\nContent-Length:\t1 \r\n\r\n7").unwrap();
+        assert_eq!(&reqs[0].body[..], b"7");
+        let same_twice = b"POST /p HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n7";
+        assert_eq!(status(same_twice), 200);
+        let huge = b"POST /p HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n";
+        assert_eq!(status(huge), 413);
+    }
+
+    #[test]
+    fn chunk_sizes_are_plain_hex_on_crlf_lines() {
+        let te = b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let with = |body: &[u8]| [&te[..], body].concat();
+        for body in [
+            &b"+1\r\n7\r\n0\r\n\r\n"[..],
+            b"-1\r\n7\r\n0\r\n\r\n",
+            b"0x1\r\n7\r\n0\r\n\r\n",
+            b" 1\r\n7\r\n0\r\n\r\n",
+            b"1 x\r\n7\r\n0\r\n\r\n",
+            b"1\xc2\xa0\r\n7\r\n0\r\n\r\n",
+            b"\r\n7\r\n0\r\n\r\n",
+            b"1\n7\r\n0\r\n\r\n",
+            b"1;a\nb\r\n7\r\n0\r\n\r\n",
+            b"1;a\rb\r\n7\r\n0\r\n\r\n",
+            b"1\r\n7\n0\r\n\r\n",
+            b"1\r\n7\r\n0\n\r\n",
+            b"1\r\n7\r\n0\r\nX: y\n\r\n",
+            b"1\r\n7\r\n0\r\n\n",
+        ] {
+            assert_eq!(
+                status(&with(body)),
+                400,
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        for body in [
+            &b"1\r\n7\r\n0\r\n\r\n"[..],
+            b"1 ;ext\r\n7\r\n0\r\n\r\n",
+            b"1\t; a=\"b\"\r\n7\r\n0\r\nX: y\r\n\r\n",
+            b"01\r\n7\r\n000\r\n\r\n",
+        ] {
+            let reqs = parse_all(&with(body)).unwrap();
+            assert_eq!(
+                &reqs[0].body[..],
+                b"7",
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert_eq!(status(&with(b"fffffffffffffffffffffff\r\n")), 413);
+    }
+
+    #[test]
+    fn transfer_encoding_is_chunked_once_or_refused() {
+        for (headers, want) in [
+            (&b"Transfer-Encoding: \xc2\xa0chunked\r\n"[..], 400),
+            (b"Transfer-Encoding: chunked\xc2\xa0\r\n", 400),
+            (
+                b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+                400,
+            ),
+            (b"Transfer-Encoding: chunked, chunked\r\n", 501),
+            (b"Transfer-Encoding: gzip, chunked\r\n", 501),
+            (b"Transfer-Encoding: ,\r\n", 400),
+            (b"Transfer-Encoding: chunked\r\nContent-Length: 1\r\n", 400),
+            (b"Transfer-Encoding:\tChunked \r\n", 200),
+        ] {
+            let input = [
+                &b"POST /p HTTP/1.1\r\n"[..],
+                headers,
+                b"\r\n1\r\n7\r\n0\r\n\r\n",
+            ]
+            .concat();
+            assert_eq!(
+                status(&input),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(headers)
+            );
+        }
+        let http10 = b"POST /p HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n7\r\n0\r\n\r\n";
+        assert_eq!(status(http10), 400);
+    }
+
+    #[test]
+    fn heads_with_a_bare_lf_are_refused() {
+        for input in [
+            &b"POST /p?topic=t HTTP/1.1\nHost: x\nContent-Length: 1\n\nX\r\n\r\n7"[..],
+            b"POST /p?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\nX-Hidden: y\r\n\r\n7",
+            b"POST /p HTTP/1.1\r\nHost: x\nContent-Length: 1\r\n\r\n7",
+            b"\nGET /p HTTP/1.1\r\n\r\n",
+            b"GET /p HTTP/1.1\r\nHost: x\rY: z\r\n\r\n",
+        ] {
+            assert_eq!(status(input), 400, "{:?}", String::from_utf8_lossy(input));
+            // Refused as soon as the bare LF is in, even byte by byte.
+            let mut p = RequestParser::new(HttpLimits::default());
+            let mut refused = false;
+            for b in input {
+                p.feed(&[*b]).unwrap();
+                if p.next_request().is_err() {
+                    refused = true;
+                    break;
+                }
+            }
+            assert!(refused, "{:?}", String::from_utf8_lossy(input));
+        }
+        // The leading empty line RFC 9112 §2.2 allows is a CRLF.
+        assert_eq!(status(b"\r\nGET /p HTTP/1.1\r\n\r\n"), 200);
+    }
+
+    #[test]
+    fn the_head_limit_holds_for_complete_heads() {
+        let max = HttpLimits::default().max_head_bytes;
+        let head = |len: usize| {
+            let fixed = "GET /p HTTP/1.1\r\nX: \r\n\r\n".len();
+            format!("GET /p HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(len - fixed))
+        };
+        assert_eq!(status(head(max).as_bytes()), 200);
+        assert_eq!(status(head(max + 1).as_bytes()), 431);
+        assert_eq!(status(head(5 * max).as_bytes()), 431);
+        // In pieces, the last one completing the head.
+        let big = head(max + 1);
+        let mut p = RequestParser::new(HttpLimits::default());
+        p.feed(&big.as_bytes()[..max / 2]).unwrap();
+        assert!(p.next_request().unwrap().is_none());
+        p.feed(&big.as_bytes()[max / 2..]).unwrap();
+        assert_eq!(p.next_request().unwrap_err().status, 431);
+    }
+
+    #[test]
+    fn query_values_are_percent_decoded() {
+        assert_eq!(
+            query_value("x=1&token=p%25ss%2Bw%26rd&token=2", "token"),
+            Ok(Some("p%ss+w&rd".to_owned()))
+        );
+        assert_eq!(
+            query_value("token=a+b%20c", "token"),
+            Ok(Some("a b c".to_owned()))
+        );
+        assert_eq!(query_value("tok%65n=v", "token"), Ok(Some("v".to_owned())));
+        assert_eq!(query_value("token", "token"), Ok(Some(String::new())));
+        assert_eq!(query_value("other=1", "token"), Ok(None));
+        for bad in [
+            "token=%zz",
+            "token=%",
+            "token=%2",
+            "token=%ff",
+            "x=%zz&token=t",
+        ] {
+            assert_eq!(query_value(bad, "token").unwrap_err().status, 400, "{bad}");
+        }
+    }
+
+    #[test]
+    fn optional_whitespace_is_sp_and_htab() {
+        assert_eq!(trim_ows(" \t a b\t "), "a b");
+        assert_eq!(trim_ows("\u{a0}a\u{a0}"), "\u{a0}a\u{a0}");
+        assert_eq!(trim_ows_bytes(b" \ta\t "), b"a");
+        assert_eq!(trim_ows_bytes(b" \t "), b"");
+        assert_eq!(trim_ows_bytes(b"\x0ba"), b"\x0ba");
     }
 
     #[test]
