@@ -6,6 +6,7 @@
 //! Knows [`crate::wire`], [`crate::hub`] and [`crate::conn`]; nothing below knows it.
 
 pub mod auth;
+pub mod sha256;
 pub mod tick;
 
 use std::borrow::Cow;
