@@ -169,6 +169,20 @@ mod tests {
     }
 
     #[test]
+    fn the_example_of_docs_protocol_verifies() {
+        let key = HmacSha256::new(b"change-me-to-32-random-bytes!!!!");
+        let claim = "eyJ0b3BpYyI6InByaXZhdGUtNDIiLCJleHAiOjE3NjcyMjU2MDB9.Q3edqEnKegRKiXm9tobBH7G3VKbzrbCGP25iyvOBE-I";
+        assert_eq!(
+            sign(&key, &Scope::Topic("private-42".into()), 1_767_225_600),
+            claim
+        );
+        assert_eq!(
+            verify(&key, claim).unwrap().expires_unix_secs,
+            1_767_225_600
+        );
+    }
+
+    #[test]
     fn scopes_cover_their_topics() {
         let topic = Scope::Topic("private-42".into());
         assert!(topic.covers("private-42"));
