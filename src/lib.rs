@@ -7,14 +7,15 @@
 //! - [`server`]: the mio loop, the only code that does I/O: poll, accept, read, one dispatch
 //!   over the connection kinds, moving hub deliveries into outbound queues, flush, expire.
 //! - [`app`]: what requests mean: the API's route table, the upgrade policy (path, origin,
-//!   client token) and the API token, the demo publisher, the counters of `/stats`.
+//!   client token) and the API token, which topics need a signed subscription claim (with its
+//!   own SHA-256 and HMAC), the demo publisher, the counters of `/stats`.
 //! - [`conn`]: per-connection state machines of one shape ([`conn::Connection`]): the WebSocket
 //!   session (handshake, frames by tungstenite, client commands, slow-consumer policy) and the
 //!   API's HTTP connection; the bounded outbound queue and the write-stall rule they share.
 //! - [`hub`]: the pub/sub domain: topics, their members, and what a publish delivers (the push
 //!   framed once, shared by every subscriber's queue); topic lifecycle for whoever mirrors it.
 //! - [`wire`]: bytes ⇄ values: the WebSocket frame codec, JSON messages, HTTP/1.1 heads and
-//!   responses, the opening handshake (with the SHA-1 and base64 it needs).
+//!   responses, the opening handshake (with the SHA-1 and base64 it needs), base64url.
 //!
 //! Beside the layers: [`config`] (settings, defaults, validation, flags and environment),
 //! [`timer`] (a hierarchical timer wheel), [`stats`] (plain counters bumped by the layers above

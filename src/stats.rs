@@ -26,6 +26,10 @@ pub struct Stats {
     pub handshake_timeouts: u64,
     /// Client requests answered with an `error` message.
     pub bad_requests: u64,
+    /// Subscribes refused because a private topic had no valid claim (also in `bad_requests`).
+    pub claims_refused: u64,
+    /// Private subscriptions the server ended because their claim expired.
+    pub claim_expirations: u64,
     /// Sessions closed for a protocol violation (1002, 1003, 1007, 1009).
     pub protocol_closes: u64,
     pub api_requests: u64,

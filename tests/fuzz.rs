@@ -106,7 +106,8 @@ fn fuzz_client_message_parser() {
         if let Ok(text) = std::str::from_utf8(&input) {
             match protocol::parse_client_message(text) {
                 Ok(
-                    protocol::ClientMessage::Subscribe(t) | protocol::ClientMessage::Unsubscribe(t),
+                    protocol::ClientMessage::Subscribe { topics: t, .. }
+                    | protocol::ClientMessage::Unsubscribe(t),
                 ) => {
                     assert!(!t.is_empty());
                     for topic in &t {
@@ -218,12 +219,19 @@ impl Write for FlakySink<'_> {
     }
 }
 
+/// The wall clock of the fuzzed sessions at their start; the claims of the `private_*` seeds
+/// were signed with `FUZZ_SECRET` to expire 20 to 90 s later.
+const UNIX_EPOCH_MS: u64 = 1_700_000_000_000;
+const FUZZ_SECRET: &str = "fuzz-secret-0123456789";
+
 #[test]
 fn fuzz_session_state_machine() {
     let seeds = corpus("session");
     let mut config = Config {
         max_message_size: 4096,
         outbound_cap: 8192,
+        subscribe_secret: Some(FUZZ_SECRET.to_owned()),
+        private_prefix: Some("private-".to_owned()),
         ..Config::default()
     };
     config.max_topics_per_connection = 8;
@@ -235,6 +243,7 @@ fn fuzz_session_state_machine() {
     ];
     let mut rng = Rng(0x5eed_0003);
     let (mut opened, mut subscribed, mut delivered, mut closed) = (0, 0, 0, 0);
+    let (mut refused, mut expired) = (0, 0);
     for i in 0..iterations(4_000) {
         let seed = &seeds[i % seeds.len()];
         // Mostly keep the handshake intact so the frames behind it get exercised.
@@ -264,7 +273,9 @@ fn fuzz_session_state_machine() {
                 settings: &settings,
                 stats: &mut stats,
                 routes: &routes,
+                access: &routes.subscribe,
                 now_ms: now,
+                unix_ms: UNIX_EPOCH_MS + now,
             };
             session.on_input(Bytes::copy_from_slice(&script[..head_len]), &mut ctx);
             rest = &script[head_len..];
@@ -282,7 +293,9 @@ fn fuzz_session_state_machine() {
                         settings: &settings,
                         stats: &mut stats,
                         routes: &routes,
+                        access: &routes.subscribe,
                         now_ms: now,
+                        unix_ms: UNIX_EPOCH_MS + now,
                     };
                     session.on_input(Bytes::copy_from_slice(&rest[..n]), &mut ctx);
                     rest = &rest[n..];
@@ -291,7 +304,7 @@ fn fuzz_session_state_machine() {
                 2 => {
                     now += [1, 50, 1_000, 10_000, 30_000][rng.below(5)];
                     if now >= session.next_deadline(&settings) {
-                        session.on_timer(&settings, &mut stats, now);
+                        session.on_timer(&settings, &mut stats, &mut hub, now);
                     }
                 }
                 // A publish.
@@ -331,13 +344,16 @@ fn fuzz_session_state_machine() {
         opened += usize::from(stats.handshake_failures == 0);
         delivered += stats.deliveries;
         closed += stats.protocol_closes + stats.slow_consumer_closes + stats.heartbeat_timeouts;
+        refused += stats.claims_refused;
+        expired += stats.claim_expirations;
         assert!(hub.topic_count() <= 8);
         hub.remove_subscriber(session.subscriptions_mut(), id, |_| {});
         assert_eq!(hub.topic_count(), 0);
     }
     // The mutations must reach deep states, or the fuzzer proves little.
     eprintln!(
-        "sessions: {opened} without handshake failure, {subscribed} steps subscribed, {delivered} deliveries, {closed} closes"
+        "sessions: {opened} without handshake failure, {subscribed} steps subscribed, {delivered} deliveries, {closed} closes, {refused} claims refused, {expired} expired"
     );
     assert!(subscribed > 0 && delivered > 0 && closed > 0);
+    assert!(refused > 0 && expired > 0);
 }

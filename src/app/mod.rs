@@ -6,6 +6,8 @@
 //! Knows [`crate::wire`], [`crate::hub`] and [`crate::conn`]; nothing below knows it.
 
 pub mod auth;
+pub mod claim;
+pub mod sha256;
 pub mod tick;
 
 use std::borrow::Cow;
@@ -19,7 +21,7 @@ use crate::stats::Stats;
 use crate::wire::handshake;
 use crate::wire::http::{Head, HttpLimits, Method, Request, Response};
 use crate::wire::message::{self, TopicRules};
-pub use auth::HandshakePolicy;
+pub use auth::{HandshakePolicy, SubscribePolicy};
 
 /// The application: policies derived from the configuration, and the counters.
 pub struct App {
@@ -30,15 +32,18 @@ pub struct App {
     api_limits: HttpLimits,
 }
 
-/// The route table of the WebSocket port: the upgrade on `--path`, checked against the policy.
+/// The route table of the WebSocket port: the upgrade on `--path`, checked against the policy,
+/// and which topics its sessions may subscribe to.
 pub struct WsPort {
     pub policy: HandshakePolicy,
+    pub subscribe: SubscribePolicy,
 }
 
 impl WsPort {
     pub fn from_config(config: &Config) -> Self {
         WsPort {
             policy: HandshakePolicy::from_config(config),
+            subscribe: SubscribePolicy::from_config(config),
         }
     }
 }
@@ -106,9 +111,7 @@ impl App {
     pub fn new(config: &Config) -> Self {
         App {
             stats: Stats::default(),
-            ws_port: WsPort {
-                policy: HandshakePolicy::from_config(config),
-            },
+            ws_port: WsPort::from_config(config),
             api_token: config.api_token.clone(),
             topic_rules: TopicRules {
                 max_len: config.max_topic_length,

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 
 use super::{Connection, OutQueue, Settings, Status, WriteStall};
+use crate::hub::Hub;
 use crate::stats::Stats;
 use crate::wire::http::{self, HttpError, HttpLimits, Request, RequestParser, Response};
 
@@ -122,7 +123,7 @@ impl Connection for HttpConn {
             .min(self.stall.deadline(settings.write_timeout_ms))
     }
 
-    fn on_timer(&mut self, settings: &Settings, _stats: &mut Stats, now_ms: u64) {
+    fn on_timer(&mut self, settings: &Settings, _stats: &mut Stats, _hub: &mut Hub, now_ms: u64) {
         if now_ms >= self.next_deadline(settings) {
             self.dead = true;
         }

@@ -19,6 +19,7 @@ pub mod ws;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::{Config, SlowConsumerPolicy, millis};
+use crate::hub::Hub;
 use crate::stats::Stats;
 use crate::wire::message::TopicRules;
 pub use outbound::OutQueue;
@@ -46,7 +47,8 @@ pub trait Connection {
     /// The earliest time this connection needs `on_timer`.
     fn next_deadline(&self, settings: &Settings) -> u64;
     /// A deadline may have passed: time out whatever is due.
-    fn on_timer(&mut self, settings: &Settings, stats: &mut Stats, now_ms: u64);
+    /// The hub: a WebSocket session leaves the private topics whose claims expired.
+    fn on_timer(&mut self, settings: &Settings, stats: &mut Stats, hub: &mut Hub, now_ms: u64);
     /// `eof`: the peer closed its side, nothing more will arrive.
     fn status(&mut self, eof: bool) -> Status;
     /// The server stops reading while this holds (its replies wait unread beyond the cap), and

@@ -12,7 +12,13 @@
 //! session's [`OutQueue`]; it never touches the socket, so its buffers stay small (no 128 KiB
 //! read buffer per connection). Its frame context (~340 bytes) exists only while a client
 //! message is being read: between messages an open session holds nothing but its queue.
+//!
+//! Private topics: the application's [`TopicAccess`] decides which topics of a subscribe need
+//! a claim and whether the claims sent cover them. The session remembers when each private
+//! subscription's claim expires and ends it then (its deadline is one of the session's timer
+//! deadlines); a session without private topics holds one empty pointer for it.
 
+use std::borrow::Cow;
 use std::io::{self, Read, Write};
 
 use bytes::Bytes;
@@ -46,6 +52,27 @@ pub enum WsRoute {
     Upgrade(Vec<u8>),
     /// Answer with this error and close.
     Refuse(HttpError),
+}
+
+/// Which topics a session may subscribe to: the application's policy, asked for every
+/// subscribe with the claims that came with it.
+pub trait TopicAccess {
+    /// The grants of the private topics among `topics` (none when all are public), or the
+    /// refusal of the first private topic no valid claim covers. `unix_ms`: the wall clock.
+    fn authorize(
+        &self,
+        topics: &[Cow<'_, str>],
+        claims: &[Cow<'_, str>],
+        unix_ms: u64,
+    ) -> Result<Vec<Grant>, RequestError>;
+}
+
+/// A private topic of a subscribe, covered by a claim until `expires_unix_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// Its index in the subscribe's `topics`.
+    pub topic: usize,
+    pub expires_unix_ms: u64,
 }
 
 /// The stream tungstenite reads from and writes to: the input the server handed over and the
@@ -176,13 +203,68 @@ pub struct Ctx<'a> {
     pub settings: &'a Settings,
     pub stats: &'a mut Stats,
     pub routes: &'a dyn WsRoutes,
+    pub access: &'a dyn TopicAccess,
+    /// The loop's monotonic clock.
     pub now_ms: u64,
+    /// The wall clock (Unix time), read with `now_ms`: claims expire in Unix time.
+    pub unix_ms: u64,
+}
+
+/// The private subscriptions of a session and when their claims expire.
+#[derive(Debug, Default)]
+struct PrivateTopics {
+    /// (topic, expiry on the monotonic clock); a handful at most, so a `Vec`.
+    expiries: Vec<(Box<str>, u64)>,
+    /// The earliest expiry, kept for `next_deadline`.
+    next_expiry_ms: u64,
+}
+
+impl PrivateTopics {
+    /// Records a grant; a topic already held keeps the later of its two expiries, so a stale
+    /// claim sent again never shortens a subscription.
+    fn extend(&mut self, topic: &str, expires_ms: u64) {
+        match self.expiries.iter_mut().find(|(t, _)| &**t == topic) {
+            Some((_, expiry)) => *expiry = (*expiry).max(expires_ms),
+            None => self.expiries.push((topic.into(), expires_ms)),
+        }
+        self.refresh();
+    }
+
+    fn remove(&mut self, topic: &str) {
+        self.expiries.retain(|(t, _)| &**t != topic);
+        self.refresh();
+    }
+
+    /// Removes and returns the topics expired at `now_ms`.
+    fn take_expired(&mut self, now_ms: u64) -> Vec<Box<str>> {
+        let mut expired = Vec::new();
+        self.expiries.retain_mut(|(topic, expiry)| {
+            let keep = *expiry > now_ms;
+            if !keep {
+                expired.push(std::mem::take(topic));
+            }
+            keep
+        });
+        self.refresh();
+        expired
+    }
+
+    fn refresh(&mut self) {
+        self.next_expiry_ms = self
+            .expiries
+            .iter()
+            .map(|&(_, expiry)| expiry)
+            .min()
+            .unwrap_or(u64::MAX);
+    }
 }
 
 pub struct Session {
     phase: Phase,
     id: SubscriberId,
     subscriptions: Subscriptions,
+    /// Boxed and absent until a private topic is subscribed: 8 bytes for everyone else.
+    private: Option<Box<PrivateTopics>>,
     /// When the handshake and the first subscribe must be done by; `u64::MAX` once subscribed.
     subscribe_by_ms: u64,
     last_input_ms: u64,
@@ -196,6 +278,7 @@ impl Session {
             phase: Phase::Accepted,
             id,
             subscriptions: Subscriptions::default(),
+            private: None,
             subscribe_by_ms: now_ms + settings.handshake_timeout_ms,
             last_input_ms: now_ms,
             stall: WriteStall::default(),
@@ -388,10 +471,13 @@ impl Session {
             return self.send(frame::frame(Opcode::Text, text.as_bytes()), ctx);
         }
         let reply = match message::parse_client_message(&text) {
-            Ok(ClientMessage::Subscribe(topics)) => self.subscribe(&topics, ctx),
+            Ok(ClientMessage::Subscribe { topics, claims }) => {
+                self.subscribe(&topics, &claims, ctx)
+            }
             Ok(ClientMessage::Unsubscribe(topics)) => {
                 for topic in &topics {
                     ctx.hub.unsubscribe(&mut self.subscriptions, self.id, topic);
+                    self.forget_private(topic);
                 }
                 Ok(message::encode_ack(false, &topics))
             }
@@ -401,21 +487,27 @@ impl Session {
         };
         let frame = reply.unwrap_or_else(|e| {
             ctx.stats.bad_requests += 1;
+            if matches!(e, RequestError::ClaimRefused { .. }) {
+                ctx.stats.claims_refused += 1;
+            }
             debug!("session {:?}: bad request: {e}", self.id);
-            message::encode_error(&e.to_string())
+            message::encode_request_error(&e)
         });
         self.send(frame, ctx);
     }
 
-    /// All or nothing: a request with one bad topic subscribes to none of them.
+    /// All or nothing: a request with one bad topic, or one private topic without a valid
+    /// claim, subscribes to none of them.
     fn subscribe(
         &mut self,
-        topics: &[std::borrow::Cow<'_, str>],
+        topics: &[Cow<'_, str>],
+        claims: &[Cow<'_, str>],
         ctx: &mut Ctx<'_>,
     ) -> Result<Bytes, RequestError> {
         for topic in topics {
             message::validate_topic(topic, ctx.settings.topic_rules)?;
         }
+        let grants = ctx.access.authorize(topics, claims, ctx.unix_ms)?;
         let mut new: Vec<&str> = topics
             .iter()
             .map(|t| &**t)
@@ -431,21 +523,69 @@ impl Session {
         for topic in new {
             ctx.hub.subscribe(&mut self.subscriptions, self.id, topic);
         }
+        for grant in grants {
+            let Some(topic) = topics.get(grant.topic) else {
+                continue;
+            };
+            // The claim's Unix expiry, as a deadline on the loop's clock.
+            let remaining_ms = grant.expires_unix_ms.saturating_sub(ctx.unix_ms);
+            self.private
+                .get_or_insert_default()
+                .extend(topic, ctx.now_ms.saturating_add(remaining_ms));
+        }
         self.subscribe_by_ms = u64::MAX;
         Ok(message::encode_ack(true, topics))
     }
 
+    fn forget_private(&mut self, topic: &str) {
+        if let Some(private) = &mut self.private {
+            private.remove(topic);
+            if private.expiries.is_empty() {
+                self.private = None;
+            }
+        }
+    }
+
+    /// Ends the private subscriptions whose claims have expired, and tells the client.
+    fn expire_claims(&mut self, hub: &mut Hub, settings: &Settings, stats: &mut Stats, now: u64) {
+        let Some(private) = &mut self.private else {
+            return;
+        };
+        if private.next_expiry_ms > now {
+            return;
+        }
+        let expired = private.take_expired(now);
+        if private.expiries.is_empty() {
+            self.private = None;
+        }
+        for topic in &expired {
+            hub.unsubscribe(&mut self.subscriptions, self.id, topic);
+        }
+        stats.claim_expirations += expired.len() as u64;
+        debug!("session {:?}: claims expired: {expired:?}", self.id);
+        self.queue_reply(
+            message::encode_claims_expired(&expired),
+            settings,
+            stats,
+            now,
+        );
+    }
+
     /// Queues a reply of our own (pong, ack, error, echo).
     fn send(&mut self, frame: Bytes, ctx: &mut Ctx<'_>) {
+        self.queue_reply(frame, ctx.settings, ctx.stats, ctx.now_ms);
+    }
+
+    fn queue_reply(&mut self, frame: Bytes, settings: &Settings, stats: &mut Stats, now: u64) {
         let Phase::Open(open) = &mut self.phase else {
             return;
         };
         if !open.can_write() {
             return;
         }
-        if !fits(&open.out, frame.len(), ctx.settings.outbound_cap) {
-            ctx.stats.slow_consumer_closes += 1;
-            return self.close(CloseReason::SlowConsumer, ctx.now_ms);
+        if !fits(&open.out, frame.len(), settings.outbound_cap) {
+            stats.slow_consumer_closes += 1;
+            return self.close(CloseReason::SlowConsumer, now);
         }
         open.out.push(frame);
     }
@@ -584,10 +724,11 @@ impl Connection for Session {
             Phase::Accepted | Phase::Handshaking(_) => self.subscribe_by_ms,
             Phase::Open(_) => {
                 let idle = self.last_input_ms + settings.idle_limit_ms;
+                let claims = self.private.as_ref().map_or(u64::MAX, |p| p.next_expiry_ms);
                 if settings.echo {
                     idle
                 } else {
-                    idle.min(self.subscribe_by_ms)
+                    idle.min(self.subscribe_by_ms).min(claims)
                 }
             }
             Phase::Finishing { deadline_ms, .. } => *deadline_ms,
@@ -596,12 +737,15 @@ impl Connection for Session {
         deadline.min(self.stall.deadline(settings.write_timeout_ms))
     }
 
-    fn on_timer(&mut self, s: &Settings, stats: &mut Stats, now: u64) {
+    fn on_timer(&mut self, s: &Settings, stats: &mut Stats, hub: &mut Hub, now: u64) {
         if self.stall.expired(now, s.write_timeout_ms) {
             stats.write_timeouts += 1;
             debug!("session {:?}: write timeout", self.id);
             self.phase = Phase::Gone;
             return;
+        }
+        if let Phase::Open(_) = self.phase {
+            self.expire_claims(hub, s, stats, now);
         }
         match &self.phase {
             Phase::Accepted | Phase::Handshaking(_) if now >= self.subscribe_by_ms => {
@@ -627,5 +771,202 @@ impl Connection for Session {
             Status::Finishing if eof => Status::Dead,
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::wire::message::ClaimRefusal;
+
+    /// The wall clock when the loop's clock reads 0.
+    const UNIX_AT_START_MS: u64 = 1_700_000_000_000;
+
+    struct UpgradeAll;
+
+    impl WsRoutes for UpgradeAll {
+        fn route(&self, head: &http::Head<'_, '_>) -> WsRoute {
+            match handshake::upgrade_request(head) {
+                Ok(request) => WsRoute::Upgrade(handshake::accept_response(request.key)),
+                Err(e) => WsRoute::Refuse(e),
+            }
+        }
+    }
+
+    /// Topics starting with `p-` are private; the first claim is the Unix ms it grants them
+    /// until (the signature is the application's business, not the session's).
+    struct ClaimIsExpiry;
+
+    impl TopicAccess for ClaimIsExpiry {
+        fn authorize(
+            &self,
+            topics: &[Cow<'_, str>],
+            claims: &[Cow<'_, str>],
+            _unix_ms: u64,
+        ) -> Result<Vec<Grant>, RequestError> {
+            let expiry = claims.first().and_then(|c| c.parse().ok());
+            topics
+                .iter()
+                .enumerate()
+                .filter(|(_, t)| t.starts_with("p-"))
+                .map(|(index, topic)| match expiry {
+                    Some(expires_unix_ms) => Ok(Grant {
+                        topic: index,
+                        expires_unix_ms,
+                    }),
+                    None => Err(RequestError::ClaimRefused {
+                        topic: topic.to_string(),
+                        reason: ClaimRefusal::Missing,
+                    }),
+                })
+                .collect()
+        }
+    }
+
+    struct Harness {
+        session: Session,
+        hub: Hub,
+        stats: Stats,
+        settings: Settings,
+    }
+
+    impl Harness {
+        fn open() -> Harness {
+            let settings = Settings::from_config(&Config::default());
+            let mut harness = Harness {
+                session: Session::new(SubscriberId(1), 0, &settings),
+                hub: Hub::new(),
+                stats: Stats::default(),
+                settings,
+            };
+            let key = handshake::client_key([7; 16]);
+            harness.input(&handshake::client_request("x", "/ws", &key), 0);
+            harness.output();
+            harness
+        }
+
+        fn input(&mut self, bytes: &[u8], now_ms: u64) {
+            let mut ctx = Ctx {
+                hub: &mut self.hub,
+                settings: &self.settings,
+                stats: &mut self.stats,
+                routes: &UpgradeAll,
+                access: &ClaimIsExpiry,
+                now_ms,
+                unix_ms: UNIX_AT_START_MS + now_ms,
+            };
+            self.session
+                .on_input(Bytes::copy_from_slice(bytes), &mut ctx);
+        }
+
+        fn send(&mut self, json: serde_json::Value, now_ms: u64) {
+            let text = json.to_string();
+            self.input(
+                &frame::masked(Opcode::Text, text.as_bytes(), [1, 2, 3, 4]),
+                now_ms,
+            );
+        }
+
+        fn timer(&mut self, now_ms: u64) {
+            self.session
+                .on_timer(&self.settings, &mut self.stats, &mut self.hub, now_ms);
+        }
+
+        /// The text messages queued so far, as JSON.
+        fn output(&mut self) -> Vec<serde_json::Value> {
+            let mut bytes = Vec::new();
+            if let Some(out) = self.session.outbound() {
+                let _ = out.write_to(&mut bytes);
+            }
+            let mut texts = Vec::new();
+            frame::split_frames(&bytes, |_, payload| {
+                texts.push(serde_json::from_slice(payload).unwrap_or(serde_json::Value::Null))
+            });
+            texts
+        }
+
+        fn subscribers(&self, topic: &str) -> usize {
+            self.hub.subscriber_count(topic)
+        }
+    }
+
+    #[test]
+    fn a_private_subscription_ends_when_its_claim_expires() {
+        let mut h = Harness::open();
+        let claim = (UNIX_AT_START_MS + 5_000).to_string();
+        h.send(
+            serde_json::json!({"cmd":"subscribe","topics":["p-1","news"],"claims":[claim]}),
+            100,
+        );
+        assert_eq!(h.output()[0]["cmd"], "subscribed");
+        assert_eq!(h.session.next_deadline(&h.settings), 5_000);
+        h.timer(4_999);
+        assert!(h.output().is_empty());
+        assert_eq!(h.subscribers("p-1"), 1);
+        h.timer(5_000);
+        assert_eq!(
+            h.output(),
+            [serde_json::json!({"cmd":"unsubscribed","topics":["p-1"],"reason":"claim expired"})]
+        );
+        assert_eq!((h.subscribers("p-1"), h.subscribers("news")), (0, 1));
+        assert!(h.session.private.is_none(), "the expiries are freed");
+        assert_eq!(h.stats.claim_expirations, 1);
+        // Back to the heartbeat deadline only.
+        assert_eq!(
+            h.session.next_deadline(&h.settings),
+            100 + h.settings.idle_limit_ms
+        );
+    }
+
+    #[test]
+    fn a_fresh_claim_extends_and_a_stale_one_does_not_shorten() {
+        let mut h = Harness::open();
+        let claim = |ms: u64| (UNIX_AT_START_MS + ms).to_string();
+        h.send(
+            serde_json::json!({"topics":["p-1"],"claims":[claim(5_000)]}),
+            0,
+        );
+        h.send(
+            serde_json::json!({"topics":["p-1"],"claims":[claim(9_000)]}),
+            3_000,
+        );
+        h.send(
+            serde_json::json!({"topics":["p-1"],"claims":[claim(4_000)]}),
+            3_500,
+        );
+        assert_eq!(h.output().len(), 3);
+        assert_eq!(h.subscribers("p-1"), 1, "re-subscribing adds no member");
+        assert_eq!(h.session.next_deadline(&h.settings), 9_000);
+        h.timer(5_000);
+        assert!(h.output().is_empty());
+        h.send(
+            serde_json::json!({"cmd":"unsubscribe","topics":["p-1"]}),
+            6_000,
+        );
+        assert_eq!(h.output()[0]["cmd"], "unsubscribed");
+        assert!(h.session.private.is_none());
+        assert_eq!(
+            h.session.next_deadline(&h.settings),
+            6_000 + h.settings.idle_limit_ms
+        );
+    }
+
+    #[test]
+    fn a_refused_claim_subscribes_nothing() {
+        let mut h = Harness::open();
+        h.send(serde_json::json!({"topics":["news","p-1"]}), 0);
+        let reply = h.output();
+        assert_eq!(reply[0]["reason"], "missing_claim", "{reply:?}");
+        assert_eq!(reply[0]["topic"], "p-1");
+        assert_eq!((h.subscribers("news"), h.subscribers("p-1")), (0, 0));
+        assert_eq!((h.stats.claims_refused, h.stats.bad_requests), (1, 1));
+    }
+
+    #[test]
+    fn private_topics_cost_other_sessions_one_pointer() {
+        assert_eq!(size_of::<Option<Box<PrivateTopics>>>(), 8);
+        // 128 bytes before private topics existed.
+        assert!(size_of::<Session>() <= 136, "{}", size_of::<Session>());
     }
 }

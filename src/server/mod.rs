@@ -19,7 +19,7 @@ use std::io::Read;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use log::{debug, info, warn};
@@ -141,6 +141,13 @@ impl Conn {
     }
 }
 
+/// Milliseconds since the Unix epoch (0 for a clock set before 1970: every claim has expired).
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
 fn subscriber_id(key: usize, generation: u32) -> SubscriberId {
     SubscriberId(u64::from(generation) << 32 | key as u64)
 }
@@ -240,6 +247,7 @@ impl Server {
             shutdown: self.shutdown,
             started: Instant::now(),
             now_ms: 0,
+            unix_ms: unix_ms(),
             conns: Slab::with_capacity(capacity),
             next_generation: 0,
             hub: Hub::new(),
@@ -266,6 +274,8 @@ struct Loop {
     shutdown: ShutdownHandle,
     started: Instant,
     now_ms: u64,
+    /// The wall clock, read with `now_ms` once per iteration: claims expire in Unix time.
+    unix_ms: u64,
     conns: Slab<Conn>,
     next_generation: u32,
     hub: Hub,
@@ -302,6 +312,7 @@ impl Loop {
                 return Err(e.into());
             }
             self.now_ms = millis(self.started.elapsed());
+            self.unix_ms = unix_ms();
             for event in events.iter() {
                 match event.token() {
                     WS_LISTENER => self.accept(Port::WebSocket),
@@ -406,7 +417,9 @@ impl Loop {
                         settings: &self.settings,
                         stats: &mut self.app.stats,
                         routes: &self.app.ws_port,
+                        access: &self.app.ws_port.subscribe,
                         now_ms: self.now_ms,
+                        unix_ms: self.unix_ms,
                     };
                     session.on_input(input, &mut ctx);
                 }
@@ -621,9 +634,12 @@ impl Loop {
                         continue;
                     }
                     conn.timer = None;
-                    conn.kind
-                        .conn()
-                        .on_timer(&self.settings, &mut self.app.stats, now);
+                    conn.kind.conn().on_timer(
+                        &self.settings,
+                        &mut self.app.stats,
+                        &mut self.hub,
+                        now,
+                    );
                     self.service(key);
                 }
                 Timeout::Tick => {

@@ -6,7 +6,8 @@
 //!
 //! Client → server (unknown fields are ignored, so the seed's `{"cmd":"ping","data":null}` works):
 //! - `{"topics":[..]}` (the seed's subscribe; accepted at any time to add topics)
-//! - `{"cmd":"subscribe","topics":[..]}`, `{"cmd":"unsubscribe","topics":[..]}`
+//! - `{"cmd":"subscribe","topics":[..]}`, `{"cmd":"unsubscribe","topics":[..]}`; a subscribe may
+//!   carry `"claims":[..]`, the signed grants its private topics need (opaque strings here)
 //! - `{"cmd":"ping"}` (answered with `{"cmd":"pong"}`), `{"cmd":"pong"}` (ignored, a sign of life)
 //!
 //! Server → client: `push`, `pong`, `subscribed`, `unsubscribed`, `error` (see docs/PROTOCOL.md).
@@ -22,7 +23,11 @@ use super::frame::{self, Opcode, Shared};
 /// What a client asked for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ClientMessage<'a> {
-    Subscribe(Vec<Cow<'a, str>>),
+    Subscribe {
+        topics: Vec<Cow<'a, str>>,
+        /// Subscription claims, unverified (empty when the client sent none).
+        claims: Vec<Cow<'a, str>>,
+    },
     Unsubscribe(Vec<Cow<'a, str>>),
     Ping,
     /// A `pong` (some clients answer our pongs): nothing to do beyond counting as a sign of life.
@@ -36,8 +41,63 @@ pub enum RequestError {
     UnknownCommand(String),
     MissingTopics,
     EmptyTopicList,
-    InvalidTopic { topic: String, reason: &'static str },
-    TooManyTopics { max: usize },
+    InvalidTopic {
+        topic: String,
+        reason: &'static str,
+    },
+    TooManyTopics {
+        max: usize,
+    },
+    /// More claims in one subscribe than a connection may hold topics.
+    TooManyClaims {
+        max: usize,
+    },
+    /// A private topic of a subscribe has no valid claim among those sent with it.
+    ClaimRefused {
+        topic: String,
+        reason: ClaimRefusal,
+    },
+}
+
+/// Why a private topic's subscription was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    /// The subscribe carried no claims at all.
+    Missing,
+    /// A claim is not `PAYLOAD.SIG` of base64url, or its (authentic) payload is not a JSON
+    /// object with a string `topic` or `prefix` and an integer `exp`; the detail says which.
+    Malformed(&'static str),
+    /// A claim's signature does not match its payload: tampered, or signed with another secret.
+    BadSignature,
+    /// The claim for this topic has expired.
+    Expired,
+    /// The claims are authentic but for other topics.
+    OtherTopic,
+}
+
+impl ClaimRefusal {
+    /// The `reason` field of the error message, for programs.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::Missing => "missing_claim",
+            Self::Malformed(_) => "malformed_claim",
+            Self::BadSignature => "bad_signature",
+            Self::Expired => "claim_expired",
+            Self::OtherTopic => "wrong_topic",
+        }
+    }
+}
+
+impl fmt::Display for ClaimRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Missing => f.write_str("missing claim"),
+            Self::Malformed(detail) => write!(f, "malformed claim ({detail})"),
+            Self::BadSignature => f.write_str("bad claim signature"),
+            Self::Expired => f.write_str("claim expired"),
+            Self::OtherTopic => f.write_str("claim is for another topic"),
+        }
+    }
 }
 
 impl fmt::Display for RequestError {
@@ -51,6 +111,8 @@ impl fmt::Display for RequestError {
             Self::TooManyTopics { max } => {
                 write!(f, "too many topics (at most {max} per connection)")
             }
+            Self::TooManyClaims { max } => write!(f, "too many claims (at most {max})"),
+            Self::ClaimRefused { topic, reason } => write!(f, "topic {topic:?}: {reason}"),
         }
     }
 }
@@ -63,6 +125,8 @@ struct RawClientMessage<'a> {
     cmd: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     topics: Option<Vec<Cow<'a, str>>>,
+    #[serde(borrow, default)]
+    claims: Option<Vec<Cow<'a, str>>>,
 }
 
 /// Parses the text of one client message.
@@ -71,9 +135,10 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage<'_>, RequestErro
         serde_json::from_str(text).map_err(|e| RequestError::InvalidJson(short_json_error(&e)))?;
     match raw.cmd.as_deref() {
         // The seed's client sends its subscription without a command.
-        None | Some("subscribe") | Some("sub") => {
-            require_topics(raw.topics).map(ClientMessage::Subscribe)
-        }
+        None | Some("subscribe") | Some("sub") => Ok(ClientMessage::Subscribe {
+            topics: require_topics(raw.topics)?,
+            claims: raw.claims.unwrap_or_default(),
+        }),
         Some("unsubscribe") | Some("unsub") => {
             require_topics(raw.topics).map(ClientMessage::Unsubscribe)
         }
@@ -182,9 +247,29 @@ pub fn encode_ack<S: AsRef<str>>(subscribed: bool, topics: &[S]) -> Bytes {
     frame::frame(Opcode::Text, body.to_string().as_bytes())
 }
 
+/// `{"cmd":"unsubscribed","topics":[..],"reason":"claim expired"}`: the server ended these
+/// private subscriptions because their claims expired.
+pub fn encode_claims_expired<S: AsRef<str>>(topics: &[S]) -> Bytes {
+    let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
+    let body =
+        serde_json::json!({ "cmd": "unsubscribed", "topics": topics, "reason": "claim expired" });
+    frame::frame(Opcode::Text, body.to_string().as_bytes())
+}
+
 /// `{"cmd":"error","error":<message>}` as one text frame.
 pub fn encode_error(message: &str) -> Bytes {
     let body = serde_json::json!({ "cmd": "error", "error": message });
+    frame::frame(Opcode::Text, body.to_string().as_bytes())
+}
+
+/// The `error` message for a refused request; a refused claim also names the topic and the
+/// reason's code, so that a client can fetch a fresh claim without parsing the text.
+pub fn encode_request_error(error: &RequestError) -> Bytes {
+    let mut body = serde_json::json!({ "cmd": "error", "error": error.to_string() });
+    if let RequestError::ClaimRefused { topic, reason } = error {
+        body["topic"] = topic.as_str().into();
+        body["reason"] = reason.code().into();
+    }
     frame::frame(Opcode::Text, body.to_string().as_bytes())
 }
 
@@ -236,7 +321,10 @@ mod tests {
     fn seed_subscribe_and_ping_parse() {
         assert_eq!(
             parse_client_message(r#"{"topics":["test-topic"]}"#),
-            Ok(ClientMessage::Subscribe(vec!["test-topic".into()]))
+            Ok(ClientMessage::Subscribe {
+                topics: vec!["test-topic".into()],
+                claims: vec![],
+            })
         );
         assert_eq!(
             parse_client_message(r#"{"cmd":"ping","data":null}"#),
@@ -248,7 +336,68 @@ mod tests {
         );
         assert_eq!(
             parse_client_message(r#"{"cmd":"subscribe","topics":["a\u0062"]}"#),
-            Ok(ClientMessage::Subscribe(vec!["ab".into()]))
+            Ok(ClientMessage::Subscribe {
+                topics: vec!["ab".into()],
+                claims: vec![],
+            })
+        );
+    }
+
+    #[test]
+    fn subscribe_carries_claims_in_both_forms() {
+        let expected = Ok(ClientMessage::Subscribe {
+            topics: vec!["private-42".into(), "news".into()],
+            claims: vec!["eyJ0.c2ln".into()],
+        });
+        assert_eq!(
+            parse_client_message(
+                r#"{"cmd":"subscribe","topics":["private-42","news"],"claims":["eyJ0.c2ln"]}"#
+            ),
+            expected
+        );
+        assert_eq!(
+            parse_client_message(r#"{"topics":["private-42","news"],"claims":["eyJ0.c2ln"]}"#),
+            expected
+        );
+        assert!(matches!(
+            parse_client_message(r#"{"topics":["a"],"claims":"eyJ0.c2ln"}"#),
+            Err(RequestError::InvalidJson(_))
+        ));
+        // An unsubscribe needs no claim; one sent along is ignored.
+        assert_eq!(
+            parse_client_message(r#"{"cmd":"unsubscribe","topics":["a"],"claims":["x"]}"#),
+            Ok(ClientMessage::Unsubscribe(vec!["a".into()]))
+        );
+    }
+
+    #[test]
+    fn refused_claims_name_topic_and_reason() {
+        let error = RequestError::ClaimRefused {
+            topic: "private-42".into(),
+            reason: ClaimRefusal::Expired,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(payload(&encode_request_error(&error))).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({
+                "cmd": "error",
+                "error": "topic \"private-42\": claim expired",
+                "topic": "private-42",
+                "reason": "claim_expired",
+            })
+        );
+        let plain = encode_request_error(&RequestError::EmptyTopicList);
+        let v: serde_json::Value = serde_json::from_slice(payload(&plain)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"cmd":"error","error":"\"topics\" is empty"})
+        );
+        let expired = encode_claims_expired(&["private-42"]);
+        let v: serde_json::Value = serde_json::from_slice(payload(&expired)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"cmd":"unsubscribed","topics":["private-42"],"reason":"claim expired"})
         );
     }
 

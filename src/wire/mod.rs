@@ -1,8 +1,10 @@
 //! Bytes ⇄ values, no I/O and no state beyond one connection's parse: the WebSocket frame codec,
-//! the JSON messages, HTTP/1.1 heads and responses, and the opening handshake.
+//! the JSON messages, HTTP/1.1 heads and responses, the opening handshake, and the base64url of
+//! subscription claims.
 //!
 //! Knows nothing of topics, connections or the server; every other layer builds on it.
 
+pub mod base64url;
 pub mod frame;
 pub mod handshake;
 pub mod http;

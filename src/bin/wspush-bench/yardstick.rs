@@ -207,7 +207,7 @@ impl Server {
 
     fn on_text(&mut self, key: usize, text: &str) {
         let reply = match parse_client_message(text) {
-            Ok(ClientMessage::Subscribe(topics)) => {
+            Ok(ClientMessage::Subscribe { topics, .. }) => {
                 for topic in &topics {
                     self.subscribe(key, topic);
                 }
