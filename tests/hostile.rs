@@ -280,7 +280,8 @@ fn pipelined_api_requests_with_bad_bodies() {
     s.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
     let req = |path: &str, body: &str| {
         format!(
-            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Type: {}\r\nContent-Length: {}\r\n\r\n{body}",
+            publish_content_type(path),
             body.len()
         )
     };
@@ -396,4 +397,112 @@ fn api_client_that_pipelines_without_reading_is_dropped() {
         "only the stats request's own connection"
     );
     control_still_served(&server, &mut control);
+}
+
+/// One raw request on a fresh connection; the whole response as text.
+fn raw_api(server: &TestServer, request: &str) -> String {
+    let mut s = TcpStream::connect(server.api).unwrap();
+    s.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut raw = String::new();
+    let _ = s.read_to_string(&mut raw);
+    raw
+}
+
+/// What `fetch('http://127.0.0.1:8092/publish?topic=o', {method: 'POST', mode: 'no-cors',
+/// body: '"x"'})` from a page of another origin sends: refused, and nothing is published.
+#[test]
+fn a_web_page_of_another_origin_cannot_publish() {
+    let mut config = test_config();
+    config.api_allowed_origins = vec!["https://admin.example".to_owned()];
+    let server = TestServer::with(config);
+    let mut sub = subscriber(&server, &["o"]);
+    let page = |origin: &str, content_type: &str| {
+        format!(
+            "POST /publish?topic=o HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {origin}\r\n\
+             Content-Type: {content_type}\r\nContent-Length: 3\r\nConnection: close\r\n\r\n\"x\""
+        )
+    };
+    let reply = raw_api(
+        &server,
+        &page("http://evil.example", "text/plain;charset=UTF-8"),
+    );
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    let reply = raw_api(&server, &page("http://evil.example", "application/json"));
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    assert!(!reply.contains("Access-Control-Allow-Origin"), "{reply}");
+    // A preflight from that page is refused too, so the browser never sends the request.
+    let preflight = |origin: &str| {
+        format!(
+            "OPTIONS /publish?topic=o HTTP/1.1\r\nHost: 127.0.0.1\r\nOrigin: {origin}\r\n\
+             Access-Control-Request-Method: POST\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let reply = raw_api(&server, &preflight("http://evil.example"));
+    assert!(reply.starts_with("HTTP/1.1 403"), "{reply}");
+    // Without a browser's Origin, a simple content type is still refused.
+    let (status, body) = http(
+        server.api,
+        "POST",
+        "/publish?topic=o",
+        "\"x\"",
+        &[("Content-Type", "text/plain")],
+    );
+    assert_eq!(status, 415, "{body}");
+    let (status, body) = http(
+        server.api,
+        "POST",
+        "/publish",
+        "{\"topic\":\"o\",\"data\":1}\n",
+        &[("Content-Type", "application/json")],
+    );
+    assert_eq!(status, 415, "a batch is NDJSON: {body}");
+    // The listed origin gets its preflight and its answer.
+    let reply = raw_api(&server, &preflight("https://admin.example"));
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("Access-Control-Allow-Origin: https://admin.example\r\n"));
+    assert!(reply.contains("Access-Control-Allow-Headers: Authorization, Content-Type\r\n"));
+    let reply = raw_api(
+        &server,
+        &page("https://admin.example", "application/json; charset=utf-8"),
+    );
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("Access-Control-Allow-Origin: https://admin.example\r\n"));
+    // The only push that arrived is the allowed one.
+    let push = next_json(&mut sub);
+    assert_eq!(push["data"], "x");
+    assert_nothing_pending(&mut sub);
+}
+
+/// Error texts say what was expected, not the names of the server's internal types.
+#[test]
+fn error_messages_do_not_leak_internal_type_names() {
+    let server = TestServer::start();
+    for body in [
+        "1\n",
+        "{\"topic\":\"a\"}\n",
+        "[1,2]\n",
+        "{\"topic\":5,\"data\":1}\n",
+    ] {
+        let (status, reply) = http(server.api, "POST", "/publish", body, &[]);
+        assert_eq!(status, 400, "{reply}");
+        assert!(
+            !reply.contains("struct") && !reply.contains("BatchLine"),
+            "{body:?}: {reply}"
+        );
+        assert!(
+            reply.contains(r#"{\"topic\":\"T\",\"data\":<JSON>}"#),
+            "{reply}"
+        );
+    }
+    let mut ws = connect(&server);
+    for message in [json!([1]), json!("subscribe"), json!({"topics": 5})] {
+        send_json(&mut ws, message.clone());
+        let reply = next_json(&mut ws);
+        let text = reply["error"].as_str().unwrap_or_default();
+        assert!(
+            !text.is_empty() && !text.contains("struct") && !text.contains("RawClientMessage"),
+            "{message}: {reply}"
+        );
+    }
 }

@@ -47,17 +47,17 @@ fn signed_lengths_and_chunk_sizes_are_refused() {
     assert_refused(
         &server,
         &mut sub,
-        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n7",
+        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: +1\r\n\r\n7",
     );
     assert_refused(
         &server,
         &mut sub,
-        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n+1\r\n7\r\n0\r\n\r\n",
+        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n+1\r\n7\r\n0\r\n\r\n",
     );
     assert_refused(
         &server,
         &mut sub,
-        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0x1\r\n7\r\n0\r\n\r\n",
+        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n0x1\r\n7\r\n0\r\n\r\n",
     );
     // A well-formed request still publishes.
     assert_eq!(server.publish("t", "7")["subscribers"], 1);
@@ -71,17 +71,17 @@ fn unicode_spaces_are_not_optional_whitespace() {
     assert_refused(
         &server,
         &mut sub,
-        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: \xc2\xa01\r\n\r\n7",
+        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \xc2\xa01\r\n\r\n7",
     );
     assert_refused(
         &server,
         &mut sub,
-        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \xc2\xa0chunked\r\n\r\n1\r\n7\r\n0\r\n\r\n",
+        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: \xc2\xa0chunked\r\n\r\n1\r\n7\r\n0\r\n\r\n",
     );
     // Tabs are optional whitespace.
     let reply = exchange(
         server.api,
-        &[b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length:\t1\t\r\n\r\n7"],
+        &[b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length:\t1\t\r\n\r\n7"],
     );
     assert_eq!(parse_response(&reply).0, 200);
     assert_eq!(next_json(&mut sub)["data"], 7);
@@ -94,17 +94,17 @@ fn api_heads_with_a_bare_lf_are_refused() {
     assert_refused(
         &server,
         &mut sub,
-        b"POST /publish?topic=t HTTP/1.1\nHost: x\nContent-Length: 1\n\nX\r\n\r\n7",
+        b"POST /publish?topic=t HTTP/1.1\nHost: x\nContent-Type: application/json\nContent-Length: 1\n\nX\r\n\r\n7",
     );
     assert_refused(
         &server,
         &mut sub,
-        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\nX-Hidden: y\r\n\r\n7",
+        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1\r\n\nX-Hidden: y\r\n\r\n7",
     );
     assert_refused(
         &server,
         &mut sub,
-        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\nContent-Length: 1\r\n\r\n7",
+        b"POST /publish?topic=t HTTP/1.1\r\nHost: x\nContent-Type: application/json\nContent-Length: 1\r\n\r\n7",
     );
 }
 
@@ -119,7 +119,7 @@ fn chunk_lines_end_in_crlf_exactly() {
         b"1 x\r\n7\r\n0\r\n\r\n",
     ] {
         let mut request =
-            b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
                 .to_vec();
         request.extend_from_slice(body);
         assert_refused(&server, &mut sub, &request);
@@ -136,7 +136,9 @@ fn conflicting_framing_is_refused() {
         b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n",
         b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
     ] {
-        let mut request = b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\n".to_vec();
+        let mut request =
+            b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                .to_vec();
         request.extend_from_slice(headers);
         request.extend_from_slice(b"\r\n1\r\n7\r\n0\r\n\r\n");
         assert_refused(&server, &mut sub, &request);
@@ -224,7 +226,7 @@ fn complete_api_requests_over_the_head_limit_get_431() {
     let server = TestServer::start();
     let mut sub = subscriber(&server, &["t"]);
     let request = format!(
-        "POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nContent-Length: 1\r\n\r\n7",
+        "POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-Big: {}\r\nContent-Length: 1\r\n\r\n7",
         "a".repeat(9 * 1024)
     );
     let (first, second) = request.as_bytes().split_at(4096);

@@ -28,6 +28,8 @@ pub struct App {
     pub stats: Stats,
     pub ws_port: WsPort,
     api_token: Option<String>,
+    /// Browser origins that may call the API (`--api-allowed-origin`).
+    api_origins: Vec<String>,
     topic_rules: TopicRules,
     api_limits: HttpLimits,
 }
@@ -91,6 +93,19 @@ pub struct Publish<'r> {
     keep_alive: bool,
 }
 
+/// A batch line's shape, as error messages name it.
+const BATCH_LINE: &str = r#"{"topic":"T","data":<JSON>}"#;
+
+/// Whether a `Content-Type` names `expected` (parameters such as `charset` aside).
+fn media_type_is(content_type: Option<&str>, expected: &str) -> bool {
+    content_type.is_some_and(|value| {
+        let media_type = value.split(';').next().unwrap_or("");
+        media_type
+            .trim_matches([' ', '\t'])
+            .eq_ignore_ascii_case(expected)
+    })
+}
+
 #[derive(Deserialize)]
 struct BatchLine<'a> {
     #[serde(borrow)]
@@ -113,6 +128,7 @@ impl App {
             stats: Stats::default(),
             ws_port: WsPort::from_config(config),
             api_token: config.api_token.clone(),
+            api_origins: config.api_allowed_origins.clone(),
             topic_rules: TopicRules {
                 max_len: config.max_topic_length,
             },
@@ -137,6 +153,27 @@ impl App {
         action
     }
 
+    /// Whether a request's `Origin` may use the API: requests without one (backends, curl)
+    /// may; a browser page only from a listed origin.
+    fn origin_allowed(&self, request: &Request) -> bool {
+        request.origin.as_deref().is_none_or(|origin| {
+            self.api_origins
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+        })
+    }
+
+    /// Lets the browser page that sent `request` read `response`, when its origin is allowed.
+    pub fn for_origin(&self, request: &Request, response: Response) -> Response {
+        match &request.origin {
+            Some(origin) if self.origin_allowed(request) => Response {
+                allow_origin: Some(origin.clone()),
+                ..response
+            },
+            _ => response,
+        }
+    }
+
     fn route_request<'r>(&self, request: &'r Request) -> Action<'r> {
         let ka = request.keep_alive;
         let head_only = request.method == Method::Head;
@@ -148,7 +185,29 @@ impl App {
                 ..response
             })
         };
+        if !self.origin_allowed(request) {
+            // Any page the user visits could otherwise publish through a browser on this host.
+            return respond(Response::error(
+                403,
+                "cross-origin API requests are refused (see --api-allowed-origin)",
+                ka,
+            ));
+        }
         match (request.method, request.path.as_str()) {
+            // The CORS preflight of an allowed origin (others were refused above).
+            (Method::Options, "/publish" | "/stats" | "/healthz") if request.origin.is_some() => {
+                respond(Response {
+                    extra_headers: &[
+                        ("Access-Control-Allow-Methods", "GET, HEAD, POST"),
+                        (
+                            "Access-Control-Allow-Headers",
+                            "Authorization, Content-Type",
+                        ),
+                        ("Access-Control-Max-Age", "600"),
+                    ],
+                    ..Response::json(200, &serde_json::json!({}), ka)
+                })
+            }
             (Method::Get | Method::Head, "/healthz") => respond(Response::json(
                 200,
                 &serde_json::json!({"status": "ok"}),
@@ -160,6 +219,18 @@ impl App {
             }),
             (Method::Post, "/publish") => {
                 let topic = request.query_param("topic");
+                // A type a browser cannot send without a preflight, which only an allowed
+                // origin gets: a plain form or `fetch(.., {mode: 'no-cors'})` cannot publish.
+                let (expected, message) = match topic {
+                    Some(_) => ("application/json", "Content-Type must be application/json"),
+                    None => (
+                        "application/x-ndjson",
+                        "Content-Type must be application/x-ndjson (one message per line)",
+                    ),
+                };
+                if !media_type_is(request.content_type.as_deref(), expected) {
+                    return respond(Response::error(415, message, ka));
+                }
                 let parsed = match topic {
                     Some(topic) => self.one_message(topic, &request.body),
                     None => self.batch(&request.body),
@@ -195,8 +266,10 @@ impl App {
 
     fn one_message<'r>(&self, topic: &'r str, body: &'r [u8]) -> Result<Messages<'r>, String> {
         message::validate_topic(topic, self.topic_rules).map_err(|e| e.to_string())?;
-        let data = serde_json::from_slice::<&RawValue>(body)
-            .map_err(|e| format!("the body must be one JSON value: {e}"))?;
+        let data = serde_json::from_slice::<&RawValue>(body).map_err(|e| {
+            let why = message::describe_json_error(&e, "one JSON value");
+            format!("the body must be one JSON value: {why}")
+        })?;
         Ok(vec![(Cow::Borrowed(topic), data)])
     }
 
@@ -210,8 +283,10 @@ impl App {
             if line.is_empty() {
                 continue;
             }
-            let parsed: BatchLine<'_> =
-                serde_json::from_str(line).map_err(|e| format!("line {}: {e}", n + 1))?;
+            let parsed: BatchLine<'_> = serde_json::from_str(line).map_err(|e| {
+                let why = message::describe_json_error(&e, BATCH_LINE);
+                format!("line {}: {why}", n + 1)
+            })?;
             message::validate_topic(&parsed.topic, self.topic_rules)
                 .map_err(|e| format!("line {}: {e}", n + 1))?;
             messages.push((parsed.topic, parsed.data));

@@ -461,6 +461,7 @@ impl Loop {
                     .app
                     .stats_response(self.gauges(), keep_alive, head_only),
             };
+            let response = self.app.for_origin(request, response);
             // A publish may have closed other connections, never this one.
             if let Some(Conn {
                 kind: Kind::Http(http),

@@ -38,6 +38,7 @@ pub enum Method {
     Get,
     Head,
     Post,
+    Options,
     Other,
 }
 
@@ -50,6 +51,8 @@ pub struct Request {
     pub query: Vec<(String, String)>,
     pub authorization: Option<String>,
     pub content_type: Option<String>,
+    /// Set by browsers: the page that made the request.
+    pub origin: Option<String>,
     pub keep_alive: bool,
     pub body: Bytes,
 }
@@ -86,6 +89,7 @@ struct PendingHead {
     query: Vec<(String, String)>,
     authorization: Option<String>,
     content_type: Option<String>,
+    origin: Option<String>,
     keep_alive: bool,
     framing: Framing,
     expect_continue: bool,
@@ -343,6 +347,7 @@ impl RequestParser {
             query: head.query,
             authorization: head.authorization,
             content_type: head.content_type,
+            origin: head.origin,
             keep_alive: head.keep_alive,
             body,
         }))
@@ -383,6 +388,7 @@ impl RequestParser {
             "GET" => Method::Get,
             "HEAD" => Method::Head,
             "POST" => Method::Post,
+            "OPTIONS" => Method::Options,
             _ => Method::Other,
         };
         let (raw_path, raw_query) = head.target.split_once('?').unwrap_or((head.target, ""));
@@ -390,7 +396,7 @@ impl RequestParser {
         let query = query_pairs(raw_query).collect::<Result<Vec<_>, _>>()?;
         let mut keep_alive = version == 1;
         let (mut length, mut chunked, mut expect_continue) = (None::<usize>, false, false);
-        let (mut authorization, mut content_type) = (None, None);
+        let (mut authorization, mut content_type, mut origin) = (None, None, None);
         for h in head.headers {
             // httparse already strips SP and HTAB around values; nothing else is whitespace.
             let value = trim_ows(
@@ -433,6 +439,12 @@ impl RequestParser {
                 authorization = Some(value.to_owned());
             } else if name.eq_ignore_ascii_case("content-type") {
                 content_type = Some(value.to_owned());
+            } else if name.eq_ignore_ascii_case("origin") {
+                // Browsers send one; two could be checked one way and meant another.
+                if origin.is_some() {
+                    return Err(error(400, "repeated Origin"));
+                }
+                origin = Some(value.to_owned());
             }
         }
         let framing = match (chunked, length) {
@@ -453,6 +465,7 @@ impl RequestParser {
             query,
             authorization,
             content_type,
+            origin,
             keep_alive,
             framing,
             expect_continue: expect_continue && !body_complete,
@@ -613,6 +626,8 @@ pub struct Response {
     pub extra_headers: &'static [(&'static str, &'static str)],
     /// A reply to HEAD: headers only (Content-Length still tells the body's size).
     pub head_only: bool,
+    /// A browser origin allowed to read this answer (`Access-Control-Allow-Origin`).
+    pub allow_origin: Option<String>,
 }
 
 impl Response {
@@ -623,6 +638,7 @@ impl Response {
             keep_alive,
             extra_headers: &[],
             head_only: false,
+            allow_origin: None,
         }
     }
 
@@ -633,13 +649,18 @@ impl Response {
 
     pub fn encode(&self) -> Bytes {
         let mut out = Vec::with_capacity(128 + self.body.len());
+        let mut headers = self.extra_headers.to_vec();
+        if let Some(origin) = &self.allow_origin {
+            headers.push(("Access-Control-Allow-Origin", origin));
+            headers.push(("Vary", "Origin"));
+        }
         write_response(
             &mut out,
             self.status,
             "application/json",
             self.body.as_bytes(),
             self.keep_alive,
-            self.extra_headers,
+            &headers,
         );
         if self.head_only {
             out.truncate(out.len() - self.body.len());

@@ -157,8 +157,18 @@ fn require_topics(topics: Option<Vec<Cow<'_, str>>>) -> Result<Vec<Cow<'_, str>>
 }
 
 fn short_json_error(e: &serde_json::Error) -> String {
-    // serde_json's messages never echo the input back, so they are safe to return to the client.
-    e.to_string()
+    describe_json_error(e, r#"an object like {"cmd":"subscribe","topics":[..]}"#)
+}
+
+/// A JSON error for the peer that sent the JSON: where the syntax broke, or, for valid JSON of
+/// the wrong shape, what was `expected` (serde's own text names our internal types).
+pub fn describe_json_error(e: &serde_json::Error, expected: &str) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Data => format!("expected {expected}"),
+        // serde_json's syntax messages never echo the input back.
+        Category::Syntax | Category::Eof | Category::Io => e.to_string(),
+    }
 }
 
 fn truncate(s: &str, max: usize) -> &str {

@@ -164,7 +164,18 @@ pub fn expect_close(ws: &mut Client) -> CloseCode {
     }
 }
 
+/// The Content-Type the API requires of a publish to `path`: JSON for `?topic=`, NDJSON for a
+/// batch.
+pub fn publish_content_type(path: &str) -> &'static str {
+    if path.contains("topic=") {
+        "application/json"
+    } else {
+        "application/x-ndjson"
+    }
+}
+
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns status and body.
+/// A POST without a Content-Type gets the one [`publish_content_type`] names.
 pub fn http(
     addr: SocketAddr,
     method: &str,
@@ -180,6 +191,12 @@ pub fn http(
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let typed = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+    if method == "POST" && !typed {
+        req.push_str(&format!("Content-Type: {}\r\n", publish_content_type(path)));
     }
     req.push_str("\r\n");
     req.push_str(body);

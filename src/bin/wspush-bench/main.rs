@@ -463,8 +463,14 @@ impl Publisher {
     }
 
     fn send(&mut self, path: &str, body: &[u8]) -> io::Result<()> {
+        // The API wants JSON for one message (`?topic=`), NDJSON for a batch.
+        let content_type = if path.contains("topic=") {
+            "application/json"
+        } else {
+            "application/x-ndjson"
+        };
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             body.len()
         );
         self.stream.write_all(head.as_bytes())?;
