@@ -56,6 +56,8 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Largest API request body. Default 1 MiB.
     pub api_max_body: usize,
+    /// Time from an API request's first byte to its last (408 and close after it).
+    pub api_request_timeout: Duration,
     /// Echo mode for protocol conformance testing only: every message comes back unchanged.
     pub echo: bool,
     pub log_level: log::LevelFilter,
@@ -107,6 +109,7 @@ impl Config {
             max_topic_length: 0,
             api_token: None,
             api_max_body: 0,
+            api_request_timeout: Duration::ZERO,
             echo: false,
             log_level: log::LevelFilter::Off,
             allowed_origins: Vec::new(),
@@ -138,6 +141,7 @@ impl fmt::Debug for Config {
             max_topic_length,
             api_token,
             api_max_body,
+            api_request_timeout,
             echo,
             log_level,
             allowed_origins,
@@ -164,6 +168,7 @@ impl fmt::Debug for Config {
             .field("max_topic_length", max_topic_length)
             .field("api_token", &hidden(api_token))
             .field("api_max_body", api_max_body)
+            .field("api_request_timeout", api_request_timeout)
             .field("echo", echo)
             .field("log_level", log_level)
             .field("allowed_origins", allowed_origins)
@@ -261,8 +266,9 @@ impl Config {
         if self.heartbeat_interval.is_zero()
             || self.write_timeout.is_zero()
             || self.handshake_timeout.is_zero()
+            || self.api_request_timeout.is_zero()
         {
-            return bad("heartbeat, write and handshake timeouts must be positive");
+            return bad("heartbeat, write, handshake and API request timeouts must be positive");
         }
         if let Some((topic, interval)) = &self.tick {
             if interval.is_zero() {
@@ -629,6 +635,17 @@ static SETTINGS: &[Setting] = &[
         help: "largest API request body",
         kind: Kind::Value(|c, v| {
             c.api_max_body = size(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--api-request-timeout",
+        env: "WSPUSH_API_REQUEST_TIMEOUT",
+        value: "DURATION",
+        default: "10s",
+        help: "API request deadline from its first byte (408)",
+        kind: Kind::Value(|c, v| {
+            c.api_request_timeout = duration(v)?;
             Ok(())
         }),
     },

@@ -34,4 +34,8 @@ pub struct Stats {
     pub protocol_closes: u64,
     pub api_requests: u64,
     pub api_errors: u64,
+    /// API requests not complete within their deadline (answered with 408).
+    pub api_request_timeouts: u64,
+    /// API connections closed at the API's connection cap to admit a new one.
+    pub api_evictions: u64,
 }

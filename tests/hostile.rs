@@ -506,3 +506,48 @@ fn error_messages_do_not_leak_internal_type_names() {
         );
     }
 }
+
+/// 256 connections that each trickle a request (the old idle timer restarted on every byte):
+/// the API stays available, and the trickling requests get 408 at their deadline.
+#[test]
+fn slow_api_clients_cannot_hold_the_api_full() {
+    let mut config = test_config();
+    config.api_request_timeout = Duration::from_millis(1500);
+    let server = TestServer::with(config);
+    let mut sub = subscriber(&server, &["t"]);
+    let mut slow: Vec<TcpStream> = (0..256)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.api).unwrap();
+            s.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
+            s.write_all(b"POST /publish?topic=t HTTP/1.1\r\n").unwrap();
+            s
+        })
+        .collect();
+    // Every slot is taken, yet a new request is served (the longest-waiting slot made room).
+    let (status, body) = http(server.api, "POST", "/publish?topic=t", "1", &[]);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(next_json(&mut sub)["data"], 1);
+    assert!(server.stats()["api_evictions"].as_u64() >= Some(1));
+    // A byte every 200 ms does not keep a request alive past its deadline.
+    let started = Instant::now();
+    let trickler = slow.last_mut().unwrap();
+    let mut reply = Vec::new();
+    for &b in b"Host: x\r\nX-Slow: 0123456789abcdefghijklmnopqrstuvwxyz\r\n" {
+        if trickler.write_all(&[b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200)); // the slow client's pace
+        if started.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let _ = trickler.read_to_end(&mut reply);
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "kept for {:?}",
+        started.elapsed()
+    );
+    assert!(server.stats()["api_request_timeouts"].as_u64() >= Some(1));
+}

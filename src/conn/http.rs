@@ -15,7 +15,11 @@ const MAX_QUEUED_RESPONSES: usize = 1024 * 1024;
 pub struct HttpConn {
     parser: RequestParser,
     out: OutQueue,
-    idle_deadline_ms: u64,
+    /// Since when the connection waits for a request: accepted, or its last request complete.
+    /// Bytes that do not complete a request do not move it.
+    idle_since_ms: u64,
+    /// When the first byte of the request now arriving came; `None` between requests.
+    request_started_ms: Option<u64>,
     stall: WriteStall,
     /// Close once the queued responses are out (error, `Connection: close`, shutdown).
     closing: bool,
@@ -25,11 +29,12 @@ pub struct HttpConn {
 }
 
 impl HttpConn {
-    pub fn new(limits: HttpLimits, settings: &Settings, now_ms: u64) -> Self {
+    pub fn new(limits: HttpLimits, now_ms: u64) -> Self {
         HttpConn {
             parser: RequestParser::new(limits),
             out: OutQueue::new(),
-            idle_deadline_ms: now_ms + settings.api_idle_ms,
+            idle_since_ms: now_ms,
+            request_started_ms: None,
             stall: WriteStall::default(),
             closing: false,
             dead: false,
@@ -39,8 +44,7 @@ impl HttpConn {
 
     /// Bytes from the socket; returns the complete requests (pipelining), in order. Answer each
     /// with [`HttpConn::respond`], then call [`HttpConn::after_requests`].
-    pub fn on_input(&mut self, data: &[u8], settings: &Settings, now_ms: u64) -> Vec<Request> {
-        self.idle_deadline_ms = now_ms + settings.api_idle_ms;
+    pub fn on_input(&mut self, data: &[u8], now_ms: u64) -> Vec<Request> {
         let mut requests = Vec::new();
         if self.closing {
             return requests;
@@ -70,7 +74,26 @@ impl HttpConn {
             self.out
                 .push(Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"));
         }
+        if !requests.is_empty() {
+            self.idle_since_ms = now_ms;
+            self.request_started_ms = None;
+        }
+        // A request has begun: it must be complete by its own deadline, however it trickles in.
+        if self.parser.buffered() > 0 && self.request_started_ms.is_none() {
+            self.request_started_ms = Some(now_ms);
+        }
         requests
+    }
+
+    /// Since when this connection has held its API slot without a request being served: the
+    /// start of a request still arriving, or of its wait for the next one. `None` while it has
+    /// answers to deliver. At the connection cap the server closes the one waiting longest, so
+    /// slow or idle clients cannot keep the API full.
+    pub fn waiting_since(&self) -> Option<u64> {
+        if !self.out.is_empty() || self.dead {
+            return None;
+        }
+        Some(self.request_started_ms.unwrap_or(self.idle_since_ms))
     }
 
     fn fail(&mut self, e: &HttpError) {
@@ -119,13 +142,32 @@ impl Connection for HttpConn {
     }
 
     fn next_deadline(&self, settings: &Settings) -> u64 {
-        self.idle_deadline_ms
-            .min(self.stall.deadline(settings.write_timeout_ms))
+        let waiting = match self.request_started_ms {
+            Some(started) => started + settings.api_request_ms,
+            None => self.idle_since_ms + settings.api_idle_ms,
+        };
+        waiting.min(self.stall.deadline(settings.write_timeout_ms))
     }
 
-    fn on_timer(&mut self, settings: &Settings, _stats: &mut Stats, _hub: &mut Hub, now_ms: u64) {
-        if now_ms >= self.next_deadline(settings) {
+    fn on_timer(&mut self, settings: &Settings, stats: &mut Stats, _hub: &mut Hub, now_ms: u64) {
+        if self.stall.expired(now_ms, settings.write_timeout_ms) {
             self.dead = true;
+            return;
+        }
+        match self.request_started_ms {
+            Some(started) if now_ms >= started + settings.api_request_ms && !self.closing => {
+                stats.api_request_timeouts += 1;
+                self.fail(&HttpError {
+                    status: 408,
+                    message: "request not complete in time",
+                });
+                // The 408 gets one more period to go out and the peer to close.
+                self.request_started_ms = Some(now_ms);
+            }
+            // The 408 did not go out in time either.
+            Some(started) if now_ms >= started + settings.api_request_ms => self.dead = true,
+            None if now_ms >= self.idle_since_ms + settings.api_idle_ms => self.dead = true,
+            _ => {}
         }
     }
 

@@ -105,8 +105,10 @@ pub struct Settings {
     pub idle_limit_ms: u64,
     pub write_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
-    /// An API connection idle this long is closed.
+    /// An API connection idle this long between requests is closed.
     pub api_idle_ms: u64,
+    /// Time from a request's first byte to its last; then 408 and close.
+    pub api_request_ms: u64,
     pub outbound_cap: usize,
     pub slow_consumer: SlowConsumerPolicy,
     pub max_topics: usize,
@@ -130,6 +132,7 @@ impl Settings {
             write_timeout_ms: millis(config.write_timeout),
             handshake_timeout_ms: millis(config.handshake_timeout),
             api_idle_ms: 60_000,
+            api_request_ms: millis(config.api_request_timeout),
             outbound_cap: config.outbound_cap,
             slow_consumer: config.slow_consumer,
             max_topics: config.max_topics_per_connection,

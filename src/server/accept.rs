@@ -4,7 +4,7 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
-use log::warn;
+use log::{debug, warn};
 use mio::Interest;
 use mio::net::TcpStream;
 
@@ -22,6 +22,9 @@ const MAX_API_CONNECTIONS: usize = 256;
 pub(super) struct Accepting {
     pub(super) ws_count: usize,
     pub(super) api_count: usize,
+    /// Slab keys of the API connections (at most `MAX_API_CONNECTIONS`), to pick one to close
+    /// at the cap without walking every connection.
+    pub(super) api_keys: Vec<usize>,
     max_connections: usize,
     pub(super) paused: bool,
     /// Accepted sockets already have TCP_NODELAY (from the listener).
@@ -40,6 +43,7 @@ impl Accepting {
         Accepting {
             ws_count: 0,
             api_count: 0,
+            api_keys: Vec::new(),
             max_connections,
             paused: false,
             nodelay_inherited,
@@ -113,19 +117,37 @@ impl Loop {
 
     fn admit_api(&mut self, socket: TcpStream) {
         if self.accepting.api_count >= MAX_API_CONNECTIONS {
-            return refuse(socket);
+            // Make room by closing the connection that has waited longest for (or on) a
+            // request; only when every one has answers on their way is the newcomer refused.
+            match self.longest_waiting_api_connection() {
+                Some(key) => {
+                    debug!("API at capacity: closing the connection waiting longest");
+                    self.app.stats.api_evictions += 1;
+                    self.remove(key);
+                }
+                None => return refuse(socket),
+            }
         }
         let Some(key) = self.register(socket, |_, _, now, this| {
-            Kind::Http(Box::new(HttpConn::new(
-                this.app.api_limits(),
-                &this.settings,
-                now,
-            )))
+            Kind::Http(Box::new(HttpConn::new(this.app.api_limits(), now)))
         }) else {
             return;
         };
         self.accepting.api_count += 1;
+        self.accepting.api_keys.push(key);
         self.sync_timer(key);
+    }
+
+    fn longest_waiting_api_connection(&self) -> Option<usize> {
+        self.accepting
+            .api_keys
+            .iter()
+            .filter_map(|&key| match &self.conns.get(key)?.kind {
+                Kind::Http(http) => Some((http.waiting_since()?, key)),
+                Kind::Ws(_) => None,
+            })
+            .min()
+            .map(|(_, key)| key)
     }
 
     fn accept_failed(&mut self, e: io::Error) {

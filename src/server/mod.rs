@@ -442,7 +442,7 @@ impl Loop {
         else {
             return;
         };
-        let requests = http.on_input(input, &self.settings, self.now_ms);
+        let requests = http.on_input(input, self.now_ms);
         for request in &requests {
             let response = match self.app.route(request) {
                 Action::Respond(response) => response,
@@ -727,7 +727,13 @@ impl Loop {
                     .remove_subscriber(session.subscriptions_mut(), id, |_| {});
                 self.accepting.ws_count -= 1;
             }
-            Kind::Http(_) => self.accepting.api_count -= 1,
+            Kind::Http(_) => {
+                self.accepting.api_count -= 1;
+                let keys = &mut self.accepting.api_keys;
+                if let Some(at) = keys.iter().position(|&k| k == key) {
+                    keys.swap_remove(at);
+                }
+            }
         }
     }
 
