@@ -156,3 +156,64 @@ fn a_flood_of_json_pings_from_clients_that_never_read_stays_bounded() {
     // 8 × (256 KiB cap + 16 KiB slack) of replies at most (before the fix: 4 MiB and more).
     flood_without_reading(JSON_PING, 500_000, 3 * 1024);
 }
+
+/// 500 connections × 200 topics of their own (100,000 topics), then all leave: the topic index
+/// shrinks and the freed heap goes back to the OS, though fewer connections left than a wave of
+/// disconnects alone would need.
+#[test]
+fn memory_goes_back_after_many_topics_leave() {
+    const CLIENTS: usize = 500;
+    const TOPICS: usize = 200;
+    let (server, ws, api) = start(&["--max-topics", "201"]);
+    let pid = server.0.id();
+    let idle = proc_status_kib(pid, "VmRSS");
+    let sessions: Vec<TcpStream> = (0..CLIENTS)
+        .map(|c| {
+            let topics: Vec<String> = (0..TOPICS).map(|t| format!("\"u{c}-t{t}\"")).collect();
+            let mut s = open_session(TcpStream::connect(ws).unwrap(), &format!("c{c}"));
+            let subscribe = format!(r#"{{"topics":[{}]}}"#, topics.join(","));
+            s.write_all(&masked_frame(0x81, subscribe.as_bytes()))
+                .unwrap();
+            s
+        })
+        .collect();
+    let stats = |api| {
+        let (status, body) = http(api, "GET", "/stats", "", &[]);
+        assert_eq!(status, 200);
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    let wait_for = |what: &str, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = stats(api);
+            if done(&s) {
+                return;
+            }
+            assert!(std::time::Instant::now() < until, "{what}: {s}");
+            std::thread::sleep(Duration::from_millis(50)); // polling the server's stats
+        }
+    };
+    let expected = (CLIENTS * (TOPICS + 1)) as u64;
+    wait_for("all subscribed", &|s| {
+        s["topics"].as_u64() == Some(expected)
+    });
+    let full = proc_status_kib(pid, "VmRSS");
+    assert!(
+        full > idle + 8 * 1024,
+        "the topics took {} KiB",
+        full - idle
+    );
+    drop(sessions);
+    wait_for("all gone", &|s| s["topics"].as_u64() == Some(0));
+    // The release runs at most once a second; give it a few.
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let mut now = proc_status_kib(pid, "VmRSS");
+    while now > idle + (full - idle) / 4 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100)); // waiting for the server's release
+        now = proc_status_kib(pid, "VmRSS");
+    }
+    assert!(
+        now <= idle + (full - idle) / 4,
+        "RSS {idle} KiB idle, {full} KiB with {expected} topics, still {now} KiB after they left"
+    );
+}

@@ -224,6 +224,16 @@ impl Delivery<'_> {
 pub struct Hub {
     topics: HashMap<Rc<str>, Members>,
     subscription_count: usize,
+    /// Topics and subscriptions that have ended since the start: how much the index has
+    /// released, for the server's decision to hand memory back to the OS.
+    ended: Ended,
+}
+
+/// Counts of what has left the index since the start.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Ended {
+    pub topics: u64,
+    pub subscriptions: u64,
 }
 
 impl Hub {
@@ -298,10 +308,12 @@ impl Hub {
             return Left::NotMember;
         }
         self.subscription_count -= 1;
+        self.ended.subscriptions += 1;
         if matches!(members, Members::One(only) if *only == id)
             || matches!(members, Members::Many(_) if members.live() == 0)
         {
             self.topics.remove(topic);
+            self.ended.topics += 1;
             if self.topics.capacity() > 64 && self.topics.len() * 4 < self.topics.capacity() {
                 // Mostly empty after a wave of departures: give the memory back.
                 self.topics.shrink_to(self.topics.len() * 2);
@@ -322,6 +334,10 @@ impl Hub {
 
     pub fn subscriber_count(&self, topic: &str) -> usize {
         self.topics.get(topic).map_or(0, Members::live)
+    }
+
+    pub fn ended(&self) -> Ended {
+        self.ended
     }
 
     pub fn topic_count(&self) -> usize {

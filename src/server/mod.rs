@@ -340,7 +340,7 @@ impl Loop {
             }
             self.expire_timers();
             self.flush_dirty();
-            if let Some(at) = self.memory.schedule(self.now_ms) {
+            if let Some(at) = self.memory.schedule(self.now_ms, self.hub.ended()) {
                 self.timers.insert(at, Timeout::ReleaseMemory);
             }
             if self.shutting_down && self.conns.is_empty() {
@@ -660,7 +660,7 @@ impl Loop {
                 }
                 Timeout::ReleaseMemory => {
                     sys::release_free_memory();
-                    self.memory.released(now);
+                    self.memory.released(now, self.hub.ended());
                 }
                 Timeout::ShutdownDeadline => {
                     let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
