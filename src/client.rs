@@ -95,6 +95,8 @@ pub enum Event {
 #[derive(Debug)]
 pub enum ClientError {
     InvalidUrl(String),
+    /// A scheme other than `ws://`: `wss://` (TLS) and `http(s)://` are not spoken here.
+    UnsupportedScheme(String),
     Io(io::Error),
 }
 
@@ -102,6 +104,15 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InvalidUrl(why) => write!(f, "invalid server URL: {why}"),
+            Self::UnsupportedScheme(scheme) if scheme == "wss" => f.write_str(
+                "wss:// (TLS) is not supported: use a plain ws://host:port/path URL, \
+                 or put a TLS-terminating proxy in front and connect to it with ws://",
+            ),
+            Self::UnsupportedScheme(scheme) => write!(
+                f,
+                "{scheme}:// is not supported: use a plain ws://host:port/path URL \
+                 (wss:// needs a TLS-terminating proxy)"
+            ),
             Self::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -111,12 +122,12 @@ impl std::error::Error for ClientError {}
 
 /// Host, port and path of a `ws://` URL (or a bare `host:port`, as the seed's `-r`).
 pub fn parse_url(url: &str) -> Result<(String, u16, String), ClientError> {
-    let rest = url.strip_prefix("ws://").unwrap_or(url);
-    if rest.contains("://") {
-        return Err(ClientError::InvalidUrl(format!(
-            "{url}: only ws:// is supported (use a TLS proxy for wss)"
-        )));
-    }
+    let rest = match url.split_once("://") {
+        // Schemes are case-insensitive (RFC 3986 §3.1).
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ws") => rest,
+        Some((scheme, _)) => return Err(ClientError::UnsupportedScheme(scheme.to_lowercase())),
+        None => url,
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/ws"),
@@ -654,7 +665,20 @@ mod tests {
             ("example.com".into(), 80, "/push".into())
         );
         assert_eq!(parse_url("ws://[::1]:9/ws").unwrap().0, "::1");
-        assert!(parse_url("wss://x:1/ws").is_err());
+        assert_eq!(parse_url("WS://h:1").unwrap().2, "/ws");
+        for (url, scheme) in [
+            ("wss://x:1/ws", "wss"),
+            ("WSS://x:1/ws", "wss"),
+            ("http://x:1/ws", "http"),
+            ("https://x:1/ws", "https"),
+        ] {
+            match parse_url(url) {
+                Err(ClientError::UnsupportedScheme(s)) => assert_eq!(s, scheme, "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        let wss = ClientError::UnsupportedScheme("wss".into()).to_string();
+        assert!(wss.contains("TLS") && wss.contains("ws://"), "{wss}");
         assert!(parse_url("nohost").is_err());
         assert!(parse_url("h:notaport").is_err());
     }

@@ -210,3 +210,30 @@ fn stop_closes_the_connection() {
         std::thread::yield_now();
     }
 }
+
+#[test]
+fn the_binary_refuses_other_schemes_before_connecting() {
+    // Nothing listens there: an attempt to connect would show up as a retry, not as exit 2.
+    for (url, scheme) in [
+        ("wss://127.0.0.1:18640/ws", "wss://"),
+        ("https://127.0.0.1:18640/ws", "https://"),
+        ("http://127.0.0.1:18640/ws", "http://"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wspush-client"))
+            .args(["-r", url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains(scheme), "{url}: {stderr}");
+        assert!(stderr.contains("not supported"), "{url}: {stderr}");
+        assert!(
+            !stderr.contains("ws://wss") && !stderr.contains("connecting"),
+            "{stderr}"
+        );
+        if scheme == "wss://" {
+            assert!(stderr.contains("TLS"), "{stderr}");
+        }
+        assert!(out.stdout.is_empty());
+    }
+}

@@ -11,7 +11,8 @@ const HELP: &str = "wspush-client: subscribe to a wspush server and print pushes
 
 Usage: wspush-client -r HOST:PORT [FLAGS]
 
-  -r, --server HOST:PORT|URL  server address, or a full ws://host:port/path URL (required)
+  -r, --server HOST:PORT|URL  server address, or a full ws://host:port/path URL (required;
+                              no wss://: TLS needs a TLS-terminating proxy)
   -t, --topic TOPIC           topic to subscribe to, repeatable [default: test-topic]
   --path PATH                 endpoint path when -r is HOST:PORT [default: /ws]
   --json                      print JSON lines {\"topic\":..,\"data\":..} [default: plain]
@@ -74,11 +75,13 @@ fn parse(args: Vec<String>) -> Result<Option<Args>, String> {
         }
     }
     let server = server.ok_or("-r HOST:PORT is required")?;
-    config.url = if server.starts_with("ws://") {
+    // Any scheme is passed on as a URL so that parse_url can name it (wss:// is refused there).
+    config.url = if server.contains("://") {
         server
     } else {
         format!("ws://{server}{path}")
     };
+    wspush::client::parse_url(&config.url).map_err(|e| e.to_string())?;
     if !topics.is_empty() {
         config.topics = topics;
     }
