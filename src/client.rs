@@ -7,6 +7,9 @@
 //! topic. Callers receive [`Event`]s over a channel and change topics or stop through commands
 //! that wake the loop at once (a `mio::Waker`); nothing polls on a short sleep.
 //!
+//! Pushes carry their data as the raw JSON text the server forwarded, never re-encoded, and a
+//! message the client cannot decode is reported ([`Event::Undecodable`]), never dropped.
+//!
 //! ```no_run
 //! use wspush::client::{Client, ClientConfig, Event};
 //!
@@ -16,12 +19,13 @@
 //! client.subscribe("orders/42");
 //! for event in client.iter().take(3) {
 //!     if let Event::Push { topic, data } = event {
-//!         println!("{topic}: {data}");
+//!         println!("{topic}: {data}"); // data: raw JSON text
 //!     }
 //! }
 //! client.stop();
 //! ```
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -36,6 +40,8 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocket};
@@ -82,14 +88,17 @@ impl ClientConfig {
 pub enum Event {
     /// Connected and (re)subscribed to every topic.
     Connected,
-    Push {
-        topic: String,
-        data: serde_json::Value,
-    },
+    /// A published message. `data` is the raw JSON text the server forwarded, byte for byte:
+    /// values serde_json's `Value` cannot hold (a lone surrogate `"\ud800"`, `1e400`, nesting
+    /// past 128 levels) arrive too. Parse it with `serde_json::from_str` when that suits.
+    Push { topic: String, data: String },
     /// The connection failed or closed; the next attempt comes after `retry_in`.
     Disconnected { reason: String, retry_in: Duration },
     /// The server answered a request with `{"cmd":"error"}`.
     ServerError(String),
+    /// A server message this client could not decode (not JSON, or not the shape of its
+    /// `cmd`); reported rather than dropped. `text` is the message as received.
+    Undecodable { text: String, error: String },
 }
 
 #[derive(Debug)]
@@ -601,30 +610,102 @@ impl Worker {
 
     /// Handles one server message; returns true if the caller has gone away.
     fn on_text(&mut self, text: &str, subscribed: &mut bool) -> bool {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-            warn!("ignoring a non-JSON message from the server");
-            return false;
-        };
-        let event = match value["cmd"].as_str() {
-            Some("push") => Event::Push {
-                topic: value["topic"].as_str().unwrap_or_default().to_owned(),
-                data: value
-                    .get("data")
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null),
-            },
-            Some("subscribed") if !*subscribed => {
+        let event = match decode(text) {
+            Ok(Incoming::Push { topic, data }) => Event::Push { topic, data },
+            Ok(Incoming::Subscribed(topics)) if !*subscribed => {
                 *subscribed = true;
-                info!("subscribed to {}", value["topics"]);
+                info!("subscribed to {topics:?}");
                 Event::Connected
             }
-            Some("error") => {
-                Event::ServerError(value["error"].as_str().unwrap_or_default().to_owned())
+            Ok(Incoming::Error { error, .. }) => Event::ServerError(error),
+            Ok(Incoming::Subscribed(_) | Incoming::Other) => return false,
+            Err(error) => {
+                debug!("undecodable message from the server: {error}");
+                Event::Undecodable {
+                    text: text.to_owned(),
+                    error: error.to_string(),
+                }
             }
-            _ => return false,
         };
         self.events.send(event).is_err()
     }
+}
+
+/// The fields of any server message the client looks at. `data` is kept as raw text: serde_json
+/// checks it exactly as the server's API did before forwarding it (`RawValue`, no depth limit,
+/// no number range, no surrogate pairing), so whatever the server accepted decodes here.
+#[derive(Deserialize)]
+struct ServerMessage<'a> {
+    #[serde(borrow, default)]
+    cmd: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    topic: Option<Cow<'a, str>>,
+    // Not `Option<&RawValue>`: that reads `"data":null` as a missing field.
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(borrow, default)]
+    error: Option<Cow<'a, str>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A decoded server message.
+#[derive(Debug, PartialEq)]
+enum Incoming {
+    Push {
+        topic: String,
+        data: String,
+    },
+    Subscribed(Vec<String>),
+    Error {
+        error: String,
+    },
+    /// Pongs, acknowledgements and commands of newer servers: nothing to report.
+    Other,
+}
+
+/// Why a server message could not be decoded.
+#[derive(Debug)]
+enum DecodeError {
+    Json(serde_json::Error),
+    /// A known `cmd` without a field it must have.
+    Missing {
+        cmd: &'static str,
+        field: &'static str,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Json(e) => write!(f, "not a JSON object: {e}"),
+            Self::Missing { cmd, field } => write!(f, "a {cmd:?} message without {field:?}"),
+        }
+    }
+}
+
+fn decode(text: &str) -> Result<Incoming, DecodeError> {
+    let message: ServerMessage<'_> = serde_json::from_str(text).map_err(DecodeError::Json)?;
+    let missing = |cmd, field| DecodeError::Missing { cmd, field };
+    Ok(match message.cmd.as_deref() {
+        Some("push") => Incoming::Push {
+            topic: message.topic.ok_or(missing("push", "topic"))?.into_owned(),
+            data: message
+                .data
+                .ok_or(missing("push", "data"))?
+                .get()
+                .to_owned(),
+        },
+        Some("subscribed") => Incoming::Subscribed(message.topics.unwrap_or_default()),
+        Some("error") => Incoming::Error {
+            error: message.error.unwrap_or_default().into_owned(),
+        },
+        _ => Incoming::Other,
+    })
 }
 
 /// Reads what the socket has, up to a little past the largest response we accept; EOF before
@@ -681,6 +762,38 @@ mod tests {
         assert!(wss.contains("TLS") && wss.contains("ws://"), "{wss}");
         assert!(parse_url("nohost").is_err());
         assert!(parse_url("h:notaport").is_err());
+    }
+
+    #[test]
+    fn pushes_keep_their_data_verbatim() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for data in [r#""\ud800""#, "1e400", &deep, "null", r#"{"a": [1, 2.50]}"#] {
+            let text = format!(r#"{{"cmd":"push","topic":"t\"/x","data":{data}}}"#);
+            assert_eq!(
+                decode(&text).unwrap(),
+                Incoming::Push {
+                    topic: "t\"/x".into(),
+                    data: data.into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_decoded_is_an_error_not_nothing() {
+        for text in [
+            "not json",
+            "[1]",
+            r#"{"cmd":"push","data":1}"#,
+            r#"{"cmd":"push","topic":"t"}"#,
+        ] {
+            assert!(decode(text).is_err(), "{text}");
+        }
+        assert_eq!(decode(r#"{"cmd":"pong"}"#).unwrap(), Incoming::Other);
+        assert_eq!(
+            decode(r#"{"cmd":"new","x":[{}]}"#).unwrap(),
+            Incoming::Other
+        );
     }
 
     #[test]

@@ -23,8 +23,8 @@ fn fast_config(url: String) -> ClientConfig {
     }
 }
 
-/// The next push, skipping other events.
-fn next_push(client: &Client) -> (String, serde_json::Value) {
+/// The next push (data as raw JSON text), skipping other events.
+fn next_push(client: &Client) -> (String, String) {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -56,13 +56,13 @@ fn receives_the_tick_and_api_publishes() {
     wait_connected(&client);
     assert_eq!(
         next_push(&client),
-        ("test-topic".into(), json!("publish msg"))
+        ("test-topic".into(), r#""publish msg""#.into())
     );
     server.publish("news", r#"{"n":1}"#);
     loop {
         let (topic, data) = next_push(&client);
         if topic == "news" {
-            assert_eq!(data, json!({"n": 1}));
+            assert_eq!(data, r#"{"n":1}"#);
             break;
         }
     }
@@ -96,7 +96,7 @@ fn reconnects_and_resubscribes_after_a_server_restart() {
         "both topics resubscribed"
     );
     server.publish("added-later", "7");
-    assert_eq!(next_push(&client), ("added-later".into(), json!(7)));
+    assert_eq!(next_push(&client), ("added-later".into(), "7".into()));
     client.unsubscribe("added-later");
     client.stop();
 }
@@ -236,4 +236,105 @@ fn the_binary_refuses_other_schemes_before_connecting() {
         }
         assert!(out.stdout.is_empty());
     }
+}
+
+/// Values the API accepts and forwards verbatim, which serde_json's `Value` cannot hold.
+fn unusual_values() -> Vec<String> {
+    vec![
+        r#""\ud800""#.to_owned(),
+        "1e400".to_owned(),
+        format!("{}{}", "[".repeat(200), "]".repeat(200)),
+    ]
+}
+
+#[test]
+fn pushes_arrive_verbatim_even_when_serde_json_values_cannot_hold_them() {
+    let server = TestServer::start();
+    let mut cfg = fast_config(server.url());
+    cfg.topics = vec!["odd".into()];
+    let client = Client::connect(cfg).unwrap();
+    wait_connected(&client);
+    for data in unusual_values() {
+        assert_eq!(server.publish("odd", &data)["subscribers"], 1);
+        assert_eq!(next_push(&client), ("odd".into(), data));
+    }
+    // And through the batch form of the API.
+    let body = format!("{{\"topic\":\"odd\",\"data\":{}}}\n", unusual_values()[0]);
+    let (status, reply) = http(server.api, "POST", "/publish", &body, &[]);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        next_push(&client),
+        ("odd".into(), unusual_values()[0].clone())
+    );
+    client.stop();
+}
+
+#[test]
+fn the_binary_prints_unusual_data_verbatim() {
+    let server = TestServer::start();
+    for json_mode in [false, true] {
+        let child = Command::new(env!("CARGO_BIN_EXE_wspush-client"))
+            .args(["-r", &server.url(), "-t", "odd", "--count", "3"])
+            .args(json_mode.then_some("--json"))
+            .args(["--log-level", "info"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Publish once the binary has subscribed.
+        let deadline = Instant::now() + WAIT;
+        while server.stats()["subscriptions"] != 1 {
+            assert!(Instant::now() < deadline, "the binary never subscribed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for data in unusual_values() {
+            server.publish("odd", &data);
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected: String = unusual_values()
+            .iter()
+            .map(|d| match json_mode {
+                false => format!("odd {d}\n"),
+                true => format!("{{\"topic\":\"odd\",\"data\":{d}}}\n"),
+            })
+            .collect();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+        // The next run subscribes afresh.
+        let deadline = Instant::now() + WAIT;
+        while server.stats()["subscriptions"] != 0 {
+            assert!(Instant::now() < deadline, "the binary is still subscribed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn a_message_that_is_not_json_is_reported_not_dropped() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let fake = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept(stream).unwrap();
+        let _subscribe = ws.read().unwrap();
+        ws.send(tungstenite::Message::text("hello, not JSON"))
+            .unwrap();
+        ws
+    });
+    let client = Client::connect(fast_config(url)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Event::Undecodable { text, error } = client.recv_timeout(left).unwrap() {
+            assert_eq!(text, "hello, not JSON");
+            assert!(!error.is_empty());
+            break;
+        }
+    }
+    drop(fake.join().unwrap());
+    client.stop();
 }

@@ -1,5 +1,5 @@
-//! `wspush-client`: the seed's client, done right. Prints one line per push on stdout; logs on
-//! stderr. Reconnects with backoff and resubscribes after any failure.
+//! `wspush-client`: the seed's client, done right. Prints one line per push on stdout, its data
+//! as the server sent it; logs on stderr. Reconnects with backoff and resubscribes after any failure.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -124,8 +124,14 @@ fn main() -> ExitCode {
         match event {
             Event::Push { topic, data } => {
                 let mut out = stdout.lock();
+                // `data` is the server's JSON text, printed as is. A raw CR or LF in valid JSON
+                // can only be whitespace between tokens, so a space keeps one line per push
+                // without changing the value.
+                let data = data.replace(['\r', '\n'], " ");
                 let line = if args.json {
-                    serde_json::json!({ "topic": topic, "data": data }).to_string()
+                    // The topic is re-encoded; data is spliced in, never re-serialized.
+                    let topic = serde_json::Value::from(topic);
+                    format!(r#"{{"topic":{topic},"data":{data}}}"#)
                 } else {
                     format!("{topic} {data}")
                 };
@@ -140,6 +146,10 @@ fn main() -> ExitCode {
             Event::Connected => log::info!("connected"),
             Event::Disconnected { .. } => {}
             Event::ServerError(e) => log::warn!("server error: {e}"),
+            Event::Undecodable { text, error } => {
+                let preview: String = text.chars().take(200).collect();
+                log::error!("undecodable server message ({error}): {preview}");
+            }
         }
     }
     client.stop();
