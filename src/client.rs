@@ -10,6 +10,11 @@
 //! Pushes carry their data as the raw JSON text the server forwarded, never re-encoded, and a
 //! message the client cannot decode is reported ([`Event::Undecodable`]), never dropped.
 //!
+//! Private topics: [`ClientConfig::claims`] go with every (re)subscribe. A refused claim
+//! ([`Event::SubscribeRefused`]) and an expiry ([`Event::Unsubscribed`]) drop the topic from
+//! the client's topics, so a stale claim never blocks the resubscribe of the others (the server
+//! refuses a whole message for one bad claim); [`Client::set_claims`] renews.
+//!
 //! ```no_run
 //! use wspush::client::{Client, ClientConfig, Event};
 //!
@@ -54,6 +59,10 @@ pub struct ClientConfig {
     /// `ws://host:port/path`.
     pub url: String,
     pub topics: Vec<String>,
+    /// Signed claims for private topics (`PAYLOAD.SIG`, docs/PROTOCOL.md "Private topics"),
+    /// sent with every subscribe and resubscribe; none by default. Replace them while running
+    /// with [`Client::set_claims`].
+    pub claims: Vec<String>,
     /// `{"cmd":"ping"}` every this long (10 s, as the seed).
     pub ping_interval: Duration,
     /// After a ping, the connection is dead if nothing arrives within this (10 s).
@@ -73,6 +82,7 @@ impl ClientConfig {
         ClientConfig {
             url: url.into(),
             topics: vec!["test-topic".into()],
+            claims: Vec::new(),
             ping_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
@@ -96,6 +106,20 @@ pub enum Event {
     Disconnected { reason: String, retry_in: Duration },
     /// The server answered a request with `{"cmd":"error"}`.
     ServerError(String),
+    /// A subscribe was refused for `topic`'s claim (`reason`: `missing_claim`,
+    /// `malformed_claim`, `bad_signature`, `claim_expired`, `wrong_topic`, or a newer code;
+    /// `error`: the server's text). The server subscribes all of a message or nothing, so the
+    /// client drops `topic` from its topics and, if this refused its first subscribe after a
+    /// (re)connect, subscribes the others again without it.
+    SubscribeRefused {
+        topic: String,
+        reason: String,
+        error: String,
+    },
+    /// The server ended these subscriptions itself (`reason`: `claim expired`); the connection
+    /// and other topics stay. The client drops them from its topics: to renew, call
+    /// [`Client::set_claims`] with a fresh claim and [`Client::subscribe`] again.
+    Unsubscribed { topics: Vec<String>, reason: String },
     /// A server message this client could not decode (not JSON, or not the shape of its
     /// `cmd`); reported rather than dropped. `text` is the message as received.
     Undecodable { text: String, error: String },
@@ -192,6 +216,7 @@ impl Backoff {
 enum Command {
     Subscribe(String),
     Unsubscribe(String),
+    SetClaims(Vec<String>),
     Stop,
 }
 
@@ -261,6 +286,13 @@ impl Client {
 
     pub fn unsubscribe(&self, topic: &str) {
         self.command(Command::Unsubscribe(topic.to_owned()));
+    }
+
+    /// Replaces the claims sent with subscribes from now on. When connected, every topic is
+    /// subscribed again with them at once, which extends private subscriptions before their
+    /// old claims expire (the server keeps the later expiry).
+    pub fn set_claims(&self, claims: Vec<String>) {
+        self.command(Command::SetClaims(claims));
     }
 
     /// Closes the connection with 1000 and waits for the thread to end.
@@ -364,7 +396,7 @@ impl Worker {
     /// Applies caller commands; writes (un)subscribe requests when connected.
     fn drain_commands(&mut self, mut ws: Option<&mut WebSocket<TcpStream>>) {
         while let Ok(command) = self.commands.try_recv() {
-            let (cmd, topic) = match command {
+            let request = match command {
                 Command::Stop => {
                     self.stopping = true;
                     if let Some(ws) = ws.as_deref_mut() {
@@ -376,20 +408,46 @@ impl Worker {
                     continue;
                 }
                 Command::Subscribe(t) => {
-                    self.topics.insert(t.clone());
-                    ("subscribe", t)
+                    let request = self.subscribe_request(Some("subscribe"), [&t]);
+                    self.topics.insert(t);
+                    request
                 }
                 Command::Unsubscribe(t) => {
                     self.topics.remove(&t);
-                    ("unsubscribe", t)
+                    // An unsubscribe needs no claim.
+                    serde_json::json!({ "cmd": "unsubscribe", "topics": [t] }).to_string()
+                }
+                Command::SetClaims(claims) => {
+                    self.config.claims = claims;
+                    if self.topics.is_empty() {
+                        continue;
+                    }
+                    self.subscribe_request(Some("subscribe"), &self.topics)
                 }
             };
             if let Some(ws) = ws.as_deref_mut() {
-                let request = serde_json::json!({ "cmd": cmd, "topics": [topic] }).to_string();
                 let _ = ws.write(Message::text(request));
                 let _ = ws.flush();
             }
         }
+    }
+
+    /// A subscribe for `topics` with the configured claims (the key only when there are claims,
+    /// so that without them the message stays the seed's). `cmd: None` is the seed's form.
+    fn subscribe_request<'t>(
+        &self,
+        cmd: Option<&str>,
+        topics: impl IntoIterator<Item = &'t String>,
+    ) -> String {
+        let topics: Vec<&String> = topics.into_iter().collect();
+        let mut request = serde_json::json!({ "topics": topics });
+        if let Some(cmd) = cmd {
+            request["cmd"] = cmd.into();
+        }
+        if !self.config.claims.is_empty() {
+            request["claims"] = self.config.claims.clone().into();
+        }
+        request.to_string()
     }
 
     /// The address, the `Host` header and the path.
@@ -495,8 +553,7 @@ impl Worker {
         };
         // Frames the server sent right behind its 101 are not lost.
         let mut ws = WebSocket::from_partially_read(stream, leftover, Role::Client, None);
-        let topics: Vec<&String> = self.topics.iter().collect();
-        let subscribe = serde_json::json!({ "topics": topics }).to_string();
+        let subscribe = self.subscribe_request(None, &self.topics);
         ws.send(Message::text(subscribe))
             .or_else(would_block)
             .map_err(|e| format!("subscribe: {e}"))?;
@@ -573,7 +630,9 @@ impl Worker {
                     Ok(msg) => {
                         awaiting_since = None; // anything at all is a sign of life
                         match msg {
-                            Message::Text(text) if self.on_text(&text, &mut subscribed) => {
+                            Message::Text(text)
+                                if self.on_text(&text, &mut subscribed, &mut ws) =>
+                            {
                                 return ended("the event receiver is gone".into(), false);
                             }
                             Message::Close(frame) => {
@@ -609,7 +668,12 @@ impl Worker {
     }
 
     /// Handles one server message; returns true if the caller has gone away.
-    fn on_text(&mut self, text: &str, subscribed: &mut bool) -> bool {
+    fn on_text(
+        &mut self,
+        text: &str,
+        subscribed: &mut bool,
+        ws: &mut WebSocket<TcpStream>,
+    ) -> bool {
         let event = match decode(text) {
             Ok(Incoming::Push { topic, data }) => Event::Push { topic, data },
             Ok(Incoming::Subscribed(topics)) if !*subscribed => {
@@ -617,8 +681,38 @@ impl Worker {
                 info!("subscribed to {topics:?}");
                 Event::Connected
             }
+            Ok(Incoming::Error {
+                error,
+                refused: Some((topic, reason)),
+            }) => {
+                debug!("subscribe refused for {topic:?}: {reason}");
+                // Resubscribing with the same claim would be refused again, and with it every
+                // other topic of the message.
+                self.topics.remove(&topic);
+                if !*subscribed && !self.topics.is_empty() {
+                    let request = self.subscribe_request(None, &self.topics);
+                    let _ = ws.write(Message::text(request));
+                }
+                Event::SubscribeRefused {
+                    topic,
+                    reason,
+                    error,
+                }
+            }
             Ok(Incoming::Error { error, .. }) => Event::ServerError(error),
-            Ok(Incoming::Subscribed(_) | Incoming::Other) => return false,
+            Ok(Incoming::Unsubscribed {
+                topics,
+                reason: Some(reason),
+            }) => {
+                debug!("the server ended {topics:?}: {reason}");
+                for topic in &topics {
+                    self.topics.remove(topic);
+                }
+                Event::Unsubscribed { topics, reason }
+            }
+            Ok(Incoming::Subscribed(_) | Incoming::Unsubscribed { .. } | Incoming::Other) => {
+                return false;
+            }
             Err(error) => {
                 debug!("undecodable message from the server: {error}");
                 Event::Undecodable {
@@ -647,6 +741,8 @@ struct ServerMessage<'a> {
     topics: Option<Vec<String>>,
     #[serde(borrow, default)]
     error: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -661,8 +757,15 @@ enum Incoming {
         data: String,
     },
     Subscribed(Vec<String>),
+    /// `reason` only when the server ended them itself (our own unsubscribes have none).
+    Unsubscribed {
+        topics: Vec<String>,
+        reason: Option<String>,
+    },
+    /// `refused`: the topic and the code, when a claim was refused.
     Error {
         error: String,
+        refused: Option<(String, String)>,
     },
     /// Pongs, acknowledgements and commands of newer servers: nothing to report.
     Other,
@@ -701,8 +804,16 @@ fn decode(text: &str) -> Result<Incoming, DecodeError> {
                 .to_owned(),
         },
         Some("subscribed") => Incoming::Subscribed(message.topics.unwrap_or_default()),
+        Some("unsubscribed") => Incoming::Unsubscribed {
+            topics: message.topics.unwrap_or_default(),
+            reason: message.reason.map(Cow::into_owned),
+        },
         Some("error") => Incoming::Error {
             error: message.error.unwrap_or_default().into_owned(),
+            refused: message
+                .topic
+                .zip(message.reason)
+                .map(|(t, r)| (t.into_owned(), r.into_owned())),
         },
         _ => Incoming::Other,
     })
@@ -790,6 +901,21 @@ mod tests {
             assert!(decode(text).is_err(), "{text}");
         }
         assert_eq!(decode(r#"{"cmd":"pong"}"#).unwrap(), Incoming::Other);
+        assert_eq!(
+            decode(r#"{"cmd":"error","error":"e","topic":"p-1","reason":"claim_expired"}"#)
+                .unwrap(),
+            Incoming::Error {
+                error: "e".into(),
+                refused: Some(("p-1".into(), "claim_expired".into()))
+            }
+        );
+        assert_eq!(
+            decode(r#"{"cmd":"unsubscribed","topics":["p-1"],"reason":"claim expired"}"#).unwrap(),
+            Incoming::Unsubscribed {
+                topics: vec!["p-1".into()],
+                reason: Some("claim expired".into())
+            }
+        );
         assert_eq!(
             decode(r#"{"cmd":"new","x":[{}]}"#).unwrap(),
             Incoming::Other

@@ -4,10 +4,13 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::json;
+use wspush::Config;
+use wspush::app::claim::{self, Scope};
+use wspush::app::sha256::HmacSha256;
 use wspush::client::{Client, ClientConfig, Event};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -337,4 +340,134 @@ fn a_message_that_is_not_json_is_reported_not_dropped() {
     }
     drop(fake.join().unwrap());
     client.stop();
+}
+
+const SECRET: &str = "client-test-secret-0123456789";
+
+fn private_config() -> Config {
+    Config {
+        subscribe_secret: Some(SECRET.to_owned()),
+        private_prefix: Some("private-".to_owned()),
+        ..test_config()
+    }
+}
+
+/// A claim for `topic` that expires `ttl_secs` from now (0: already expired, the server has no
+/// leeway).
+fn topic_claim(topic: &str, ttl_secs: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = now.saturating_add_signed(ttl_secs);
+    claim::sign(
+        &HmacSha256::new(SECRET.as_bytes()),
+        &Scope::Topic(topic.to_owned()),
+        exp,
+    )
+}
+
+/// The next event that is neither a push nor a (dis)connect.
+fn next_notice(client: &Client) -> Event {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.recv_timeout(left).expect("no event in time") {
+            Event::Push { .. } | Event::Connected | Event::Disconnected { .. } => continue,
+            other => return other,
+        }
+    }
+}
+
+#[test]
+fn claims_subscribe_to_private_topics_and_expiry_is_reported() {
+    let server = TestServer::with(private_config());
+    let mut cfg = fast_config(server.url());
+    cfg.topics = vec!["private-42".into(), "news".into()];
+    // Expires within two seconds: the server ends the subscription then.
+    cfg.claims = vec![topic_claim("private-42", 2)];
+    let client = Client::connect(cfg).unwrap();
+    wait_connected(&client);
+    assert_eq!(server.publish("private-42", "1")["subscribers"], 1);
+    assert_eq!(next_push(&client), ("private-42".into(), "1".into()));
+    assert_eq!(
+        next_notice(&client),
+        Event::Unsubscribed {
+            topics: vec!["private-42".into()],
+            reason: "claim expired".into()
+        }
+    );
+    assert_eq!(server.publish("private-42", "2")["subscribers"], 0);
+    server.publish("news", "3");
+    assert_eq!(next_push(&client), ("news".into(), "3".into()));
+    client.stop();
+}
+
+#[test]
+fn a_refused_claim_is_reported_and_the_other_topics_still_subscribe() {
+    let server = TestServer::with(private_config());
+    let mut cfg = fast_config(server.url());
+    cfg.topics = vec!["private-7".into(), "news".into()];
+    cfg.claims = vec![topic_claim("private-7", -10)];
+    let client = Client::connect(cfg).unwrap();
+    match next_notice(&client) {
+        Event::SubscribeRefused {
+            topic,
+            reason,
+            error,
+        } => {
+            assert_eq!(
+                (topic.as_str(), reason.as_str()),
+                ("private-7", "claim_expired")
+            );
+            assert!(error.contains("private-7"), "{error}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    wait_connected(&client);
+    assert_eq!(server.publish("news", "1")["subscribers"], 1);
+    assert_eq!(next_push(&client), ("news".into(), "1".into()));
+    assert_eq!(server.stats()["subscriptions"], 1);
+    // A fresh claim and a subscribe bring the private topic in.
+    client.set_claims(vec![topic_claim("private-7", 600)]);
+    client.subscribe("private-7");
+    let deadline = Instant::now() + WAIT;
+    while server.stats()["subscriptions"] != 2 {
+        assert!(Instant::now() < deadline, "private-7 never subscribed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.publish("private-7", "2");
+    assert_eq!(next_push(&client), ("private-7".into(), "2".into()));
+    client.stop();
+}
+
+#[test]
+fn the_binary_sends_claims_and_logs_refusals() {
+    let server = TestServer::with(private_config());
+    let (good, expired) = (topic_claim("private-1", 600), topic_claim("private-2", -10));
+    let child = Command::new(env!("CARGO_BIN_EXE_wspush-client"))
+        .args(["-r", &server.url(), "--count", "1", "--log-level", "warn"])
+        .args(["-t", "private-1", "-t", "private-2"])
+        .args(["--claim", &good, "--claim", &expired])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while server.stats()["subscriptions"] != 1 {
+        assert!(Instant::now() < deadline, "the binary never subscribed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.publish("private-1", r#"{"ok":true}"#);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "private-1 {\"ok\":true}\n"
+    );
+    assert!(
+        stderr.contains("private-2") && stderr.contains("claim_expired"),
+        "{stderr}"
+    );
 }

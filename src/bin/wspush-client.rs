@@ -14,6 +14,8 @@ Usage: wspush-client -r HOST:PORT [FLAGS]
   -r, --server HOST:PORT|URL  server address, or a full ws://host:port/path URL (required;
                               no wss://: TLS needs a TLS-terminating proxy)
   -t, --topic TOPIC           topic to subscribe to, repeatable [default: test-topic]
+  --claim CLAIM               signed claim for private topics (PAYLOAD.SIG), repeatable;
+                              sent with every subscribe
   --path PATH                 endpoint path when -r is HOST:PORT [default: /ws]
   --json                      print JSON lines {\"topic\":..,\"data\":..} [default: plain]
   --count N                   exit after N pushes [default: run forever]
@@ -56,6 +58,7 @@ fn parse(args: Vec<String>) -> Result<Option<Args>, String> {
         match flag.as_str() {
             "-r" | "--server" => server = Some(value()?),
             "-t" | "--topic" => topics.push(value()?),
+            "--claim" => config.claims.push(value()?),
             "--path" => path = value()?,
             "--json" => json = true,
             "--count" => count = Some(value()?.parse().map_err(|_| "--count: expected a number")?),
@@ -146,6 +149,14 @@ fn main() -> ExitCode {
             Event::Connected => log::info!("connected"),
             Event::Disconnected { .. } => {}
             Event::ServerError(e) => log::warn!("server error: {e}"),
+            Event::SubscribeRefused {
+                topic,
+                reason,
+                error,
+            } => log::error!("subscribe refused for {topic} ({reason}): {error}; not retried"),
+            Event::Unsubscribed { topics, reason } => {
+                log::warn!("the server ended {}: {reason}", topics.join(", "));
+            }
             Event::Undecodable { text, error } => {
                 let preview: String = text.chars().take(200).collect();
                 log::error!("undecodable server message ({error}): {preview}");
