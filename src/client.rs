@@ -7,6 +7,14 @@
 //! topic. Callers receive [`Event`]s over a channel and change topics or stop through commands
 //! that wake the loop at once (a `mio::Waker`); nothing polls on a short sleep.
 //!
+//! Pushes carry their data as the raw JSON text the server forwarded, never re-encoded, and a
+//! message the client cannot decode is reported ([`Event::Undecodable`]), never dropped.
+//!
+//! Private topics: [`ClientConfig::claims`] go with every (re)subscribe. A refused claim
+//! ([`Event::SubscribeRefused`]) and an expiry ([`Event::Unsubscribed`]) drop the topic from
+//! the client's topics, so a stale claim never blocks the resubscribe of the others (the server
+//! refuses a whole message for one bad claim); [`Client::set_claims`] renews.
+//!
 //! ```no_run
 //! use wspush::client::{Client, ClientConfig, Event};
 //!
@@ -16,12 +24,13 @@
 //! client.subscribe("orders/42");
 //! for event in client.iter().take(3) {
 //!     if let Event::Push { topic, data } = event {
-//!         println!("{topic}: {data}");
+//!         println!("{topic}: {data}"); // data: raw JSON text
 //!     }
 //! }
 //! client.stop();
 //! ```
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::collections::hash_map::RandomState;
 use std::fmt;
@@ -36,6 +45,8 @@ use std::time::{Duration, Instant};
 use log::{debug, info, warn};
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token, Waker};
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocket};
@@ -48,6 +59,10 @@ pub struct ClientConfig {
     /// `ws://host:port/path`.
     pub url: String,
     pub topics: Vec<String>,
+    /// Signed claims for private topics (`PAYLOAD.SIG`, docs/PROTOCOL.md "Private topics"),
+    /// sent with every subscribe and resubscribe; none by default. Replace them while running
+    /// with [`Client::set_claims`].
+    pub claims: Vec<String>,
     /// `{"cmd":"ping"}` every this long (10 s, as the seed).
     pub ping_interval: Duration,
     /// After a ping, the connection is dead if nothing arrives within this (10 s).
@@ -67,6 +82,7 @@ impl ClientConfig {
         ClientConfig {
             url: url.into(),
             topics: vec!["test-topic".into()],
+            claims: Vec::new(),
             ping_interval: Duration::from_secs(10),
             heartbeat_timeout: Duration::from_secs(10),
             write_timeout: Duration::from_secs(10),
@@ -82,19 +98,38 @@ impl ClientConfig {
 pub enum Event {
     /// Connected and (re)subscribed to every topic.
     Connected,
-    Push {
-        topic: String,
-        data: serde_json::Value,
-    },
+    /// A published message. `data` is the raw JSON text the server forwarded, byte for byte:
+    /// values serde_json's `Value` cannot hold (a lone surrogate `"\ud800"`, `1e400`, nesting
+    /// past 128 levels) arrive too. Parse it with `serde_json::from_str` when that suits.
+    Push { topic: String, data: String },
     /// The connection failed or closed; the next attempt comes after `retry_in`.
     Disconnected { reason: String, retry_in: Duration },
     /// The server answered a request with `{"cmd":"error"}`.
     ServerError(String),
+    /// A subscribe was refused for `topic`'s claim (`reason`: `missing_claim`,
+    /// `malformed_claim`, `bad_signature`, `claim_expired`, `wrong_topic`, or a newer code;
+    /// `error`: the server's text). The server subscribes all of a message or nothing, so the
+    /// client drops `topic` from its topics and, if this refused its first subscribe after a
+    /// (re)connect, subscribes the others again without it.
+    SubscribeRefused {
+        topic: String,
+        reason: String,
+        error: String,
+    },
+    /// The server ended these subscriptions itself (`reason`: `claim expired`); the connection
+    /// and other topics stay. The client drops them from its topics: to renew, call
+    /// [`Client::set_claims`] with a fresh claim and [`Client::subscribe`] again.
+    Unsubscribed { topics: Vec<String>, reason: String },
+    /// A server message this client could not decode (not JSON, or not the shape of its
+    /// `cmd`); reported rather than dropped. `text` is the message as received.
+    Undecodable { text: String, error: String },
 }
 
 #[derive(Debug)]
 pub enum ClientError {
     InvalidUrl(String),
+    /// A scheme other than `ws://`: `wss://` (TLS) and `http(s)://` are not spoken here.
+    UnsupportedScheme(String),
     Io(io::Error),
 }
 
@@ -102,6 +137,15 @@ impl fmt::Display for ClientError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InvalidUrl(why) => write!(f, "invalid server URL: {why}"),
+            Self::UnsupportedScheme(scheme) if scheme == "wss" => f.write_str(
+                "wss:// (TLS) is not supported: use a plain ws://host:port/path URL, \
+                 or put a TLS-terminating proxy in front and connect to it with ws://",
+            ),
+            Self::UnsupportedScheme(scheme) => write!(
+                f,
+                "{scheme}:// is not supported: use a plain ws://host:port/path URL \
+                 (wss:// needs a TLS-terminating proxy)"
+            ),
             Self::Io(e) => write!(f, "I/O error: {e}"),
         }
     }
@@ -111,12 +155,12 @@ impl std::error::Error for ClientError {}
 
 /// Host, port and path of a `ws://` URL (or a bare `host:port`, as the seed's `-r`).
 pub fn parse_url(url: &str) -> Result<(String, u16, String), ClientError> {
-    let rest = url.strip_prefix("ws://").unwrap_or(url);
-    if rest.contains("://") {
-        return Err(ClientError::InvalidUrl(format!(
-            "{url}: only ws:// is supported (use a TLS proxy for wss)"
-        )));
-    }
+    let rest = match url.split_once("://") {
+        // Schemes are case-insensitive (RFC 3986 §3.1).
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("ws") => rest,
+        Some((scheme, _)) => return Err(ClientError::UnsupportedScheme(scheme.to_lowercase())),
+        None => url,
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/ws"),
@@ -172,6 +216,7 @@ impl Backoff {
 enum Command {
     Subscribe(String),
     Unsubscribe(String),
+    SetClaims(Vec<String>),
     Stop,
 }
 
@@ -241,6 +286,13 @@ impl Client {
 
     pub fn unsubscribe(&self, topic: &str) {
         self.command(Command::Unsubscribe(topic.to_owned()));
+    }
+
+    /// Replaces the claims sent with subscribes from now on. When connected, every topic is
+    /// subscribed again with them at once, which extends private subscriptions before their
+    /// old claims expire (the server keeps the later expiry).
+    pub fn set_claims(&self, claims: Vec<String>) {
+        self.command(Command::SetClaims(claims));
     }
 
     /// Closes the connection with 1000 and waits for the thread to end.
@@ -344,7 +396,7 @@ impl Worker {
     /// Applies caller commands; writes (un)subscribe requests when connected.
     fn drain_commands(&mut self, mut ws: Option<&mut WebSocket<TcpStream>>) {
         while let Ok(command) = self.commands.try_recv() {
-            let (cmd, topic) = match command {
+            let request = match command {
                 Command::Stop => {
                     self.stopping = true;
                     if let Some(ws) = ws.as_deref_mut() {
@@ -356,20 +408,46 @@ impl Worker {
                     continue;
                 }
                 Command::Subscribe(t) => {
-                    self.topics.insert(t.clone());
-                    ("subscribe", t)
+                    let request = self.subscribe_request(Some("subscribe"), [&t]);
+                    self.topics.insert(t);
+                    request
                 }
                 Command::Unsubscribe(t) => {
                     self.topics.remove(&t);
-                    ("unsubscribe", t)
+                    // An unsubscribe needs no claim.
+                    serde_json::json!({ "cmd": "unsubscribe", "topics": [t] }).to_string()
+                }
+                Command::SetClaims(claims) => {
+                    self.config.claims = claims;
+                    if self.topics.is_empty() {
+                        continue;
+                    }
+                    self.subscribe_request(Some("subscribe"), &self.topics)
                 }
             };
             if let Some(ws) = ws.as_deref_mut() {
-                let request = serde_json::json!({ "cmd": cmd, "topics": [topic] }).to_string();
                 let _ = ws.write(Message::text(request));
                 let _ = ws.flush();
             }
         }
+    }
+
+    /// A subscribe for `topics` with the configured claims (the key only when there are claims,
+    /// so that without them the message stays the seed's). `cmd: None` is the seed's form.
+    fn subscribe_request<'t>(
+        &self,
+        cmd: Option<&str>,
+        topics: impl IntoIterator<Item = &'t String>,
+    ) -> String {
+        let topics: Vec<&String> = topics.into_iter().collect();
+        let mut request = serde_json::json!({ "topics": topics });
+        if let Some(cmd) = cmd {
+            request["cmd"] = cmd.into();
+        }
+        if !self.config.claims.is_empty() {
+            request["claims"] = self.config.claims.clone().into();
+        }
+        request.to_string()
     }
 
     /// The address, the `Host` header and the path.
@@ -475,8 +553,7 @@ impl Worker {
         };
         // Frames the server sent right behind its 101 are not lost.
         let mut ws = WebSocket::from_partially_read(stream, leftover, Role::Client, None);
-        let topics: Vec<&String> = self.topics.iter().collect();
-        let subscribe = serde_json::json!({ "topics": topics }).to_string();
+        let subscribe = self.subscribe_request(None, &self.topics);
         ws.send(Message::text(subscribe))
             .or_else(would_block)
             .map_err(|e| format!("subscribe: {e}"))?;
@@ -553,7 +630,9 @@ impl Worker {
                     Ok(msg) => {
                         awaiting_since = None; // anything at all is a sign of life
                         match msg {
-                            Message::Text(text) if self.on_text(&text, &mut subscribed) => {
+                            Message::Text(text)
+                                if self.on_text(&text, &mut subscribed, &mut ws) =>
+                            {
                                 return ended("the event receiver is gone".into(), false);
                             }
                             Message::Close(frame) => {
@@ -589,31 +668,155 @@ impl Worker {
     }
 
     /// Handles one server message; returns true if the caller has gone away.
-    fn on_text(&mut self, text: &str, subscribed: &mut bool) -> bool {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-            warn!("ignoring a non-JSON message from the server");
-            return false;
-        };
-        let event = match value["cmd"].as_str() {
-            Some("push") => Event::Push {
-                topic: value["topic"].as_str().unwrap_or_default().to_owned(),
-                data: value
-                    .get("data")
-                    .cloned()
-                    .unwrap_or(serde_json::Value::Null),
-            },
-            Some("subscribed") if !*subscribed => {
+    fn on_text(
+        &mut self,
+        text: &str,
+        subscribed: &mut bool,
+        ws: &mut WebSocket<TcpStream>,
+    ) -> bool {
+        let event = match decode(text) {
+            Ok(Incoming::Push { topic, data }) => Event::Push { topic, data },
+            Ok(Incoming::Subscribed(topics)) if !*subscribed => {
                 *subscribed = true;
-                info!("subscribed to {}", value["topics"]);
+                info!("subscribed to {topics:?}");
                 Event::Connected
             }
-            Some("error") => {
-                Event::ServerError(value["error"].as_str().unwrap_or_default().to_owned())
+            Ok(Incoming::Error {
+                error,
+                refused: Some((topic, reason)),
+            }) => {
+                debug!("subscribe refused for {topic:?}: {reason}");
+                // Resubscribing with the same claim would be refused again, and with it every
+                // other topic of the message.
+                self.topics.remove(&topic);
+                if !*subscribed && !self.topics.is_empty() {
+                    let request = self.subscribe_request(None, &self.topics);
+                    let _ = ws.write(Message::text(request));
+                }
+                Event::SubscribeRefused {
+                    topic,
+                    reason,
+                    error,
+                }
             }
-            _ => return false,
+            Ok(Incoming::Error { error, .. }) => Event::ServerError(error),
+            Ok(Incoming::Unsubscribed {
+                topics,
+                reason: Some(reason),
+            }) => {
+                debug!("the server ended {topics:?}: {reason}");
+                for topic in &topics {
+                    self.topics.remove(topic);
+                }
+                Event::Unsubscribed { topics, reason }
+            }
+            Ok(Incoming::Subscribed(_) | Incoming::Unsubscribed { .. } | Incoming::Other) => {
+                return false;
+            }
+            Err(error) => {
+                debug!("undecodable message from the server: {error}");
+                Event::Undecodable {
+                    text: text.to_owned(),
+                    error: error.to_string(),
+                }
+            }
         };
         self.events.send(event).is_err()
     }
+}
+
+/// The fields of any server message the client looks at. `data` is kept as raw text: serde_json
+/// checks it exactly as the server's API did before forwarding it (`RawValue`, no depth limit,
+/// no number range, no surrogate pairing), so whatever the server accepted decodes here.
+#[derive(Deserialize)]
+struct ServerMessage<'a> {
+    #[serde(borrow, default)]
+    cmd: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    topic: Option<Cow<'a, str>>,
+    // Not `Option<&RawValue>`: that reads `"data":null` as a missing field.
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(borrow, default)]
+    error: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reason: Option<Cow<'a, str>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// A decoded server message.
+#[derive(Debug, PartialEq)]
+enum Incoming {
+    Push {
+        topic: String,
+        data: String,
+    },
+    Subscribed(Vec<String>),
+    /// `reason` only when the server ended them itself (our own unsubscribes have none).
+    Unsubscribed {
+        topics: Vec<String>,
+        reason: Option<String>,
+    },
+    /// `refused`: the topic and the code, when a claim was refused.
+    Error {
+        error: String,
+        refused: Option<(String, String)>,
+    },
+    /// Pongs, acknowledgements and commands of newer servers: nothing to report.
+    Other,
+}
+
+/// Why a server message could not be decoded.
+#[derive(Debug)]
+enum DecodeError {
+    Json(serde_json::Error),
+    /// A known `cmd` without a field it must have.
+    Missing {
+        cmd: &'static str,
+        field: &'static str,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Json(e) => write!(f, "not a JSON object: {e}"),
+            Self::Missing { cmd, field } => write!(f, "a {cmd:?} message without {field:?}"),
+        }
+    }
+}
+
+fn decode(text: &str) -> Result<Incoming, DecodeError> {
+    let message: ServerMessage<'_> = serde_json::from_str(text).map_err(DecodeError::Json)?;
+    let missing = |cmd, field| DecodeError::Missing { cmd, field };
+    Ok(match message.cmd.as_deref() {
+        Some("push") => Incoming::Push {
+            topic: message.topic.ok_or(missing("push", "topic"))?.into_owned(),
+            data: message
+                .data
+                .ok_or(missing("push", "data"))?
+                .get()
+                .to_owned(),
+        },
+        Some("subscribed") => Incoming::Subscribed(message.topics.unwrap_or_default()),
+        Some("unsubscribed") => Incoming::Unsubscribed {
+            topics: message.topics.unwrap_or_default(),
+            reason: message.reason.map(Cow::into_owned),
+        },
+        Some("error") => Incoming::Error {
+            error: message.error.unwrap_or_default().into_owned(),
+            refused: message
+                .topic
+                .zip(message.reason)
+                .map(|(t, r)| (t.into_owned(), r.into_owned())),
+        },
+        _ => Incoming::Other,
+    })
 }
 
 /// Reads what the socket has, up to a little past the largest response we accept; EOF before
@@ -654,9 +857,69 @@ mod tests {
             ("example.com".into(), 80, "/push".into())
         );
         assert_eq!(parse_url("ws://[::1]:9/ws").unwrap().0, "::1");
-        assert!(parse_url("wss://x:1/ws").is_err());
+        assert_eq!(parse_url("WS://h:1").unwrap().2, "/ws");
+        for (url, scheme) in [
+            ("wss://x:1/ws", "wss"),
+            ("WSS://x:1/ws", "wss"),
+            ("http://x:1/ws", "http"),
+            ("https://x:1/ws", "https"),
+        ] {
+            match parse_url(url) {
+                Err(ClientError::UnsupportedScheme(s)) => assert_eq!(s, scheme, "{url}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+        let wss = ClientError::UnsupportedScheme("wss".into()).to_string();
+        assert!(wss.contains("TLS") && wss.contains("ws://"), "{wss}");
         assert!(parse_url("nohost").is_err());
         assert!(parse_url("h:notaport").is_err());
+    }
+
+    #[test]
+    fn pushes_keep_their_data_verbatim() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        for data in [r#""\ud800""#, "1e400", &deep, "null", r#"{"a": [1, 2.50]}"#] {
+            let text = format!(r#"{{"cmd":"push","topic":"t\"/x","data":{data}}}"#);
+            assert_eq!(
+                decode(&text).unwrap(),
+                Incoming::Push {
+                    topic: "t\"/x".into(),
+                    data: data.into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_decoded_is_an_error_not_nothing() {
+        for text in [
+            "not json",
+            "[1]",
+            r#"{"cmd":"push","data":1}"#,
+            r#"{"cmd":"push","topic":"t"}"#,
+        ] {
+            assert!(decode(text).is_err(), "{text}");
+        }
+        assert_eq!(decode(r#"{"cmd":"pong"}"#).unwrap(), Incoming::Other);
+        assert_eq!(
+            decode(r#"{"cmd":"error","error":"e","topic":"p-1","reason":"claim_expired"}"#)
+                .unwrap(),
+            Incoming::Error {
+                error: "e".into(),
+                refused: Some(("p-1".into(), "claim_expired".into()))
+            }
+        );
+        assert_eq!(
+            decode(r#"{"cmd":"unsubscribed","topics":["p-1"],"reason":"claim expired"}"#).unwrap(),
+            Incoming::Unsubscribed {
+                topics: vec!["p-1".into()],
+                reason: Some("claim expired".into())
+            }
+        );
+        assert_eq!(
+            decode(r#"{"cmd":"new","x":[{}]}"#).unwrap(),
+            Incoming::Other
+        );
     }
 
     #[test]

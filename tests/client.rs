@@ -4,10 +4,13 @@ mod common;
 
 use std::net::TcpListener;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 use serde_json::json;
+use wspush::Config;
+use wspush::app::claim::{self, Scope};
+use wspush::app::sha256::HmacSha256;
 use wspush::client::{Client, ClientConfig, Event};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -23,8 +26,8 @@ fn fast_config(url: String) -> ClientConfig {
     }
 }
 
-/// The next push, skipping other events.
-fn next_push(client: &Client) -> (String, serde_json::Value) {
+/// The next push (data as raw JSON text), skipping other events.
+fn next_push(client: &Client) -> (String, String) {
     let deadline = Instant::now() + WAIT;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -56,13 +59,13 @@ fn receives_the_tick_and_api_publishes() {
     wait_connected(&client);
     assert_eq!(
         next_push(&client),
-        ("test-topic".into(), json!("publish msg"))
+        ("test-topic".into(), r#""publish msg""#.into())
     );
     server.publish("news", r#"{"n":1}"#);
     loop {
         let (topic, data) = next_push(&client);
         if topic == "news" {
-            assert_eq!(data, json!({"n": 1}));
+            assert_eq!(data, r#"{"n":1}"#);
             break;
         }
     }
@@ -96,7 +99,7 @@ fn reconnects_and_resubscribes_after_a_server_restart() {
         "both topics resubscribed"
     );
     server.publish("added-later", "7");
-    assert_eq!(next_push(&client), ("added-later".into(), json!(7)));
+    assert_eq!(next_push(&client), ("added-later".into(), "7".into()));
     client.unsubscribe("added-later");
     client.stop();
 }
@@ -209,4 +212,262 @@ fn stop_closes_the_connection() {
         );
         std::thread::yield_now();
     }
+}
+
+#[test]
+fn the_binary_refuses_other_schemes_before_connecting() {
+    // Nothing listens there: an attempt to connect would show up as a retry, not as exit 2.
+    for (url, scheme) in [
+        ("wss://127.0.0.1:18640/ws", "wss://"),
+        ("https://127.0.0.1:18640/ws", "https://"),
+        ("http://127.0.0.1:18640/ws", "http://"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wspush-client"))
+            .args(["-r", url])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains(scheme), "{url}: {stderr}");
+        assert!(stderr.contains("not supported"), "{url}: {stderr}");
+        assert!(
+            !stderr.contains("ws://wss") && !stderr.contains("connecting"),
+            "{stderr}"
+        );
+        if scheme == "wss://" {
+            assert!(stderr.contains("TLS"), "{stderr}");
+        }
+        assert!(out.stdout.is_empty());
+    }
+}
+
+/// Values the API accepts and forwards verbatim, which serde_json's `Value` cannot hold.
+fn unusual_values() -> Vec<String> {
+    vec![
+        r#""\ud800""#.to_owned(),
+        "1e400".to_owned(),
+        format!("{}{}", "[".repeat(200), "]".repeat(200)),
+    ]
+}
+
+#[test]
+fn pushes_arrive_verbatim_even_when_serde_json_values_cannot_hold_them() {
+    let server = TestServer::start();
+    let mut cfg = fast_config(server.url());
+    cfg.topics = vec!["odd".into()];
+    let client = Client::connect(cfg).unwrap();
+    wait_connected(&client);
+    for data in unusual_values() {
+        assert_eq!(server.publish("odd", &data)["subscribers"], 1);
+        assert_eq!(next_push(&client), ("odd".into(), data));
+    }
+    // And through the batch form of the API.
+    let body = format!("{{\"topic\":\"odd\",\"data\":{}}}\n", unusual_values()[0]);
+    let (status, reply) = http(server.api, "POST", "/publish", &body, &[]);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(
+        next_push(&client),
+        ("odd".into(), unusual_values()[0].clone())
+    );
+    client.stop();
+}
+
+#[test]
+fn the_binary_prints_unusual_data_verbatim() {
+    let server = TestServer::start();
+    for json_mode in [false, true] {
+        let child = Command::new(env!("CARGO_BIN_EXE_wspush-client"))
+            .args(["-r", &server.url(), "-t", "odd", "--count", "3"])
+            .args(json_mode.then_some("--json"))
+            .args(["--log-level", "info"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Publish once the binary has subscribed.
+        let deadline = Instant::now() + WAIT;
+        while server.stats()["subscriptions"] != 1 {
+            assert!(Instant::now() < deadline, "the binary never subscribed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for data in unusual_values() {
+            server.publish("odd", &data);
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let expected: String = unusual_values()
+            .iter()
+            .map(|d| match json_mode {
+                false => format!("odd {d}\n"),
+                true => format!("{{\"topic\":\"odd\",\"data\":{d}}}\n"),
+            })
+            .collect();
+        assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+        // The next run subscribes afresh.
+        let deadline = Instant::now() + WAIT;
+        while server.stats()["subscriptions"] != 0 {
+            assert!(Instant::now() < deadline, "the binary is still subscribed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+#[test]
+fn a_message_that_is_not_json_is_reported_not_dropped() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let fake = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut ws = tungstenite::accept(stream).unwrap();
+        let _subscribe = ws.read().unwrap();
+        ws.send(tungstenite::Message::text("hello, not JSON"))
+            .unwrap();
+        ws
+    });
+    let client = Client::connect(fast_config(url)).unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Event::Undecodable { text, error } = client.recv_timeout(left).unwrap() {
+            assert_eq!(text, "hello, not JSON");
+            assert!(!error.is_empty());
+            break;
+        }
+    }
+    drop(fake.join().unwrap());
+    client.stop();
+}
+
+const SECRET: &str = "client-test-secret-0123456789";
+
+fn private_config() -> Config {
+    Config {
+        subscribe_secret: Some(SECRET.to_owned()),
+        private_prefix: Some("private-".to_owned()),
+        ..test_config()
+    }
+}
+
+/// A claim for `topic` that expires `ttl_secs` from now (0: already expired, the server has no
+/// leeway).
+fn topic_claim(topic: &str, ttl_secs: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let exp = now.saturating_add_signed(ttl_secs);
+    claim::sign(
+        &HmacSha256::new(SECRET.as_bytes()),
+        &Scope::Topic(topic.to_owned()),
+        exp,
+    )
+}
+
+/// The next event that is neither a push nor a (dis)connect.
+fn next_notice(client: &Client) -> Event {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.recv_timeout(left).expect("no event in time") {
+            Event::Push { .. } | Event::Connected | Event::Disconnected { .. } => continue,
+            other => return other,
+        }
+    }
+}
+
+#[test]
+fn claims_subscribe_to_private_topics_and_expiry_is_reported() {
+    let server = TestServer::with(private_config());
+    let mut cfg = fast_config(server.url());
+    cfg.topics = vec!["private-42".into(), "news".into()];
+    // Expires within two seconds: the server ends the subscription then.
+    cfg.claims = vec![topic_claim("private-42", 2)];
+    let client = Client::connect(cfg).unwrap();
+    wait_connected(&client);
+    assert_eq!(server.publish("private-42", "1")["subscribers"], 1);
+    assert_eq!(next_push(&client), ("private-42".into(), "1".into()));
+    assert_eq!(
+        next_notice(&client),
+        Event::Unsubscribed {
+            topics: vec!["private-42".into()],
+            reason: "claim expired".into()
+        }
+    );
+    assert_eq!(server.publish("private-42", "2")["subscribers"], 0);
+    server.publish("news", "3");
+    assert_eq!(next_push(&client), ("news".into(), "3".into()));
+    client.stop();
+}
+
+#[test]
+fn a_refused_claim_is_reported_and_the_other_topics_still_subscribe() {
+    let server = TestServer::with(private_config());
+    let mut cfg = fast_config(server.url());
+    cfg.topics = vec!["private-7".into(), "news".into()];
+    cfg.claims = vec![topic_claim("private-7", -10)];
+    let client = Client::connect(cfg).unwrap();
+    match next_notice(&client) {
+        Event::SubscribeRefused {
+            topic,
+            reason,
+            error,
+        } => {
+            assert_eq!(
+                (topic.as_str(), reason.as_str()),
+                ("private-7", "claim_expired")
+            );
+            assert!(error.contains("private-7"), "{error}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    wait_connected(&client);
+    assert_eq!(server.publish("news", "1")["subscribers"], 1);
+    assert_eq!(next_push(&client), ("news".into(), "1".into()));
+    assert_eq!(server.stats()["subscriptions"], 1);
+    // A fresh claim and a subscribe bring the private topic in.
+    client.set_claims(vec![topic_claim("private-7", 600)]);
+    client.subscribe("private-7");
+    let deadline = Instant::now() + WAIT;
+    while server.stats()["subscriptions"] != 2 {
+        assert!(Instant::now() < deadline, "private-7 never subscribed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.publish("private-7", "2");
+    assert_eq!(next_push(&client), ("private-7".into(), "2".into()));
+    client.stop();
+}
+
+#[test]
+fn the_binary_sends_claims_and_logs_refusals() {
+    let server = TestServer::with(private_config());
+    let (good, expired) = (topic_claim("private-1", 600), topic_claim("private-2", -10));
+    let child = Command::new(env!("CARGO_BIN_EXE_wspush-client"))
+        .args(["-r", &server.url(), "--count", "1", "--log-level", "warn"])
+        .args(["-t", "private-1", "-t", "private-2"])
+        .args(["--claim", &good, "--claim", &expired])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while server.stats()["subscriptions"] != 1 {
+        assert!(Instant::now() < deadline, "the binary never subscribed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.publish("private-1", r#"{"ok":true}"#);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "private-1 {\"ok\":true}\n"
+    );
+    assert!(
+        stderr.contains("private-2") && stderr.contains("claim_expired"),
+        "{stderr}"
+    );
 }

@@ -1,5 +1,5 @@
-//! `wspush-client`: the seed's client, done right. Prints one line per push on stdout; logs on
-//! stderr. Reconnects with backoff and resubscribes after any failure.
+//! `wspush-client`: the seed's client, done right. Prints one line per push on stdout, its data
+//! as the server sent it; logs on stderr. Reconnects with backoff and resubscribes after any failure.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -11,8 +11,11 @@ const HELP: &str = "wspush-client: subscribe to a wspush server and print pushes
 
 Usage: wspush-client -r HOST:PORT [FLAGS]
 
-  -r, --server HOST:PORT|URL  server address, or a full ws://host:port/path URL (required)
+  -r, --server HOST:PORT|URL  server address, or a full ws://host:port/path URL (required;
+                              no wss://: TLS needs a TLS-terminating proxy)
   -t, --topic TOPIC           topic to subscribe to, repeatable [default: test-topic]
+  --claim CLAIM               signed claim for private topics (PAYLOAD.SIG), repeatable;
+                              sent with every subscribe
   --path PATH                 endpoint path when -r is HOST:PORT [default: /ws]
   --json                      print JSON lines {\"topic\":..,\"data\":..} [default: plain]
   --count N                   exit after N pushes [default: run forever]
@@ -55,6 +58,7 @@ fn parse(args: Vec<String>) -> Result<Option<Args>, String> {
         match flag.as_str() {
             "-r" | "--server" => server = Some(value()?),
             "-t" | "--topic" => topics.push(value()?),
+            "--claim" => config.claims.push(value()?),
             "--path" => path = value()?,
             "--json" => json = true,
             "--count" => count = Some(value()?.parse().map_err(|_| "--count: expected a number")?),
@@ -74,11 +78,13 @@ fn parse(args: Vec<String>) -> Result<Option<Args>, String> {
         }
     }
     let server = server.ok_or("-r HOST:PORT is required")?;
-    config.url = if server.starts_with("ws://") {
+    // Any scheme is passed on as a URL so that parse_url can name it (wss:// is refused there).
+    config.url = if server.contains("://") {
         server
     } else {
         format!("ws://{server}{path}")
     };
+    wspush::client::parse_url(&config.url).map_err(|e| e.to_string())?;
     if !topics.is_empty() {
         config.topics = topics;
     }
@@ -121,8 +127,14 @@ fn main() -> ExitCode {
         match event {
             Event::Push { topic, data } => {
                 let mut out = stdout.lock();
+                // `data` is the server's JSON text, printed as is. A raw CR or LF in valid JSON
+                // can only be whitespace between tokens, so a space keeps one line per push
+                // without changing the value.
+                let data = data.replace(['\r', '\n'], " ");
                 let line = if args.json {
-                    serde_json::json!({ "topic": topic, "data": data }).to_string()
+                    // The topic is re-encoded; data is spliced in, never re-serialized.
+                    let topic = serde_json::Value::from(topic);
+                    format!(r#"{{"topic":{topic},"data":{data}}}"#)
                 } else {
                     format!("{topic} {data}")
                 };
@@ -137,6 +149,18 @@ fn main() -> ExitCode {
             Event::Connected => log::info!("connected"),
             Event::Disconnected { .. } => {}
             Event::ServerError(e) => log::warn!("server error: {e}"),
+            Event::SubscribeRefused {
+                topic,
+                reason,
+                error,
+            } => log::error!("subscribe refused for {topic} ({reason}): {error}; not retried"),
+            Event::Unsubscribed { topics, reason } => {
+                log::warn!("the server ended {}: {reason}", topics.join(", "));
+            }
+            Event::Undecodable { text, error } => {
+                let preview: String = text.chars().take(200).collect();
+                log::error!("undecodable server message ({error}): {preview}");
+            }
         }
     }
     client.stop();
