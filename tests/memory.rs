@@ -108,7 +108,9 @@ fn flood(stream: &mut TcpStream, frame: &[u8], count: usize) -> usize {
 /// `budget_kib`, and a well-behaved subscriber is still served afterwards.
 fn flood_without_reading(frame: &'static [u8], per_connection: usize, budget_kib: u64) {
     const CLIENTS: usize = 8;
-    let (server, ws, api) = start(&[]);
+    // The control client never pings; a debug build under a parallel test run may take longer
+    // than the default 20 s of silence to read the flood.
+    let (server, ws, api) = start(&["--heartbeat-interval", "120s"]);
     let pid = server.0.id();
     let control = open_session(TcpStream::connect(ws).unwrap(), "control");
     let mut flooders: Vec<TcpStream> = (0..CLIENTS)
