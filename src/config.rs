@@ -45,7 +45,7 @@ pub struct Config {
     pub max_connections: usize,
     /// Largest client message and frame. Default 64 KiB: clients only send small commands.
     pub max_message_size: usize,
-    /// Byte cap of each session's outbound queue. Default 256 KiB: about 2,000 small pushes.
+    /// Byte cap of each session's outbound queue. Default 256 KiB: about 1,800 pushes of 100 bytes.
     pub outbound_cap: usize,
     pub slow_consumer: SlowConsumerPolicy,
     /// Topics one connection may hold. Default 100.
