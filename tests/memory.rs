@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::FromRawFd;
 use std::process::Command;
@@ -66,16 +66,8 @@ fn connect_with_small_window(addr: SocketAddr) -> TcpStream {
 }
 
 /// Upgrades `stream` and subscribes it to `topic`, reading only the 101 and the ack.
-fn open_session(mut stream: TcpStream, topic: &str) -> TcpStream {
-    stream.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
-    stream.write_all(HANDSHAKE_REQUEST).unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        stream.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"));
+fn open_session(stream: TcpStream, topic: &str) -> TcpStream {
+    let mut stream = upgrade_stream(stream);
     let subscribe = format!(r#"{{"topics":["{topic}"]}}"#);
     stream
         .write_all(&masked_frame(0x81, subscribe.as_bytes()))

@@ -252,7 +252,11 @@ Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n
 
 /// A raw, completed WebSocket handshake on a plain TcpStream (for hand-made frames).
 pub fn raw_upgrade(server: &TestServer) -> TcpStream {
-    let mut stream = TcpStream::connect(server.ws).unwrap();
+    upgrade_stream(TcpStream::connect(server.ws).unwrap())
+}
+
+/// Completes a WebSocket handshake on a connected stream, reading nothing past the 101.
+pub fn upgrade_stream(mut stream: TcpStream) -> TcpStream {
     stream.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
     stream.write_all(HANDSHAKE_REQUEST).unwrap();
     let mut head = Vec::new();
