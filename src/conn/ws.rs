@@ -358,6 +358,13 @@ impl Session {
             }
             None => input,
         };
+        // A head ends on a LF: without a new one it cannot be complete, so a request trickling
+        // in costs a parse per line, not per read.
+        let continued = request.len() > input.len();
+        if continued && !input.contains(&b'\n') && request.len() <= handshake::MAX_HEAD_BYTES {
+            self.phase = Phase::Handshaking(received.unwrap_or_default());
+            return;
+        }
         let mut slots = [httparse::EMPTY_HEADER; http::MAX_HEADER_SLOTS];
         // Refuses heads over the limit, complete or not.
         let answer = match handshake::parse_request_head(request, &mut slots) {

@@ -358,7 +358,11 @@ impl RequestParser {
         let too_large = error(431, "request head too large");
         // Empty lines before a request line are ignored (RFC 9112 §2.2). Dropped here, so that
         // many of them cost one pass rather than a parse of the growing buffer per line.
-        let blank = self.buf.chunks_exact(2).take_while(|pair| pair == b"\r\n").count();
+        let blank = self
+            .buf
+            .chunks_exact(2)
+            .take_while(|pair| pair == b"\r\n")
+            .count();
         if blank > 0 {
             self.buf.advance(2 * blank);
             self.scanned = self.scanned.saturating_sub(2 * blank);
