@@ -43,7 +43,7 @@ struct Opts {
 fn usage() -> &'static str {
     "usage: wspush-bench SCENARIO [--ws ADDR] [--api ADDR] [--server-pid PID] [-n N] [--concurrency C]
        [--messages M] [--rate R] [--duration 10s] [--payload 100] [--stuck K] [--cycles 5] [--warmup 20] [--json]
-scenarios: connect | fanout | flood | notify | slow | churn
+scenarios: connect | fanout | flood | notify | slow | churn | storm
        wspush-bench yardstick [--ws ADDR] [--api ADDR]   (the minimal reference server; port 0 allowed)
 defaults: --ws 127.0.0.1:8091 --api 127.0.0.1:8092 -n 1000 --concurrency 256 --messages 100
           --rate 10 --duration 10s --payload 100 --stuck 10 --cycles 5 --warmup 20
@@ -51,7 +51,9 @@ defaults: --ws 127.0.0.1:8091 --api 127.0.0.1:8092 -n 1000 --concurrency 256 --m
           Linux ACKs the first 16 segments of a new connection at once (quick-ACK mode), which
           makes the first pushes to fresh connections cost the server more than later ones
 notify:   client i subscribes to user-<i>; --messages publishes round-robin over the topics, in
-          batch requests of 100 lines, at --rate messages per second (--rate/100 requests/s)"
+          batch requests of 100 lines, at --rate messages per second (--rate/100 requests/s)
+storm:    -n clients come back at once --messages behind on topic `storm` and resume from
+          history, while --stuck K other subscribers get a fan-out at --rate (their p99)"
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -219,6 +221,8 @@ struct Bench {
     parse_timestamps: bool,
     /// Connection i subscribes to `user-<i>` (notify) instead of `bench`.
     own_topics: bool,
+    /// Connections from this index on send this subscribe instead (storm's resumers).
+    resume: Option<(usize, String)>,
     read_buf: Vec<u8>,
     events: Events,
 }
@@ -235,6 +239,7 @@ impl Bench {
             last_arrival: Default::default(),
             parse_timestamps: false,
             own_topics: false,
+            resume: None,
             read_buf: vec![0; 256 * 1024],
             events: Events::with_capacity(4096),
         })
@@ -345,7 +350,10 @@ impl Bench {
                 return;
             };
             c.buf.drain(..end + 4);
-            let sub = if self.own_topics {
+            let resume = self.resume.as_ref().filter(|(first, _)| i >= *first);
+            let sub = if let Some((_, message)) = resume {
+                masked_text(message.as_bytes(), i as u32)
+            } else if self.own_topics {
                 masked_text(format!(r#"{{"topics":["user-{i}"]}}"#).as_bytes(), i as u32)
             } else {
                 masked_text(br#"{"topics":["bench"]}"#, i as u32)
@@ -747,6 +755,116 @@ fn flood(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
+/// One blocking API request (`Connection: close`); returns the response body.
+fn api_call(api: SocketAddr, path: &str, content_type: &str, body: &str) -> Result<String, String> {
+    let mut s = std::net::TcpStream::connect(api).map_err(|e| e.to_string())?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut raw = String::new();
+    std::io::Read::read_to_string(&mut s, &mut raw).map_err(|e| e.to_string())?;
+    match raw.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.1 200") => Ok(body.to_owned()),
+        _ => Err(format!("{path}: {raw}")),
+    }
+}
+
+/// `--stuck` subscribers of `bench` (the bystanders) and `-n` resumers of `storm`. The resumers
+/// are away while `--messages` are published to `storm`; then all of them reconnect at once
+/// (concurrency `-n`) and resume with `since` from the position before those messages. Measures
+/// the time until every resumer has all of them (replayed from history), and the bystanders'
+/// push latency, published at `--rate` during the storm. Needs history of at least `--messages`.
+fn storm(o: &Opts) -> Result<(), String> {
+    let bystanders = o.stuck;
+    let mut b = Bench::new().map_err(|e| e.to_string())?;
+    b.parse_timestamps = true;
+    b.connect_all(o.ws, bystanders, o.concurrency, 0)?;
+    let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
+    // The position the resumers saw last: the reply to one publish before they went away.
+    let reply: Value = serde_json::from_str(&api_call(
+        o.api,
+        "/publish?topic=storm",
+        "application/json",
+        "0",
+    )?)
+    .map_err(|e| e.to_string())?;
+    let (Some(offset), Some(epoch)) = (reply["offset"].as_u64(), reply["epoch"].as_str()) else {
+        return Err(format!("no position in the publish reply (history off?): {reply}"));
+    };
+    let mut batch = String::new();
+    for m in 0..o.messages {
+        batch.push_str(&format!("{{\"topic\":\"storm\",\"data\":{m}}}\n"));
+    }
+    api_call(o.api, "/publish", "application/x-ndjson", &batch)?;
+    let since = json!({"cmd": "subscribe", "topics": ["storm"],
+                       "since": {"storm": {"offset": offset, "epoch": epoch}}});
+    b.resume = Some((bystanders, since.to_string()));
+    b.latencies.clear();
+    b.last_arrival.clear();
+    let cpu = ServerCpu::start(o.pid);
+    let t0 = Instant::now();
+    for _ in 0..o.n {
+        b.open(o.ws, false).map_err(|e| e.to_string())?;
+    }
+    let wanted = o.messages as u64;
+    let caught_up = |b: &Bench| b.conns[bystanders..].iter().all(|c| c.frames >= wanted);
+    // Bystander pushes at --rate until every resumer has caught up (at most 30 s).
+    let interval = Duration::from_secs_f64(1.0 / o.rate.max(0.001));
+    let mut published = 0u64;
+    let mut storm_secs = None;
+    while t0.elapsed() < Duration::from_secs(30) {
+        let body = format!("{{\"t\":{},\"p\":\"x\"}}", b.now_ns());
+        publisher
+            .send("/publish?topic=bench", body.as_bytes())
+            .map_err(|e| e.to_string())?;
+        published += 1;
+        publisher.collect(false).map_err(|e| e.to_string())?;
+        let due = Instant::now() + interval;
+        b.run_until(due.saturating_duration_since(Instant::now()), |b| {
+            storm_secs.is_none() && caught_up(b)
+        });
+        if storm_secs.is_none() && caught_up(&b) {
+            storm_secs = Some(t0.elapsed().as_secs_f64());
+        }
+        if storm_secs.is_some() {
+            break;
+        }
+    }
+    publisher.collect(true).map_err(|e| e.to_string())?;
+    let expected = published * bystanders as u64;
+    b.run_until(Duration::from_secs(5), |b| {
+        b.conns[..bystanders].iter().map(|c| c.frames).sum::<u64>() >= expected
+    });
+    let replayed: u64 = b.conns[bystanders..].iter().map(|c| c.frames).sum();
+    let cpu = cpu.finish(replayed.max(1));
+    let mut lat = std::mem::take(&mut b.latencies);
+    lat.sort_unstable();
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let Some(secs) = storm_secs else {
+        return Err(format!(
+            "not caught up in 30 s: {replayed} of {} replayed pushes",
+            wanted * o.n as u64
+        ));
+    };
+    report(
+        o,
+        format!(
+            "storm: {} clients resumed {} messages each in {secs:.2} s ({replayed} replayed); {bystanders} bystanders at {}/s meanwhile: latency ms p50 {p50:.2} p99 {p99:.2} ({} receipts); server CPU {:.2} s",
+            o.n,
+            o.messages,
+            o.rate,
+            lat.len(),
+            cpu.secs.unwrap_or(f64::NAN),
+        ),
+        json!({ "resumers": o.n, "behind": o.messages, "caught_up_secs": secs, "replayed": replayed,
+                "bystanders": bystanders, "p50_ms": p50, "p99_ms": p99, "receipts": lat.len(),
+                "server_cpu_secs": cpu.secs }),
+    );
+    Ok(())
+}
+
 /// N clients, client i subscribed to `user-<i>` alone; `--messages` publishes round-robin over
 /// those topics in batch requests of 100 lines (`NOTIFY_LINES`), each line to the next client,
 /// paced at `--rate` messages per second. Every push has one subscriber, so each delivery costs
@@ -961,6 +1079,7 @@ fn main() -> ExitCode {
         "slow" => slow(&opts),
         "churn" => churn(&opts),
         "notify" => notify(&opts),
+        "storm" => storm(&opts),
         "yardstick" => yardstick::run(opts.ws, opts.api).map_err(|e| e.to_string()),
         other => Err(format!("unknown scenario {other}\n{}", usage())),
     };
