@@ -178,6 +178,17 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), ClientError> {
     Ok((host.to_owned(), port, path.to_owned()))
 }
 
+/// How a connection ended, as far as the reconnect delay cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// A failure: connect refused, timeout, a reset, any close other than those below.
+    Failed,
+    /// Closed with 1013 (try again later).
+    Overloaded,
+    /// Closed with 1001 (the server is shutting down, typically to restart).
+    GoingAway,
+}
+
 /// Reconnect delays: exponential with jitter, capped; sans-IO (randomness passed in).
 #[derive(Clone, Debug)]
 pub struct Backoff {
@@ -195,11 +206,17 @@ impl Backoff {
         }
     }
 
-    /// The delay before the next attempt. `jitter` is uniform in [0, 1); `overloaded` (close
-    /// 1013) skips a step so an overloaded server is not hit at once.
-    pub fn next_delay(&mut self, jitter: f64, overloaded: bool) -> Duration {
-        if overloaded {
-            self.failures = self.failures.max(1);
+    /// The delay before the next attempt. `jitter` is uniform in [0, 1). After
+    /// [`Ended::Overloaded`] (close 1013) one step is skipped so an overloaded server is not hit
+    /// at once; after [`Ended::GoingAway`] (close 1001) the schedule starts over.
+    pub fn next_delay(&mut self, jitter: f64, ended: Ended) -> Duration {
+        match ended {
+            Ended::Failed => {}
+            Ended::Overloaded => self.failures = self.failures.max(1),
+            // A server that says it is going away is restarting, not failing: earlier failures
+            // say nothing about when it is back, so growing the delay (12 s, 24 s after a second
+            // restart) only keeps clients away longer. Failures to reach it grow again from here.
+            Ended::GoingAway => self.failures = 0,
         }
         let base = self.initial.saturating_mul(1 << self.failures.min(16));
         self.failures = self.failures.saturating_add(1);
@@ -315,9 +332,9 @@ impl Drop for Client {
 }
 
 /// Why a connection ended.
-struct Ended {
+struct Ending {
     reason: String,
-    overloaded: bool,
+    kind: Ended,
     healthy: bool,
 }
 
@@ -363,7 +380,7 @@ impl Worker {
                 self.backoff.reset();
             }
             let jitter = self.jitter();
-            let delay = self.backoff.next_delay(jitter, ended.overloaded);
+            let delay = self.backoff.next_delay(jitter, ended.kind);
             warn!("disconnected: {}; reconnecting in {delay:?}", ended.reason);
             if self
                 .events
@@ -467,10 +484,10 @@ impl Worker {
     }
 
     /// One connection, from connect to failure.
-    fn connection(&mut self) -> Ended {
-        let fail = |reason: String| Ended {
+    fn connection(&mut self) -> Ending {
+        let fail = |reason: String| Ending {
             reason,
-            overloaded: false,
+            kind: Ended::Failed,
             healthy: false,
         };
         let (addr, authority, path) = match self.resolve() {
@@ -495,7 +512,12 @@ impl Worker {
         result.unwrap_or_else(fail)
     }
 
-    fn drive(&mut self, mut stream: TcpStream, request: &[u8], key: &str) -> Result<Ended, String> {
+    fn drive(
+        &mut self,
+        mut stream: TcpStream,
+        request: &[u8],
+        key: &str,
+    ) -> Result<Ending, String> {
         let mut events = Events::with_capacity(16);
         let connect_deadline = Instant::now() + self.config.connect_timeout;
         // Non-blocking connect: wait for writability, then check the socket error.
@@ -565,7 +587,7 @@ impl Worker {
         &mut self,
         mut ws: WebSocket<TcpStream>,
         events: &mut Events,
-    ) -> Result<Ended, String> {
+    ) -> Result<Ending, String> {
         let started = Instant::now();
         let mut subscribed = false;
         let mut next_ping = Instant::now() + self.config.ping_interval;
@@ -575,10 +597,10 @@ impl Worker {
         let healthy_after = self.config.ping_interval * 2;
         loop {
             let healthy = subscribed && started.elapsed() >= healthy_after;
-            let ended = |reason: String, overloaded| {
-                Ok(Ended {
+            let ended = |reason: String, kind| {
+                Ok(Ending {
                     reason,
-                    overloaded,
+                    kind,
                     healthy,
                 })
             };
@@ -591,13 +613,13 @@ impl Worker {
                         "no answer within {:?} of a ping",
                         self.config.heartbeat_timeout
                     ),
-                    false,
+                    Ended::Failed,
                 );
             }
             if let Some(since) = write_stalled_since
                 && now >= since + self.config.write_timeout
             {
-                return ended("write timeout".into(), false);
+                return ended("write timeout".into(), Ended::Failed);
             }
             if now >= next_ping {
                 debug!("ping");
@@ -610,8 +632,10 @@ impl Worker {
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     write_stalled_since.get_or_insert(now);
                 }
-                Err(tungstenite::Error::ConnectionClosed) => return ended("closed".into(), false),
-                Err(e) => return ended(format!("write: {e}"), false),
+                Err(tungstenite::Error::ConnectionClosed) => {
+                    return ended("closed".into(), Ended::Failed);
+                }
+                Err(e) => return ended(format!("write: {e}"), Ended::Failed),
             }
             // Sleep until the next thing due.
             let mut due = next_ping;
@@ -633,17 +657,21 @@ impl Worker {
                             Message::Text(text)
                                 if self.on_text(&text, &mut subscribed, &mut ws) =>
                             {
-                                return ended("the event receiver is gone".into(), false);
+                                return ended("the event receiver is gone".into(), Ended::Failed);
                             }
                             Message::Close(frame) => {
                                 let (code, why) = frame
                                     .map_or((CloseCode::Status, String::new()), |f| {
                                         (f.code, f.reason.to_string())
                                     });
-                                let overloaded = code == CloseCode::Again;
+                                let kind = match code {
+                                    CloseCode::Again => Ended::Overloaded,
+                                    CloseCode::Away => Ended::GoingAway,
+                                    _ => Ended::Failed,
+                                };
                                 return ended(
                                     format!("server closed: {} {why}", u16::from(code)),
-                                    overloaded,
+                                    kind,
                                 );
                             }
                             _ => {}
@@ -655,14 +683,14 @@ impl Worker {
                     Err(
                         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
                     ) => {
-                        return ended("closed".into(), false);
+                        return ended("closed".into(), Ended::Failed);
                     }
-                    Err(e) => return ended(format!("read: {e}"), false),
+                    Err(e) => return ended(format!("read: {e}"), Ended::Failed),
                 }
             }
             if self.stopping {
                 let _ = ws.flush();
-                return ended("stopped".into(), false);
+                return ended("stopped".into(), Ended::Failed);
             }
         }
     }
@@ -925,10 +953,10 @@ mod tests {
     #[test]
     fn backoff_grows_with_jitter_and_stays_capped() {
         let mut b = Backoff::new(Duration::from_secs(3), Duration::from_secs(30));
-        let first = b.next_delay(0.5, false);
+        let first = b.next_delay(0.5, Ended::Failed);
         assert_eq!(first, Duration::from_secs(3));
         let delays: Vec<Duration> = (0..10)
-            .map(|i| b.next_delay((i % 3) as f64 / 3.0, false))
+            .map(|i| b.next_delay((i % 3) as f64 / 3.0, Ended::Failed))
             .collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
         assert!(
@@ -936,12 +964,49 @@ mod tests {
         );
         assert_eq!(delays[9], Duration::from_secs(30));
         b.reset();
-        let low = b.next_delay(0.0, false);
+        let low = b.next_delay(0.0, Ended::Failed);
         assert_eq!(low, Duration::from_millis(2400));
         b.reset();
         assert!(
-            b.next_delay(0.5, true) >= Duration::from_secs(6),
+            b.next_delay(0.5, Ended::Overloaded) >= Duration::from_secs(6),
             "1013 backs off harder"
         );
+    }
+
+    #[test]
+    fn a_server_going_away_is_retried_at_the_initial_delay_every_time() {
+        let (initial, max) = (Duration::from_secs(3), Duration::from_secs(30));
+        let in_initial = |d: Duration| d >= initial.mul_f64(0.8) && d <= initial.mul_f64(1.2);
+        let mut b = Backoff::new(initial, max);
+        // The observed sequence: 1001, the restarted server not up yet twice, it comes back,
+        // a second 1001 soon after (the connection never got healthy). That second 1001 once
+        // waited 12.8 s (the third doubling); it must wait the initial delay, as README says.
+        let mut schedule = vec![b.next_delay(0.9, Ended::GoingAway)];
+        schedule.push(b.next_delay(0.9, Ended::Failed));
+        schedule.push(b.next_delay(0.9, Ended::Failed));
+        schedule.push(b.next_delay(0.9, Ended::GoingAway));
+        schedule.push(b.next_delay(0.9, Ended::GoingAway));
+        schedule.push(b.next_delay(0.9, Ended::Failed));
+        assert!(in_initial(schedule[0]), "{schedule:?}");
+        assert!(
+            schedule[1] > initial * 3 / 2 && schedule[2] > initial * 3,
+            "{schedule:?}"
+        );
+        assert!(
+            in_initial(schedule[3]) && in_initial(schedule[4]),
+            "{schedule:?}"
+        );
+        // Not reachable after the restart: growth starts again from the initial delay.
+        assert_eq!(schedule[5], schedule[1], "{schedule:?}");
+        for jitter in [0.0, 0.5, 0.999] {
+            let mut b = Backoff::new(initial, max);
+            for _ in 0..8 {
+                b.next_delay(jitter, Ended::Failed);
+            }
+            assert!(
+                in_initial(b.next_delay(jitter, Ended::GoingAway)),
+                "{jitter}"
+            );
+        }
     }
 }
