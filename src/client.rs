@@ -23,7 +23,7 @@
 //! let client = Client::connect(config).expect("valid config");
 //! client.subscribe("orders/42");
 //! for event in client.iter().take(3) {
-//!     if let Event::Push { topic, data } = event {
+//!     if let Event::Push { topic, data, .. } = event {
 //!         println!("{topic}: {data}"); // data: raw JSON text
 //!     }
 //! }
@@ -31,8 +31,8 @@
 //! ```
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
 use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
@@ -52,6 +52,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocket};
 
 use crate::wire::handshake;
+
+mod continuity;
+
+use continuity::{Continuity, StreamAck, Verdict};
 
 /// Client settings; every default follows the seed's client or improves on it.
 #[derive(Clone, Debug)]
@@ -75,6 +79,10 @@ pub struct ClientConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay (30 s).
     pub backoff_max: Duration,
+    /// Ask the server to replay the last K messages it holds of each topic before the live ones
+    /// (`"recent":K`), on the client's first subscribe only: after a reconnect the client
+    /// resumes where it was instead (`since`). None by default.
+    pub recent: Option<u64>,
 }
 
 impl ClientConfig {
@@ -89,6 +97,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_secs(3),
             backoff_max: Duration::from_secs(30),
+            recent: None,
         }
     }
 }
@@ -101,7 +110,26 @@ pub enum Event {
     /// A published message. `data` is the raw JSON text the server forwarded, byte for byte:
     /// values serde_json's `Value` cannot hold (a lone surrogate `"\ud800"`, `1e400`, nesting
     /// past 128 levels) arrive too. Parse it with `serde_json::from_str` when that suits.
-    Push { topic: String, data: String },
+    ///
+    /// `offset` and `epoch`: the push's place in the topic's stream, from a server with history
+    /// on (`None` otherwise). Within one epoch offsets only grow: the client never hands over an
+    /// offset at or below the last one of the same epoch (replays overlapping live pushes are
+    /// dropped), and a gap is either filled from the server's history or reported first as
+    /// [`Event::ContinuityLost`].
+    Push {
+        topic: String,
+        data: String,
+        offset: Option<u64>,
+        epoch: Option<String>,
+    },
+    /// Pushes of `topic` were lost: the next one handed over is at `from` in `epoch`, and those
+    /// before it since the last one received will not come. See [`ContinuityReason`].
+    ContinuityLost {
+        topic: String,
+        epoch: String,
+        from: u64,
+        reason: ContinuityReason,
+    },
     /// The connection failed or closed; the next attempt comes after `retry_in`.
     Disconnected { reason: String, retry_in: Duration },
     /// The server answered a request with `{"cmd":"error"}`.
@@ -123,6 +151,40 @@ pub enum Event {
     /// A server message this client could not decode (not JSON, or not the shape of its
     /// `cmd`); reported rather than dropped. `text` is the message as received.
     Undecodable { text: String, error: String },
+}
+
+/// Why [`Event::ContinuityLost`] was reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContinuityReason {
+    /// A resume after a reconnect found a new stream (the server restarted, or the topic's
+    /// stream ended meanwhile): nothing of the old one can be replayed.
+    EpochChanged,
+    /// A resume found the stream, but its history no longer holds everything after the last
+    /// push received: what it holds is replayed from `from`.
+    HistoryTooShort,
+    /// The server's `continuity_lost` message: its replay was overtaken by eviction.
+    ServerReported,
+    /// The client saw offset `received` where it expected `from` (the server dropped pushes,
+    /// e.g. `--slow-consumer drop`). The client resubscribes resuming at `from - 1`, so the
+    /// missing pushes may still come from history; if not, a `HistoryTooShort` (or
+    /// `EpochChanged`) report follows with where delivery really continues.
+    OffsetJump { received: u64 },
+}
+
+impl fmt::Display for ContinuityReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EpochChanged => f.write_str("the stream's epoch changed"),
+            Self::HistoryTooShort => f.write_str("the server's history no longer holds the gap"),
+            Self::ServerReported => f.write_str("reported by the server"),
+            Self::OffsetJump { received } => {
+                write!(
+                    f,
+                    "offset jump (received {received}); resuming from history"
+                )
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -257,6 +319,8 @@ impl Client {
         let (commands, command_rx) = mpsc::channel();
         let worker = Worker {
             topics: config.topics.iter().cloned().collect(),
+            continuity: Continuity::default(),
+            recent_pending: config.recent.is_some(),
             backoff: Backoff::new(config.backoff_initial, config.backoff_max),
             config,
             poll,
@@ -341,6 +405,9 @@ struct Ending {
 struct Worker {
     config: ClientConfig,
     topics: BTreeSet<String>,
+    continuity: Continuity,
+    /// `recent` still goes with the first subscribe (until one is acknowledged).
+    recent_pending: bool,
     backoff: Backoff,
     poll: Poll,
     events: Sender<Event>,
@@ -425,12 +492,13 @@ impl Worker {
                     continue;
                 }
                 Command::Subscribe(t) => {
-                    let request = self.subscribe_request(Some("subscribe"), [&t]);
+                    let request = self.subscribe_request(Some("subscribe"), [&t], None, None);
                     self.topics.insert(t);
                     request
                 }
                 Command::Unsubscribe(t) => {
                     self.topics.remove(&t);
+                    self.continuity.forget(&t);
                     // An unsubscribe needs no claim.
                     serde_json::json!({ "cmd": "unsubscribe", "topics": [t] }).to_string()
                 }
@@ -439,7 +507,8 @@ impl Worker {
                     if self.topics.is_empty() {
                         continue;
                     }
-                    self.subscribe_request(Some("subscribe"), &self.topics)
+                    // Subscribed already: a `since` would be ignored.
+                    self.subscribe_request(Some("subscribe"), &self.topics, None, None)
                 }
             };
             if let Some(ws) = ws.as_deref_mut() {
@@ -451,10 +520,13 @@ impl Worker {
 
     /// A subscribe for `topics` with the configured claims (the key only when there are claims,
     /// so that without them the message stays the seed's). `cmd: None` is the seed's form.
+    /// `since` and `recent`: see [`Worker::resubscribe_request`].
     fn subscribe_request<'t>(
         &self,
         cmd: Option<&str>,
         topics: impl IntoIterator<Item = &'t String>,
+        since: Option<serde_json::Value>,
+        recent: Option<u64>,
     ) -> String {
         let topics: Vec<&String> = topics.into_iter().collect();
         let mut request = serde_json::json!({ "topics": topics });
@@ -464,7 +536,22 @@ impl Worker {
         if !self.config.claims.is_empty() {
             request["claims"] = self.config.claims.clone().into();
         }
+        if let Some(since) = since {
+            request["since"] = since;
+        }
+        if let Some(recent) = recent {
+            request["recent"] = recent.into();
+        }
         request.to_string()
+    }
+
+    /// The first subscribe of a connection: every topic, resuming those with a position, and
+    /// `recent` until a first subscribe has been acknowledged (a refused or unanswered one did
+    /// not take effect).
+    fn resubscribe_request(&mut self) -> String {
+        let since = self.continuity.since(&self.topics);
+        let recent = self.config.recent.filter(|_| self.recent_pending);
+        self.subscribe_request(None, &self.topics, since, recent)
     }
 
     /// The address, the `Host` header and the path.
@@ -575,7 +662,8 @@ impl Worker {
         };
         // Frames the server sent right behind its 101 are not lost.
         let mut ws = WebSocket::from_partially_read(stream, leftover, Role::Client, None);
-        let subscribe = self.subscribe_request(None, &self.topics);
+        self.continuity.new_connection();
+        let subscribe = self.resubscribe_request();
         ws.send(Message::text(subscribe))
             .or_else(would_block)
             .map_err(|e| format!("subscribe: {e}"))?;
@@ -703,11 +791,76 @@ impl Worker {
         ws: &mut WebSocket<TcpStream>,
     ) -> bool {
         let event = match decode(text) {
-            Ok(Incoming::Push { topic, data }) => Event::Push { topic, data },
-            Ok(Incoming::Subscribed(topics)) if !*subscribed => {
-                *subscribed = true;
-                info!("subscribed to {topics:?}");
-                Event::Connected
+            Ok(Incoming::Push {
+                topic,
+                data,
+                offset,
+                epoch,
+            }) => {
+                let push = |epoch: Option<String>| Event::Push {
+                    topic: topic.clone(),
+                    data,
+                    offset,
+                    epoch,
+                };
+                match self.continuity.on_push(&topic, offset, epoch.as_deref()) {
+                    Verdict::Deliver => push(epoch),
+                    Verdict::Skip => {
+                        debug!("{topic}: offset {offset:?} dropped (a duplicate or superseded)");
+                        return false;
+                    }
+                    Verdict::DeliverAfter(lost) => {
+                        warn!("{topic}: {lost:?}");
+                        if self.events.send(lost).is_err() {
+                            return true;
+                        }
+                        push(epoch)
+                    }
+                    Verdict::Resubscribe(lost, at) => {
+                        warn!(
+                            "{topic}: {lost:?}; resubscribing after offset {}",
+                            at.offset
+                        );
+                        // The server ignores a `since` for a topic it has subscribed already.
+                        let unsubscribe =
+                            serde_json::json!({ "cmd": "unsubscribe", "topics": [topic] });
+                        let since = serde_json::json!({
+                            &topic: { "offset": at.offset, "epoch": at.epoch }
+                        });
+                        let subscribe =
+                            self.subscribe_request(Some("subscribe"), [&topic], Some(since), None);
+                        let _ = ws.write(Message::text(unsubscribe.to_string()));
+                        let _ = ws.write(Message::text(subscribe));
+                        lost
+                    }
+                }
+            }
+            Ok(Incoming::Subscribed { topics, streams }) => {
+                let losses = self.continuity.on_subscribed(&topics, streams.as_ref());
+                if !*subscribed {
+                    *subscribed = true;
+                    self.recent_pending = false;
+                    info!("subscribed to {topics:?}");
+                    if self.events.send(Event::Connected).is_err() {
+                        return true;
+                    }
+                }
+                for lost in losses {
+                    warn!("{lost:?}");
+                    if self.events.send(lost).is_err() {
+                        return true;
+                    }
+                }
+                return false;
+            }
+            Ok(Incoming::ContinuityLost { topic, epoch, from }) => {
+                match self.continuity.on_continuity_lost(&topic, &epoch, from) {
+                    Some(lost) => {
+                        warn!("{lost:?}");
+                        lost
+                    }
+                    None => return false,
+                }
             }
             Ok(Incoming::Error {
                 error,
@@ -717,8 +870,9 @@ impl Worker {
                 // Resubscribing with the same claim would be refused again, and with it every
                 // other topic of the message.
                 self.topics.remove(&topic);
+                self.continuity.forget(&topic);
                 if !*subscribed && !self.topics.is_empty() {
-                    let request = self.subscribe_request(None, &self.topics);
+                    let request = self.resubscribe_request();
                     let _ = ws.write(Message::text(request));
                 }
                 Event::SubscribeRefused {
@@ -735,12 +889,18 @@ impl Worker {
                 debug!("the server ended {topics:?}: {reason}");
                 for topic in &topics {
                     self.topics.remove(topic);
+                    self.continuity.forget(topic);
                 }
                 Event::Unsubscribed { topics, reason }
             }
-            Ok(Incoming::Subscribed(_) | Incoming::Unsubscribed { .. } | Incoming::Other) => {
+            Ok(Incoming::Unsubscribed {
+                topics,
+                reason: None,
+            }) => {
+                self.continuity.on_unsubscribed(&topics);
                 return false;
             }
+            Ok(Incoming::Other) => return false,
             Err(error) => {
                 debug!("undecodable message from the server: {error}");
                 Event::Undecodable {
@@ -771,6 +931,14 @@ struct ServerMessage<'a> {
     error: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(borrow, default)]
+    epoch: Option<Cow<'a, str>>,
+    #[serde(default)]
+    from: Option<u64>,
+    #[serde(default)]
+    streams: Option<HashMap<String, StreamAck>>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -783,8 +951,18 @@ enum Incoming {
     Push {
         topic: String,
         data: String,
+        offset: Option<u64>,
+        epoch: Option<String>,
     },
-    Subscribed(Vec<String>),
+    Subscribed {
+        topics: Vec<String>,
+        streams: Option<HashMap<String, StreamAck>>,
+    },
+    ContinuityLost {
+        topic: String,
+        epoch: String,
+        from: u64,
+    },
     /// `reason` only when the server ended them itself (our own unsubscribes have none).
     Unsubscribed {
         topics: Vec<String>,
@@ -830,8 +1008,21 @@ fn decode(text: &str) -> Result<Incoming, DecodeError> {
                 .ok_or(missing("push", "data"))?
                 .get()
                 .to_owned(),
+            offset: message.offset,
+            epoch: message.epoch.map(Cow::into_owned),
         },
-        Some("subscribed") => Incoming::Subscribed(message.topics.unwrap_or_default()),
+        Some("subscribed") => Incoming::Subscribed {
+            topics: message.topics.unwrap_or_default(),
+            streams: message.streams,
+        },
+        Some("continuity_lost") => {
+            let missing = |field| missing("continuity_lost", field);
+            Incoming::ContinuityLost {
+                topic: message.topic.ok_or(missing("topic"))?.into_owned(),
+                epoch: message.epoch.ok_or(missing("epoch"))?.into_owned(),
+                from: message.from.ok_or(missing("from"))?,
+            }
+        }
         Some("unsubscribed") => Incoming::Unsubscribed {
             topics: message.topics.unwrap_or_default(),
             reason: message.reason.map(Cow::into_owned),
@@ -912,7 +1103,9 @@ mod tests {
                 decode(&text).unwrap(),
                 Incoming::Push {
                     topic: "t\"/x".into(),
-                    data: data.into()
+                    data: data.into(),
+                    offset: None,
+                    epoch: None,
                 }
             );
         }
@@ -948,6 +1141,42 @@ mod tests {
             decode(r#"{"cmd":"new","x":[{}]}"#).unwrap(),
             Incoming::Other
         );
+    }
+
+    #[test]
+    fn positions_decode_and_bad_ones_are_reported() {
+        assert_eq!(
+            decode(r#"{"cmd":"push","topic":"a","data":[1],"offset":42,"epoch":"k3"}"#).unwrap(),
+            Incoming::Push {
+                topic: "a".into(),
+                data: "[1]".into(),
+                offset: Some(42),
+                epoch: Some("k3".into()),
+            }
+        );
+        let ack = r#"{"cmd":"subscribed","topics":["a","b"],"streams":{"a":{"epoch":"E","offset":45,"recovered":true},"b":{"epoch":"F","offset":7,"recovered":false,"from":3}}}"#;
+        let Incoming::Subscribed { topics, streams } = decode(ack).unwrap() else {
+            panic!("not an ack");
+        };
+        assert_eq!(topics, ["a", "b"]);
+        let b = &streams.unwrap()["b"];
+        assert_eq!((b.offset, b.recovered, b.from), (7, Some(false), Some(3)));
+        assert_eq!(
+            decode(r#"{"cmd":"continuity_lost","topic":"a","epoch":"E","from":58}"#).unwrap(),
+            Incoming::ContinuityLost {
+                topic: "a".into(),
+                epoch: "E".into(),
+                from: 58
+            }
+        );
+        for text in [
+            r#"{"cmd":"push","topic":"a","data":1,"offset":-1,"epoch":"E"}"#,
+            r#"{"cmd":"push","topic":"a","data":1,"offset":1,"epoch":7}"#,
+            r#"{"cmd":"subscribed","topics":["a"],"streams":{"a":{"offset":1}}}"#,
+            r#"{"cmd":"continuity_lost","topic":"a","epoch":"E"}"#,
+        ] {
+            assert!(decode(text).is_err(), "{text}");
+        }
     }
 
     #[test]

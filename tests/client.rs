@@ -32,7 +32,7 @@ fn next_push(client: &Client) -> (String, String) {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match client.recv_timeout(left).expect("no push in time") {
-            Event::Push { topic, data } => return (topic, data),
+            Event::Push { topic, data, .. } => return (topic, data),
             _ => continue,
         }
     }
