@@ -10,6 +10,18 @@
 //! Pushes carry their data as the raw JSON text the server forwarded, never re-encoded, and a
 //! message the client cannot decode is reported ([`Event::Undecodable`]), never dropped.
 //!
+//! Positions (a server with history on, docs/PROTOCOL.md): the client remembers the last
+//! `(epoch, offset)` of each topic, from its pushes and from the subscribe acknowledgement, and
+//! every resubscribe after a reconnect carries `since` for those topics, so the server replays
+//! what was missed. A push is never handed over twice, nor out of order within an epoch (a
+//! replay overlapping live pushes is cut by offset). What cannot be recovered is reported as
+//! [`Event::ContinuityLost`] with a [`ContinuityReason`]: a resume the server could not satisfy
+//! (new epoch, or history too short), the server's own `continuity_lost`, or an offset jump the
+//! client saw itself (pushes dropped by `--slow-consumer drop`), after which it unsubscribes and
+//! subscribes again with `since` to fill the gap from history. [`ClientConfig::recent`] asks
+//! for the last K held messages on the first subscribe. Without history (or with an older
+//! server) pushes carry no position and all of this is off.
+//!
 //! Private topics: [`ClientConfig::claims`] go with every (re)subscribe. A refused claim
 //! ([`Event::SubscribeRefused`]) and an expiry ([`Event::Unsubscribed`]) drop the topic from
 //! the client's topics, so a stale claim never blocks the resubscribe of the others (the server
@@ -23,8 +35,13 @@
 //! let client = Client::connect(config).expect("valid config");
 //! client.subscribe("orders/42");
 //! for event in client.iter().take(3) {
-//!     if let Event::Push { topic, data, .. } = event {
-//!         println!("{topic}: {data}"); // data: raw JSON text
+//!     match event {
+//!         // data: raw JSON text; offset, epoch: None without history on the server
+//!         Event::Push { topic, data, offset, .. } => println!("{topic} {offset:?}: {data}"),
+//!         Event::ContinuityLost { topic, from, reason, .. } => {
+//!             eprintln!("{topic}: messages lost, continuing at {from} ({reason})")
+//!         }
+//!         _ => {}
 //!     }
 //! }
 //! client.stop();
@@ -122,8 +139,11 @@ pub enum Event {
         offset: Option<u64>,
         epoch: Option<String>,
     },
-    /// Pushes of `topic` were lost: the next one handed over is at `from` in `epoch`, and those
-    /// before it since the last one received will not come. See [`ContinuityReason`].
+    /// Pushes of `topic` are missing: the next one handed over is at `from` in `epoch`, and
+    /// those between the last one received and `from` will not come. The exception is
+    /// [`ContinuityReason::OffsetJump`], reported as soon as the gap is seen: there `from` is
+    /// the first missing offset, which the client is fetching from the server's history; if the
+    /// history no longer holds it, a second report says where delivery really continues.
     ContinuityLost {
         topic: String,
         epoch: String,
