@@ -513,6 +513,10 @@ impl Worker {
                 }
                 Command::Subscribe(t) => {
                     let request = self.subscribe_request(Some("subscribe"), [&t], None, None);
+                    if !self.topics.contains(&t) {
+                        // A topic subscribed anew starts live (see `forget`).
+                        self.continuity.forget(&t);
+                    }
                     self.topics.insert(t);
                     request
                 }
@@ -823,7 +827,13 @@ impl Worker {
                     offset,
                     epoch,
                 };
-                match self.continuity.on_push(&topic, offset, epoch.as_deref()) {
+                // Pushes still in flight after an unsubscribe leave no position behind.
+                let verdict = if self.topics.contains(&topic) {
+                    self.continuity.on_push(&topic, offset, epoch.as_deref())
+                } else {
+                    Verdict::Deliver
+                };
+                match verdict {
                     Verdict::Deliver => push(epoch),
                     Verdict::Skip => {
                         debug!("{topic}: offset {offset:?} dropped (a duplicate or superseded)");

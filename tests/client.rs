@@ -886,3 +886,31 @@ fn the_binary_prints_positions_with_json_and_logs_lost_continuity() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_topic_unsubscribed_and_subscribed_again_starts_live() {
+    let (listener, config) = fake_server(&["a"]);
+    let client = Client::connect(config).unwrap();
+    let mut conn = FakeConn::accept(&listener);
+    conn.read();
+    conn.send(json!({"cmd": "subscribed", "topics": ["a"], "streams": {"a": {"epoch": "E", "offset": 0}}}));
+    conn.push("a", 1, "E");
+    assert_eq!(next_seen(&client), pushed("a", 1, "E"));
+    client.unsubscribe("a");
+    assert_eq!(conn.read(), json!({"cmd": "unsubscribe", "topics": ["a"]}));
+    conn.push("a", 3, "E"); // in flight: handed over, but no position is kept
+    conn.send(json!({"cmd": "unsubscribed", "topics": ["a"]}));
+    assert_eq!(next_seen(&client), pushed("a", 3, "E"));
+    client.subscribe("a");
+    assert_eq!(conn.read(), json!({"cmd": "subscribe", "topics": ["a"]}));
+    conn.send(json!({"cmd": "subscribed", "topics": ["a"], "streams": {"a": {"epoch": "E", "offset": 7}}}));
+    conn.push("a", 8, "E");
+    assert_eq!(next_seen(&client), pushed("a", 8, "E"));
+    conn.go_away();
+    let mut conn = FakeConn::accept(&listener);
+    assert_eq!(
+        conn.read()["since"],
+        json!({"a": {"offset": 8, "epoch": "E"}})
+    );
+    client.stop();
+}
