@@ -10,6 +10,18 @@
 //! Pushes carry their data as the raw JSON text the server forwarded, never re-encoded, and a
 //! message the client cannot decode is reported ([`Event::Undecodable`]), never dropped.
 //!
+//! Positions (a server with history on, docs/PROTOCOL.md): the client remembers the last
+//! `(epoch, offset)` of each topic, from its pushes and from the subscribe acknowledgement, and
+//! every resubscribe after a reconnect carries `since` for those topics, so the server replays
+//! what was missed. A push is never handed over twice, nor out of order within an epoch (a
+//! replay overlapping live pushes is cut by offset). What cannot be recovered is reported as
+//! [`Event::ContinuityLost`] with a [`ContinuityReason`]: a resume the server could not satisfy
+//! (new epoch, or history too short), the server's own `continuity_lost`, or an offset jump the
+//! client saw itself (pushes dropped by `--slow-consumer drop`), after which it unsubscribes and
+//! subscribes again with `since` to fill the gap from history. [`ClientConfig::recent`] asks
+//! for the last K held messages on the first subscribe. Without history (or with an older
+//! server) pushes carry no position and all of this is off.
+//!
 //! Private topics: [`ClientConfig::claims`] go with every (re)subscribe. A refused claim
 //! ([`Event::SubscribeRefused`]) and an expiry ([`Event::Unsubscribed`]) drop the topic from
 //! the client's topics, so a stale claim never blocks the resubscribe of the others (the server
@@ -23,16 +35,21 @@
 //! let client = Client::connect(config).expect("valid config");
 //! client.subscribe("orders/42");
 //! for event in client.iter().take(3) {
-//!     if let Event::Push { topic, data } = event {
-//!         println!("{topic}: {data}"); // data: raw JSON text
+//!     match event {
+//!         // data: raw JSON text; offset, epoch: None without history on the server
+//!         Event::Push { topic, data, offset, .. } => println!("{topic} {offset:?}: {data}"),
+//!         Event::ContinuityLost { topic, from, reason, .. } => {
+//!             eprintln!("{topic}: messages lost, continuing at {from} ({reason})")
+//!         }
+//!         _ => {}
 //!     }
 //! }
 //! client.stop();
 //! ```
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
 use std::collections::hash_map::RandomState;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
@@ -52,6 +69,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{CloseFrame, Role, WebSocket};
 
 use crate::wire::handshake;
+
+mod continuity;
+
+use continuity::{Continuity, StreamAck, Verdict};
 
 /// Client settings; every default follows the seed's client or improves on it.
 #[derive(Clone, Debug)]
@@ -75,6 +96,10 @@ pub struct ClientConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay (30 s).
     pub backoff_max: Duration,
+    /// Ask the server to replay the last K messages it holds of each topic before the live ones
+    /// (`"recent":K`), on the client's first subscribe only: after a reconnect the client
+    /// resumes where it was instead (`since`). None by default.
+    pub recent: Option<u64>,
 }
 
 impl ClientConfig {
@@ -89,6 +114,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             backoff_initial: Duration::from_secs(3),
             backoff_max: Duration::from_secs(30),
+            recent: None,
         }
     }
 }
@@ -101,7 +127,29 @@ pub enum Event {
     /// A published message. `data` is the raw JSON text the server forwarded, byte for byte:
     /// values serde_json's `Value` cannot hold (a lone surrogate `"\ud800"`, `1e400`, nesting
     /// past 128 levels) arrive too. Parse it with `serde_json::from_str` when that suits.
-    Push { topic: String, data: String },
+    ///
+    /// `offset` and `epoch`: the push's place in the topic's stream, from a server with history
+    /// on (`None` otherwise). Within one epoch offsets only grow: the client never hands over an
+    /// offset at or below the last one of the same epoch (replays overlapping live pushes are
+    /// dropped), and a gap is either filled from the server's history or reported first as
+    /// [`Event::ContinuityLost`].
+    Push {
+        topic: String,
+        data: String,
+        offset: Option<u64>,
+        epoch: Option<String>,
+    },
+    /// Pushes of `topic` are missing: the next one handed over is at `from` in `epoch`, and
+    /// those between the last one received and `from` will not come. The exception is
+    /// [`ContinuityReason::OffsetJump`], reported as soon as the gap is seen: there `from` is
+    /// the first missing offset, which the client is fetching from the server's history; if the
+    /// history no longer holds it, a second report says where delivery really continues.
+    ContinuityLost {
+        topic: String,
+        epoch: String,
+        from: u64,
+        reason: ContinuityReason,
+    },
     /// The connection failed or closed; the next attempt comes after `retry_in`.
     Disconnected { reason: String, retry_in: Duration },
     /// The server answered a request with `{"cmd":"error"}`.
@@ -123,6 +171,40 @@ pub enum Event {
     /// A server message this client could not decode (not JSON, or not the shape of its
     /// `cmd`); reported rather than dropped. `text` is the message as received.
     Undecodable { text: String, error: String },
+}
+
+/// Why [`Event::ContinuityLost`] was reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ContinuityReason {
+    /// A resume after a reconnect found a new stream (the server restarted, or the topic's
+    /// stream ended meanwhile): nothing of the old one can be replayed.
+    EpochChanged,
+    /// A resume found the stream, but its history no longer holds everything after the last
+    /// push received: what it holds is replayed from `from`.
+    HistoryTooShort,
+    /// The server's `continuity_lost` message: its replay was overtaken by eviction.
+    ServerReported,
+    /// The client saw offset `received` where it expected `from` (the server dropped pushes,
+    /// e.g. `--slow-consumer drop`). The client resubscribes resuming at `from - 1`, so the
+    /// missing pushes may still come from history; if not, a `HistoryTooShort` (or
+    /// `EpochChanged`) report follows with where delivery really continues.
+    OffsetJump { received: u64 },
+}
+
+impl fmt::Display for ContinuityReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::EpochChanged => f.write_str("the stream's epoch changed"),
+            Self::HistoryTooShort => f.write_str("the server's history no longer holds the gap"),
+            Self::ServerReported => f.write_str("reported by the server"),
+            Self::OffsetJump { received } => {
+                write!(
+                    f,
+                    "offset jump (received {received}); resuming from history"
+                )
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -178,6 +260,17 @@ pub fn parse_url(url: &str) -> Result<(String, u16, String), ClientError> {
     Ok((host.to_owned(), port, path.to_owned()))
 }
 
+/// How a connection ended, as far as the reconnect delay cares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// A failure: connect refused, timeout, a reset, any close other than those below.
+    Failed,
+    /// Closed with 1013 (try again later).
+    Overloaded,
+    /// Closed with 1001 (the server is shutting down, typically to restart).
+    GoingAway,
+}
+
 /// Reconnect delays: exponential with jitter, capped; sans-IO (randomness passed in).
 #[derive(Clone, Debug)]
 pub struct Backoff {
@@ -195,11 +288,17 @@ impl Backoff {
         }
     }
 
-    /// The delay before the next attempt. `jitter` is uniform in [0, 1); `overloaded` (close
-    /// 1013) skips a step so an overloaded server is not hit at once.
-    pub fn next_delay(&mut self, jitter: f64, overloaded: bool) -> Duration {
-        if overloaded {
-            self.failures = self.failures.max(1);
+    /// The delay before the next attempt. `jitter` is uniform in [0, 1). After
+    /// [`Ended::Overloaded`] (close 1013) one step is skipped so an overloaded server is not hit
+    /// at once; after [`Ended::GoingAway`] (close 1001) the schedule starts over.
+    pub fn next_delay(&mut self, jitter: f64, ended: Ended) -> Duration {
+        match ended {
+            Ended::Failed => {}
+            Ended::Overloaded => self.failures = self.failures.max(1),
+            // A server that says it is going away is restarting, not failing: earlier failures
+            // say nothing about when it is back, so growing the delay (12 s, 24 s after a second
+            // restart) only keeps clients away longer. Failures to reach it grow again from here.
+            Ended::GoingAway => self.failures = 0,
         }
         let base = self.initial.saturating_mul(1 << self.failures.min(16));
         self.failures = self.failures.saturating_add(1);
@@ -240,6 +339,8 @@ impl Client {
         let (commands, command_rx) = mpsc::channel();
         let worker = Worker {
             topics: config.topics.iter().cloned().collect(),
+            continuity: Continuity::default(),
+            recent_pending: config.recent.is_some(),
             backoff: Backoff::new(config.backoff_initial, config.backoff_max),
             config,
             poll,
@@ -315,15 +416,18 @@ impl Drop for Client {
 }
 
 /// Why a connection ended.
-struct Ended {
+struct Ending {
     reason: String,
-    overloaded: bool,
+    kind: Ended,
     healthy: bool,
 }
 
 struct Worker {
     config: ClientConfig,
     topics: BTreeSet<String>,
+    continuity: Continuity,
+    /// `recent` still goes with the first subscribe (until one is acknowledged).
+    recent_pending: bool,
     backoff: Backoff,
     poll: Poll,
     events: Sender<Event>,
@@ -363,7 +467,7 @@ impl Worker {
                 self.backoff.reset();
             }
             let jitter = self.jitter();
-            let delay = self.backoff.next_delay(jitter, ended.overloaded);
+            let delay = self.backoff.next_delay(jitter, ended.kind);
             warn!("disconnected: {}; reconnecting in {delay:?}", ended.reason);
             if self
                 .events
@@ -408,12 +512,17 @@ impl Worker {
                     continue;
                 }
                 Command::Subscribe(t) => {
-                    let request = self.subscribe_request(Some("subscribe"), [&t]);
+                    let request = self.subscribe_request(Some("subscribe"), [&t], None, None);
+                    if !self.topics.contains(&t) {
+                        // A topic subscribed anew starts live (see `forget`).
+                        self.continuity.forget(&t);
+                    }
                     self.topics.insert(t);
                     request
                 }
                 Command::Unsubscribe(t) => {
                     self.topics.remove(&t);
+                    self.continuity.forget(&t);
                     // An unsubscribe needs no claim.
                     serde_json::json!({ "cmd": "unsubscribe", "topics": [t] }).to_string()
                 }
@@ -422,7 +531,8 @@ impl Worker {
                     if self.topics.is_empty() {
                         continue;
                     }
-                    self.subscribe_request(Some("subscribe"), &self.topics)
+                    // Subscribed already: a `since` would be ignored.
+                    self.subscribe_request(Some("subscribe"), &self.topics, None, None)
                 }
             };
             if let Some(ws) = ws.as_deref_mut() {
@@ -434,10 +544,13 @@ impl Worker {
 
     /// A subscribe for `topics` with the configured claims (the key only when there are claims,
     /// so that without them the message stays the seed's). `cmd: None` is the seed's form.
+    /// `since` and `recent`: see [`Worker::resubscribe_request`].
     fn subscribe_request<'t>(
         &self,
         cmd: Option<&str>,
         topics: impl IntoIterator<Item = &'t String>,
+        since: Option<serde_json::Value>,
+        recent: Option<u64>,
     ) -> String {
         let topics: Vec<&String> = topics.into_iter().collect();
         let mut request = serde_json::json!({ "topics": topics });
@@ -447,7 +560,22 @@ impl Worker {
         if !self.config.claims.is_empty() {
             request["claims"] = self.config.claims.clone().into();
         }
+        if let Some(since) = since {
+            request["since"] = since;
+        }
+        if let Some(recent) = recent {
+            request["recent"] = recent.into();
+        }
         request.to_string()
+    }
+
+    /// The first subscribe of a connection: every topic, resuming those with a position, and
+    /// `recent` until a first subscribe has been acknowledged (a refused or unanswered one did
+    /// not take effect).
+    fn resubscribe_request(&mut self) -> String {
+        let since = self.continuity.since(&self.topics);
+        let recent = self.config.recent.filter(|_| self.recent_pending);
+        self.subscribe_request(None, &self.topics, since, recent)
     }
 
     /// The address, the `Host` header and the path.
@@ -467,10 +595,10 @@ impl Worker {
     }
 
     /// One connection, from connect to failure.
-    fn connection(&mut self) -> Ended {
-        let fail = |reason: String| Ended {
+    fn connection(&mut self) -> Ending {
+        let fail = |reason: String| Ending {
             reason,
-            overloaded: false,
+            kind: Ended::Failed,
             healthy: false,
         };
         let (addr, authority, path) = match self.resolve() {
@@ -495,7 +623,12 @@ impl Worker {
         result.unwrap_or_else(fail)
     }
 
-    fn drive(&mut self, mut stream: TcpStream, request: &[u8], key: &str) -> Result<Ended, String> {
+    fn drive(
+        &mut self,
+        mut stream: TcpStream,
+        request: &[u8],
+        key: &str,
+    ) -> Result<Ending, String> {
         let mut events = Events::with_capacity(16);
         let connect_deadline = Instant::now() + self.config.connect_timeout;
         // Non-blocking connect: wait for writability, then check the socket error.
@@ -553,7 +686,8 @@ impl Worker {
         };
         // Frames the server sent right behind its 101 are not lost.
         let mut ws = WebSocket::from_partially_read(stream, leftover, Role::Client, None);
-        let subscribe = self.subscribe_request(None, &self.topics);
+        self.continuity.new_connection();
+        let subscribe = self.resubscribe_request();
         ws.send(Message::text(subscribe))
             .or_else(would_block)
             .map_err(|e| format!("subscribe: {e}"))?;
@@ -565,7 +699,7 @@ impl Worker {
         &mut self,
         mut ws: WebSocket<TcpStream>,
         events: &mut Events,
-    ) -> Result<Ended, String> {
+    ) -> Result<Ending, String> {
         let started = Instant::now();
         let mut subscribed = false;
         let mut next_ping = Instant::now() + self.config.ping_interval;
@@ -575,10 +709,10 @@ impl Worker {
         let healthy_after = self.config.ping_interval * 2;
         loop {
             let healthy = subscribed && started.elapsed() >= healthy_after;
-            let ended = |reason: String, overloaded| {
-                Ok(Ended {
+            let ended = |reason: String, kind| {
+                Ok(Ending {
                     reason,
-                    overloaded,
+                    kind,
                     healthy,
                 })
             };
@@ -591,13 +725,13 @@ impl Worker {
                         "no answer within {:?} of a ping",
                         self.config.heartbeat_timeout
                     ),
-                    false,
+                    Ended::Failed,
                 );
             }
             if let Some(since) = write_stalled_since
                 && now >= since + self.config.write_timeout
             {
-                return ended("write timeout".into(), false);
+                return ended("write timeout".into(), Ended::Failed);
             }
             if now >= next_ping {
                 debug!("ping");
@@ -610,8 +744,10 @@ impl Worker {
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     write_stalled_since.get_or_insert(now);
                 }
-                Err(tungstenite::Error::ConnectionClosed) => return ended("closed".into(), false),
-                Err(e) => return ended(format!("write: {e}"), false),
+                Err(tungstenite::Error::ConnectionClosed) => {
+                    return ended("closed".into(), Ended::Failed);
+                }
+                Err(e) => return ended(format!("write: {e}"), Ended::Failed),
             }
             // Sleep until the next thing due.
             let mut due = next_ping;
@@ -633,17 +769,21 @@ impl Worker {
                             Message::Text(text)
                                 if self.on_text(&text, &mut subscribed, &mut ws) =>
                             {
-                                return ended("the event receiver is gone".into(), false);
+                                return ended("the event receiver is gone".into(), Ended::Failed);
                             }
                             Message::Close(frame) => {
                                 let (code, why) = frame
                                     .map_or((CloseCode::Status, String::new()), |f| {
                                         (f.code, f.reason.to_string())
                                     });
-                                let overloaded = code == CloseCode::Again;
+                                let kind = match code {
+                                    CloseCode::Again => Ended::Overloaded,
+                                    CloseCode::Away => Ended::GoingAway,
+                                    _ => Ended::Failed,
+                                };
                                 return ended(
                                     format!("server closed: {} {why}", u16::from(code)),
-                                    overloaded,
+                                    kind,
                                 );
                             }
                             _ => {}
@@ -655,14 +795,14 @@ impl Worker {
                     Err(
                         tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
                     ) => {
-                        return ended("closed".into(), false);
+                        return ended("closed".into(), Ended::Failed);
                     }
-                    Err(e) => return ended(format!("read: {e}"), false),
+                    Err(e) => return ended(format!("read: {e}"), Ended::Failed),
                 }
             }
             if self.stopping {
                 let _ = ws.flush();
-                return ended("stopped".into(), false);
+                return ended("stopped".into(), Ended::Failed);
             }
         }
     }
@@ -675,11 +815,82 @@ impl Worker {
         ws: &mut WebSocket<TcpStream>,
     ) -> bool {
         let event = match decode(text) {
-            Ok(Incoming::Push { topic, data }) => Event::Push { topic, data },
-            Ok(Incoming::Subscribed(topics)) if !*subscribed => {
-                *subscribed = true;
-                info!("subscribed to {topics:?}");
-                Event::Connected
+            Ok(Incoming::Push {
+                topic,
+                data,
+                offset,
+                epoch,
+            }) => {
+                let push = |epoch: Option<String>| Event::Push {
+                    topic: topic.clone(),
+                    data,
+                    offset,
+                    epoch,
+                };
+                // Pushes still in flight after an unsubscribe leave no position behind.
+                let verdict = if self.topics.contains(&topic) {
+                    self.continuity.on_push(&topic, offset, epoch.as_deref())
+                } else {
+                    Verdict::Deliver
+                };
+                match verdict {
+                    Verdict::Deliver => push(epoch),
+                    Verdict::Skip => {
+                        debug!("{topic}: offset {offset:?} dropped (a duplicate or superseded)");
+                        return false;
+                    }
+                    Verdict::DeliverAfter(lost) => {
+                        warn!("{topic}: {lost:?}");
+                        if self.events.send(lost).is_err() {
+                            return true;
+                        }
+                        push(epoch)
+                    }
+                    Verdict::Resubscribe(lost, at) => {
+                        warn!(
+                            "{topic}: {lost:?}; resubscribing after offset {}",
+                            at.offset
+                        );
+                        // The server ignores a `since` for a topic it has subscribed already.
+                        let unsubscribe =
+                            serde_json::json!({ "cmd": "unsubscribe", "topics": [topic] });
+                        let since = serde_json::json!({
+                            &topic: { "offset": at.offset, "epoch": at.epoch }
+                        });
+                        let subscribe =
+                            self.subscribe_request(Some("subscribe"), [&topic], Some(since), None);
+                        let _ = ws.write(Message::text(unsubscribe.to_string()));
+                        let _ = ws.write(Message::text(subscribe));
+                        lost
+                    }
+                }
+            }
+            Ok(Incoming::Subscribed { topics, streams }) => {
+                let losses = self.continuity.on_subscribed(&topics, streams.as_ref());
+                if !*subscribed {
+                    *subscribed = true;
+                    self.recent_pending = false;
+                    info!("subscribed to {topics:?}");
+                    if self.events.send(Event::Connected).is_err() {
+                        return true;
+                    }
+                }
+                for lost in losses {
+                    warn!("{lost:?}");
+                    if self.events.send(lost).is_err() {
+                        return true;
+                    }
+                }
+                return false;
+            }
+            Ok(Incoming::ContinuityLost { topic, epoch, from }) => {
+                match self.continuity.on_continuity_lost(&topic, &epoch, from) {
+                    Some(lost) => {
+                        warn!("{lost:?}");
+                        lost
+                    }
+                    None => return false,
+                }
             }
             Ok(Incoming::Error {
                 error,
@@ -689,8 +900,9 @@ impl Worker {
                 // Resubscribing with the same claim would be refused again, and with it every
                 // other topic of the message.
                 self.topics.remove(&topic);
+                self.continuity.forget(&topic);
                 if !*subscribed && !self.topics.is_empty() {
-                    let request = self.subscribe_request(None, &self.topics);
+                    let request = self.resubscribe_request();
                     let _ = ws.write(Message::text(request));
                 }
                 Event::SubscribeRefused {
@@ -707,12 +919,18 @@ impl Worker {
                 debug!("the server ended {topics:?}: {reason}");
                 for topic in &topics {
                     self.topics.remove(topic);
+                    self.continuity.forget(topic);
                 }
                 Event::Unsubscribed { topics, reason }
             }
-            Ok(Incoming::Subscribed(_) | Incoming::Unsubscribed { .. } | Incoming::Other) => {
+            Ok(Incoming::Unsubscribed {
+                topics,
+                reason: None,
+            }) => {
+                self.continuity.on_unsubscribed(&topics);
                 return false;
             }
+            Ok(Incoming::Other) => return false,
             Err(error) => {
                 debug!("undecodable message from the server: {error}");
                 Event::Undecodable {
@@ -743,6 +961,14 @@ struct ServerMessage<'a> {
     error: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     reason: Option<Cow<'a, str>>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(borrow, default)]
+    epoch: Option<Cow<'a, str>>,
+    #[serde(default)]
+    from: Option<u64>,
+    #[serde(default)]
+    streams: Option<HashMap<String, StreamAck>>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
@@ -755,8 +981,18 @@ enum Incoming {
     Push {
         topic: String,
         data: String,
+        offset: Option<u64>,
+        epoch: Option<String>,
     },
-    Subscribed(Vec<String>),
+    Subscribed {
+        topics: Vec<String>,
+        streams: Option<HashMap<String, StreamAck>>,
+    },
+    ContinuityLost {
+        topic: String,
+        epoch: String,
+        from: u64,
+    },
     /// `reason` only when the server ended them itself (our own unsubscribes have none).
     Unsubscribed {
         topics: Vec<String>,
@@ -802,8 +1038,21 @@ fn decode(text: &str) -> Result<Incoming, DecodeError> {
                 .ok_or(missing("push", "data"))?
                 .get()
                 .to_owned(),
+            offset: message.offset,
+            epoch: message.epoch.map(Cow::into_owned),
         },
-        Some("subscribed") => Incoming::Subscribed(message.topics.unwrap_or_default()),
+        Some("subscribed") => Incoming::Subscribed {
+            topics: message.topics.unwrap_or_default(),
+            streams: message.streams,
+        },
+        Some("continuity_lost") => {
+            let missing = |field| missing("continuity_lost", field);
+            Incoming::ContinuityLost {
+                topic: message.topic.ok_or(missing("topic"))?.into_owned(),
+                epoch: message.epoch.ok_or(missing("epoch"))?.into_owned(),
+                from: message.from.ok_or(missing("from"))?,
+            }
+        }
         Some("unsubscribed") => Incoming::Unsubscribed {
             topics: message.topics.unwrap_or_default(),
             reason: message.reason.map(Cow::into_owned),
@@ -884,7 +1133,9 @@ mod tests {
                 decode(&text).unwrap(),
                 Incoming::Push {
                     topic: "t\"/x".into(),
-                    data: data.into()
+                    data: data.into(),
+                    offset: None,
+                    epoch: None,
                 }
             );
         }
@@ -923,12 +1174,48 @@ mod tests {
     }
 
     #[test]
+    fn positions_decode_and_bad_ones_are_reported() {
+        assert_eq!(
+            decode(r#"{"cmd":"push","topic":"a","data":[1],"offset":42,"epoch":"k3"}"#).unwrap(),
+            Incoming::Push {
+                topic: "a".into(),
+                data: "[1]".into(),
+                offset: Some(42),
+                epoch: Some("k3".into()),
+            }
+        );
+        let ack = r#"{"cmd":"subscribed","topics":["a","b"],"streams":{"a":{"epoch":"E","offset":45,"recovered":true},"b":{"epoch":"F","offset":7,"recovered":false,"from":3}}}"#;
+        let Incoming::Subscribed { topics, streams } = decode(ack).unwrap() else {
+            panic!("not an ack");
+        };
+        assert_eq!(topics, ["a", "b"]);
+        let b = &streams.unwrap()["b"];
+        assert_eq!((b.offset, b.recovered, b.from), (7, Some(false), Some(3)));
+        assert_eq!(
+            decode(r#"{"cmd":"continuity_lost","topic":"a","epoch":"E","from":58}"#).unwrap(),
+            Incoming::ContinuityLost {
+                topic: "a".into(),
+                epoch: "E".into(),
+                from: 58
+            }
+        );
+        for text in [
+            r#"{"cmd":"push","topic":"a","data":1,"offset":-1,"epoch":"E"}"#,
+            r#"{"cmd":"push","topic":"a","data":1,"offset":1,"epoch":7}"#,
+            r#"{"cmd":"subscribed","topics":["a"],"streams":{"a":{"offset":1}}}"#,
+            r#"{"cmd":"continuity_lost","topic":"a","epoch":"E"}"#,
+        ] {
+            assert!(decode(text).is_err(), "{text}");
+        }
+    }
+
+    #[test]
     fn backoff_grows_with_jitter_and_stays_capped() {
         let mut b = Backoff::new(Duration::from_secs(3), Duration::from_secs(30));
-        let first = b.next_delay(0.5, false);
+        let first = b.next_delay(0.5, Ended::Failed);
         assert_eq!(first, Duration::from_secs(3));
         let delays: Vec<Duration> = (0..10)
-            .map(|i| b.next_delay((i % 3) as f64 / 3.0, false))
+            .map(|i| b.next_delay((i % 3) as f64 / 3.0, Ended::Failed))
             .collect();
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(30)));
         assert!(
@@ -936,12 +1223,49 @@ mod tests {
         );
         assert_eq!(delays[9], Duration::from_secs(30));
         b.reset();
-        let low = b.next_delay(0.0, false);
+        let low = b.next_delay(0.0, Ended::Failed);
         assert_eq!(low, Duration::from_millis(2400));
         b.reset();
         assert!(
-            b.next_delay(0.5, true) >= Duration::from_secs(6),
+            b.next_delay(0.5, Ended::Overloaded) >= Duration::from_secs(6),
             "1013 backs off harder"
         );
+    }
+
+    #[test]
+    fn a_server_going_away_is_retried_at_the_initial_delay_every_time() {
+        let (initial, max) = (Duration::from_secs(3), Duration::from_secs(30));
+        let in_initial = |d: Duration| d >= initial.mul_f64(0.8) && d <= initial.mul_f64(1.2);
+        let mut b = Backoff::new(initial, max);
+        // The observed sequence: 1001, the restarted server not up yet twice, it comes back,
+        // a second 1001 soon after (the connection never got healthy). That second 1001 once
+        // waited 12.8 s (the third doubling); it must wait the initial delay, as README says.
+        let mut schedule = vec![b.next_delay(0.9, Ended::GoingAway)];
+        schedule.push(b.next_delay(0.9, Ended::Failed));
+        schedule.push(b.next_delay(0.9, Ended::Failed));
+        schedule.push(b.next_delay(0.9, Ended::GoingAway));
+        schedule.push(b.next_delay(0.9, Ended::GoingAway));
+        schedule.push(b.next_delay(0.9, Ended::Failed));
+        assert!(in_initial(schedule[0]), "{schedule:?}");
+        assert!(
+            schedule[1] > initial * 3 / 2 && schedule[2] > initial * 3,
+            "{schedule:?}"
+        );
+        assert!(
+            in_initial(schedule[3]) && in_initial(schedule[4]),
+            "{schedule:?}"
+        );
+        // Not reachable after the restart: growth starts again from the initial delay.
+        assert_eq!(schedule[5], schedule[1], "{schedule:?}");
+        for jitter in [0.0, 0.5, 0.999] {
+            let mut b = Backoff::new(initial, max);
+            for _ in 0..8 {
+                b.next_delay(jitter, Ended::Failed);
+            }
+            assert!(
+                in_initial(b.next_delay(jitter, Ended::GoingAway)),
+                "{jitter}"
+            );
+        }
     }
 }

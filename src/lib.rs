@@ -20,8 +20,8 @@
 //! Beside the layers: [`config`] (settings, defaults, validation, flags and environment),
 //! [`timer`] (a hierarchical timer wheel), [`stats`] (plain counters bumped by the layers above
 //! the hub), and [`client`], a reconnecting client (heartbeat, backoff, resubscribe with claims
-//! for private topics; push data handed over as the raw JSON text sent) on one background
-//! thread, built on [`wire`].
+//! for private topics, resume after the last offset seen with lost continuity reported; push
+//! data handed over as the raw JSON text sent) on one background thread, built on [`wire`].
 //!
 //! The library never installs a logger; it logs through the `log` facade.
 //!

@@ -11,7 +11,7 @@ use serde_json::json;
 use wspush::Config;
 use wspush::app::claim::{self, Scope};
 use wspush::app::sha256::HmacSha256;
-use wspush::client::{Client, ClientConfig, Event};
+use wspush::client::{Client, ClientConfig, ContinuityReason, Event};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -32,7 +32,7 @@ fn next_push(client: &Client) -> (String, String) {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match client.recv_timeout(left).expect("no push in time") {
-            Event::Push { topic, data } => return (topic, data),
+            Event::Push { topic, data, .. } => return (topic, data),
             _ => continue,
         }
     }
@@ -470,4 +470,447 @@ fn the_binary_sends_claims_and_logs_refusals() {
         stderr.contains("private-2") && stderr.contains("claim_expired"),
         "{stderr}"
     );
+}
+
+// The recovery protocol against a hand-written server: its acks, pushes and losses are exactly
+// what docs say the server sends, so the client's side is checked alone.
+
+/// A fake server's end of one connection.
+struct FakeConn(tungstenite::WebSocket<std::net::TcpStream>);
+
+impl FakeConn {
+    fn accept(listener: &TcpListener) -> FakeConn {
+        let (stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        FakeConn(tungstenite::accept(stream).unwrap())
+    }
+
+    /// The client's next JSON message, pings skipped.
+    fn read(&mut self) -> serde_json::Value {
+        loop {
+            if let tungstenite::Message::Text(text) = self.0.read().unwrap() {
+                let message: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if message["cmd"] != "ping" {
+                    return message;
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, message: serde_json::Value) {
+        self.0
+            .send(tungstenite::Message::text(message.to_string()))
+            .unwrap();
+    }
+
+    fn push(&mut self, topic: &str, offset: u64, epoch: &str) {
+        self.send(json!({"cmd": "push", "topic": topic, "data": offset, "offset": offset, "epoch": epoch}));
+    }
+
+    /// Closes as a server shutting down does (1001).
+    fn go_away(mut self) {
+        use tungstenite::protocol::CloseFrame;
+        use tungstenite::protocol::frame::coding::CloseCode;
+        let _ = self.0.close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "restarting".into(),
+        }));
+        let _ = self.0.flush();
+    }
+}
+
+/// A listener for a fake server and a client config for it: no heartbeat within a test, and a
+/// quick reconnect.
+fn fake_server(topics: &[&str]) -> (TcpListener, ClientConfig) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let mut config = ClientConfig {
+        ping_interval: Duration::from_secs(60),
+        heartbeat_timeout: Duration::from_secs(60),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(100),
+        ..ClientConfig::new(url)
+    };
+    config.topics = topics.iter().map(|t| t.to_string()).collect();
+    (listener, config)
+}
+
+/// The next push or lost continuity, as `(topic, offset)` or the event itself.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Push(String, Option<u64>, Option<String>),
+    Lost(Event),
+}
+
+fn next_seen(client: &Client) -> Seen {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.recv_timeout(left).expect("nothing in time") {
+            Event::Push {
+                topic,
+                offset,
+                epoch,
+                data,
+            } => {
+                if let Some(offset) = offset {
+                    assert_eq!(data, offset.to_string(), "the fake's data is the offset");
+                }
+                return Seen::Push(topic, offset, epoch);
+            }
+            lost @ Event::ContinuityLost { .. } => return Seen::Lost(lost),
+            Event::Connected | Event::Disconnected { .. } => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+fn pushed(topic: &str, offset: u64, epoch: &str) -> Seen {
+    Seen::Push(topic.into(), Some(offset), Some(epoch.into()))
+}
+
+fn lost(topic: &str, epoch: &str, from: u64, reason: ContinuityReason) -> Seen {
+    Seen::Lost(Event::ContinuityLost {
+        topic: topic.into(),
+        epoch: epoch.into(),
+        from,
+        reason,
+    })
+}
+
+#[test]
+fn a_reconnect_resumes_every_topic_after_the_last_offset_seen() {
+    let (listener, config) = fake_server(&["a", "b", "c", "old"]);
+    let client = Client::connect(config).unwrap();
+    let mut conn = FakeConn::accept(&listener);
+    let subscribe = conn.read();
+    assert_eq!(subscribe["topics"], json!(["a", "b", "c", "old"]));
+    assert!(
+        subscribe.get("since").is_none() && subscribe.get("recent").is_none(),
+        "{subscribe}"
+    );
+    // "old" has no stream (as from a server without history): it is never resumed.
+    conn.send(
+        json!({"cmd": "subscribed", "topics": ["a", "b", "c", "old"], "streams": {
+            "a": {"epoch": "E1", "offset": 5},
+            "b": {"epoch": "E2", "offset": 0},
+            "c": {"epoch": "E3", "offset": 9},
+        }}),
+    );
+    conn.push("a", 6, "E1");
+    conn.push("a", 7, "E1");
+    conn.push("b", 1, "E2");
+    conn.send(json!({"cmd": "push", "topic": "old", "data": 1}));
+    assert_eq!(next_seen(&client), pushed("a", 6, "E1"));
+    assert_eq!(next_seen(&client), pushed("a", 7, "E1"));
+    assert_eq!(next_seen(&client), pushed("b", 1, "E2"));
+    assert_eq!(next_seen(&client), Seen::Push("old".into(), None, None));
+    conn.go_away();
+
+    let mut conn = FakeConn::accept(&listener);
+    let subscribe = conn.read();
+    assert_eq!(subscribe["topics"], json!(["a", "b", "c", "old"]));
+    assert_eq!(
+        subscribe["since"],
+        json!({
+            "a": {"offset": 7, "epoch": "E1"},
+            "b": {"offset": 1, "epoch": "E2"},
+            // Nothing pushed: resumed after the acknowledged offset.
+            "c": {"offset": 9, "epoch": "E3"},
+        })
+    );
+    assert!(subscribe.get("recent").is_none(), "{subscribe}");
+    conn.send(
+        json!({"cmd": "subscribed", "topics": ["a", "b", "c", "old"], "streams": {
+            "a": {"epoch": "E1", "offset": 9, "recovered": true},
+            "b": {"epoch": "E2", "offset": 1, "recovered": true},
+            "c": {"epoch": "E3", "offset": 9, "recovered": true},
+        }}),
+    );
+    // The replay, overlapping what was received: only new offsets are handed over.
+    for offset in [7, 8, 8, 9, 6, 9, 10] {
+        conn.push("a", offset, "E1");
+    }
+    for offset in [8, 9, 10] {
+        assert_eq!(next_seen(&client), pushed("a", offset, "E1"));
+    }
+    conn.go_away();
+
+    // And the third connection resumes from there.
+    let mut conn = FakeConn::accept(&listener);
+    assert_eq!(
+        conn.read()["since"]["a"],
+        json!({"offset": 10, "epoch": "E1"})
+    );
+    client.stop();
+}
+
+#[test]
+fn an_unrecovered_resume_is_reported_with_its_reason() {
+    let (listener, config) = fake_server(&["a", "b"]);
+    let client = Client::connect(config).unwrap();
+    let mut conn = FakeConn::accept(&listener);
+    conn.read();
+    conn.send(
+        json!({"cmd": "subscribed", "topics": ["a", "b"], "streams": {
+            "a": {"epoch": "E1", "offset": 0},
+            "b": {"epoch": "E2", "offset": 0},
+        }}),
+    );
+    conn.push("a", 1, "E1");
+    conn.push("b", 1, "E2");
+    assert_eq!(next_seen(&client), pushed("a", 1, "E1"));
+    assert_eq!(next_seen(&client), pushed("b", 1, "E2"));
+    conn.go_away();
+
+    let mut conn = FakeConn::accept(&listener);
+    assert_eq!(
+        conn.read()["since"],
+        json!({"a": {"offset": 1, "epoch": "E1"}, "b": {"offset": 1, "epoch": "E2"}})
+    );
+    // a: the server restarted (a new epoch); b: its history starts at 5.
+    conn.send(
+        json!({"cmd": "subscribed", "topics": ["a", "b"], "streams": {
+            "a": {"epoch": "N1", "offset": 3, "recovered": false, "from": 4},
+            "b": {"epoch": "E2", "offset": 6, "recovered": false, "from": 5},
+        }}),
+    );
+    assert_eq!(
+        next_seen(&client),
+        lost("a", "N1", 4, ContinuityReason::EpochChanged)
+    );
+    assert_eq!(
+        next_seen(&client),
+        lost("b", "E2", 5, ContinuityReason::HistoryTooShort)
+    );
+    conn.push("b", 4, "E2"); // before `from`: never handed over
+    conn.push("b", 5, "E2");
+    conn.push("b", 6, "E2");
+    conn.push("a", 4, "N1");
+    assert_eq!(next_seen(&client), pushed("b", 5, "E2"));
+    assert_eq!(next_seen(&client), pushed("b", 6, "E2"));
+    assert_eq!(next_seen(&client), pushed("a", 4, "N1"));
+    conn.go_away();
+
+    let mut conn = FakeConn::accept(&listener);
+    assert_eq!(
+        conn.read()["since"],
+        json!({"a": {"offset": 4, "epoch": "N1"}, "b": {"offset": 6, "epoch": "E2"}})
+    );
+    client.stop();
+}
+
+#[test]
+fn the_servers_continuity_lost_is_reported_and_delivery_goes_on_from_there() {
+    let (listener, config) = fake_server(&["a"]);
+    let client = Client::connect(config).unwrap();
+    let mut conn = FakeConn::accept(&listener);
+    conn.read();
+    conn.send(json!({"cmd": "subscribed", "topics": ["a"], "streams": {"a": {"epoch": "E", "offset": 0}}}));
+    conn.push("a", 1, "E");
+    conn.send(json!({"cmd": "continuity_lost", "topic": "a", "epoch": "E", "from": 5}));
+    conn.push("a", 5, "E");
+    conn.push("a", 6, "E");
+    assert_eq!(next_seen(&client), pushed("a", 1, "E"));
+    assert_eq!(
+        next_seen(&client),
+        lost("a", "E", 5, ContinuityReason::ServerReported)
+    );
+    assert_eq!(next_seen(&client), pushed("a", 5, "E"));
+    assert_eq!(next_seen(&client), pushed("a", 6, "E"));
+    // The jump to 5 was announced: no resubscribe went out before this one.
+    client.subscribe("marker");
+    assert_eq!(
+        conn.read(),
+        json!({"cmd": "subscribe", "topics": ["marker"]})
+    );
+    client.stop();
+}
+
+#[test]
+fn an_offset_jump_resubscribes_with_since_and_hands_over_each_offset_once() {
+    let (listener, config) = fake_server(&["a", "b"]);
+    let client = Client::connect(config).unwrap();
+    let mut conn = FakeConn::accept(&listener);
+    conn.read();
+    conn.send(
+        json!({"cmd": "subscribed", "topics": ["a", "b"], "streams": {
+            "a": {"epoch": "E", "offset": 10},
+            "b": {"epoch": "F", "offset": 0},
+        }}),
+    );
+    conn.push("a", 11, "E");
+    conn.push("a", 14, "E"); // 12 and 13 dropped by the server
+    conn.push("a", 15, "E"); // still the old subscription: dropped, the replay brings it
+    conn.push("b", 1, "F"); // other topics are not affected
+    assert_eq!(next_seen(&client), pushed("a", 11, "E"));
+    assert_eq!(
+        next_seen(&client),
+        lost("a", "E", 12, ContinuityReason::OffsetJump { received: 14 })
+    );
+    assert_eq!(next_seen(&client), pushed("b", 1, "F"));
+    assert_eq!(conn.read(), json!({"cmd": "unsubscribe", "topics": ["a"]}));
+    assert_eq!(
+        conn.read(),
+        json!({"cmd": "subscribe", "topics": ["a"], "since": {"a": {"offset": 11, "epoch": "E"}}})
+    );
+    conn.push("a", 16, "E"); // in flight before the server saw the unsubscribe
+    conn.send(json!({"cmd": "unsubscribed", "topics": ["a"]}));
+    conn.send(json!({"cmd": "subscribed", "topics": ["a"], "streams": {
+        "a": {"epoch": "E", "offset": 16, "recovered": true},
+    }}));
+    for offset in [12, 13, 11, 14, 15, 13, 16, 17] {
+        conn.push("a", offset, "E");
+    }
+    for offset in [12, 13, 14, 15, 16, 17] {
+        assert_eq!(next_seen(&client), pushed("a", offset, "E"));
+    }
+    // Nothing else came or went out in between.
+    client.subscribe("marker");
+    assert_eq!(
+        conn.read(),
+        json!({"cmd": "subscribe", "topics": ["marker"]})
+    );
+    conn.push("b", 2, "F");
+    assert_eq!(next_seen(&client), pushed("b", 2, "F"));
+    client.stop();
+}
+
+#[test]
+fn an_offset_jump_the_history_cannot_fill_is_reported_again_with_where_it_continues() {
+    let (listener, config) = fake_server(&["a"]);
+    let client = Client::connect(config).unwrap();
+    let mut conn = FakeConn::accept(&listener);
+    conn.read();
+    conn.send(json!({"cmd": "subscribed", "topics": ["a"], "streams": {"a": {"epoch": "E", "offset": 1}}}));
+    conn.push("a", 2, "E");
+    conn.push("a", 9, "E");
+    assert_eq!(next_seen(&client), pushed("a", 2, "E"));
+    assert_eq!(
+        next_seen(&client),
+        lost("a", "E", 3, ContinuityReason::OffsetJump { received: 9 })
+    );
+    assert_eq!(conn.read()["cmd"], "unsubscribe");
+    assert_eq!(
+        conn.read()["since"],
+        json!({"a": {"offset": 2, "epoch": "E"}})
+    );
+    conn.send(json!({"cmd": "unsubscribed", "topics": ["a"]}));
+    conn.send(json!({"cmd": "subscribed", "topics": ["a"], "streams": {
+        "a": {"epoch": "E", "offset": 9, "recovered": false, "from": 7},
+    }}));
+    conn.push("a", 7, "E");
+    assert_eq!(
+        next_seen(&client),
+        lost("a", "E", 7, ContinuityReason::HistoryTooShort)
+    );
+    assert_eq!(next_seen(&client), pushed("a", 7, "E"));
+    client.stop();
+}
+
+#[test]
+fn recent_goes_with_the_first_subscribe_only() {
+    let (listener, mut config) = fake_server(&["a"]);
+    config.recent = Some(3);
+    let client = Client::connect(config).unwrap();
+    let mut conn = FakeConn::accept(&listener);
+    let subscribe = conn.read();
+    assert_eq!(subscribe["recent"], 3, "{subscribe}");
+    assert!(subscribe.get("since").is_none(), "{subscribe}");
+    conn.send(json!({"cmd": "subscribed", "topics": ["a"], "streams": {
+        "a": {"epoch": "E", "offset": 10, "from": 8},
+    }}));
+    for offset in [8, 9, 10, 11] {
+        conn.push("a", offset, "E");
+        assert_eq!(next_seen(&client), pushed("a", offset, "E"));
+    }
+    // A topic added later gets neither.
+    client.subscribe("b");
+    assert_eq!(conn.read(), json!({"cmd": "subscribe", "topics": ["b"]}));
+    conn.go_away();
+
+    let mut conn = FakeConn::accept(&listener);
+    let subscribe = conn.read();
+    assert!(subscribe.get("recent").is_none(), "{subscribe}");
+    assert_eq!(
+        subscribe["since"],
+        json!({"a": {"offset": 11, "epoch": "E"}})
+    );
+    client.stop();
+}
+
+#[test]
+fn recent_is_sent_again_when_the_first_subscribe_was_never_acknowledged() {
+    let (listener, mut config) = fake_server(&["a"]);
+    config.recent = Some(2);
+    let client = Client::connect(config).unwrap();
+    let mut conn = FakeConn::accept(&listener);
+    assert_eq!(conn.read()["recent"], 2);
+    conn.go_away();
+    let mut conn = FakeConn::accept(&listener);
+    assert_eq!(conn.read()["recent"], 2);
+    client.stop();
+}
+
+#[test]
+fn the_binary_prints_positions_with_json_and_logs_lost_continuity() {
+    let (listener, _) = fake_server(&["a"]);
+    let addr = listener.local_addr().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_wspush-client"))
+        .args(["-r", &addr.to_string(), "-t", "a", "--json", "--count", "3"])
+        .args(["--log-level", "warn", "--recent", "5"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut conn = FakeConn::accept(&listener);
+    assert_eq!(conn.read()["recent"], 5);
+    conn.send(json!({"cmd": "subscribed", "topics": ["a"], "streams": {"a": {"epoch": "E", "offset": 0}}}));
+    conn.push("a", 1, "E");
+    conn.send(json!({"cmd": "continuity_lost", "topic": "a", "epoch": "E", "from": 4}));
+    conn.push("a", 4, "E");
+    conn.send(json!({"cmd": "push", "topic": "a", "data": "no position"}));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"topic\":\"a\",\"data\":1,\"offset\":1,\"epoch\":\"E\"}\n\
+         {\"topic\":\"a\",\"data\":4,\"offset\":4,\"epoch\":\"E\"}\n\
+         {\"topic\":\"a\",\"data\":\"no position\"}\n"
+    );
+    assert!(
+        stderr.contains("continuity lost on a (epoch E)")
+            && stderr.contains("from offset 4")
+            && stderr.contains("reported by the server"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_topic_unsubscribed_and_subscribed_again_starts_live() {
+    let (listener, config) = fake_server(&["a"]);
+    let client = Client::connect(config).unwrap();
+    let mut conn = FakeConn::accept(&listener);
+    conn.read();
+    conn.send(json!({"cmd": "subscribed", "topics": ["a"], "streams": {"a": {"epoch": "E", "offset": 0}}}));
+    conn.push("a", 1, "E");
+    assert_eq!(next_seen(&client), pushed("a", 1, "E"));
+    client.unsubscribe("a");
+    assert_eq!(conn.read(), json!({"cmd": "unsubscribe", "topics": ["a"]}));
+    conn.push("a", 3, "E"); // in flight: handed over, but no position is kept
+    conn.send(json!({"cmd": "unsubscribed", "topics": ["a"]}));
+    assert_eq!(next_seen(&client), pushed("a", 3, "E"));
+    client.subscribe("a");
+    assert_eq!(conn.read(), json!({"cmd": "subscribe", "topics": ["a"]}));
+    conn.send(json!({"cmd": "subscribed", "topics": ["a"], "streams": {"a": {"epoch": "E", "offset": 7}}}));
+    conn.push("a", 8, "E");
+    assert_eq!(next_seen(&client), pushed("a", 8, "E"));
+    conn.go_away();
+    let mut conn = FakeConn::accept(&listener);
+    assert_eq!(
+        conn.read()["since"],
+        json!({"a": {"offset": 8, "epoch": "E"}})
+    );
+    client.stop();
 }

@@ -17,7 +17,10 @@ Usage: wspush-client -r HOST:PORT [FLAGS]
   --claim CLAIM               signed claim for private topics (PAYLOAD.SIG), repeatable;
                               sent with every subscribe
   --path PATH                 endpoint path when -r is HOST:PORT [default: /ws]
-  --json                      print JSON lines {\"topic\":..,\"data\":..} [default: plain]
+  --json                      print JSON lines {\"topic\":..,\"data\":..}, with \"offset\" and
+                              \"epoch\" when the server sends positions [default: plain]
+  --recent N                  on the first subscribe, replay the last N messages the server
+                              holds of each topic first [default: none]
   --count N                   exit after N pushes [default: run forever]
   --ping-interval DURATION    heartbeat ping interval [default: 10s]
   --heartbeat-timeout DURATION  dead if nothing arrives this long after a ping [default: 10s]
@@ -62,6 +65,13 @@ fn parse(args: Vec<String>) -> Result<Option<Args>, String> {
             "--path" => path = value()?,
             "--json" => json = true,
             "--count" => count = Some(value()?.parse().map_err(|_| "--count: expected a number")?),
+            "--recent" => {
+                config.recent = Some(
+                    value()?
+                        .parse()
+                        .map_err(|_| "--recent: expected a number")?,
+                )
+            }
             "--ping-interval" => config.ping_interval = duration(value()?)?,
             "--heartbeat-timeout" => config.heartbeat_timeout = duration(value()?)?,
             "--write-timeout" => config.write_timeout = duration(value()?)?,
@@ -125,7 +135,12 @@ fn main() -> ExitCode {
     let mut printed = 0u64;
     for event in client.iter() {
         match event {
-            Event::Push { topic, data } => {
+            Event::Push {
+                topic,
+                data,
+                offset,
+                epoch,
+            } => {
                 let mut out = stdout.lock();
                 // `data` is the server's JSON text, printed as is. A raw CR or LF in valid JSON
                 // can only be whitespace between tokens, so a space keeps one line per push
@@ -134,7 +149,15 @@ fn main() -> ExitCode {
                 let line = if args.json {
                     // The topic is re-encoded; data is spliced in, never re-serialized.
                     let topic = serde_json::Value::from(topic);
-                    format!(r#"{{"topic":{topic},"data":{data}}}"#)
+                    let mut line = format!(r#"{{"topic":{topic},"data":{data}"#);
+                    if let Some(offset) = offset {
+                        line.push_str(&format!(r#","offset":{offset}"#));
+                    }
+                    if let Some(epoch) = epoch {
+                        line.push_str(&format!(r#","epoch":{}"#, serde_json::Value::from(epoch)));
+                    }
+                    line.push('}');
+                    line
                 } else {
                     format!("{topic} {data}")
                 };
@@ -147,6 +170,14 @@ fn main() -> ExitCode {
                 }
             }
             Event::Connected => log::info!("connected"),
+            Event::ContinuityLost {
+                topic,
+                epoch,
+                from,
+                reason,
+            } => log::warn!(
+                "continuity lost on {topic} (epoch {epoch}): continuing from offset {from}; {reason}"
+            ),
             Event::Disconnected { .. } => {}
             Event::ServerError(e) => log::warn!("server error: {e}"),
             Event::SubscribeRefused {
