@@ -524,7 +524,7 @@ fn api_expect_continue_chunked_and_limits() {
     let mut s = TcpStream::connect(server.api).unwrap();
     s.set_read_timeout(Some(SAFETY_TIMEOUT)).unwrap();
     s.write_all(
-        b"POST /publish?topic=a HTTP/1.1\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+        b"POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
     )
     .unwrap();
     let mut interim = [0u8; 25];
@@ -533,7 +533,7 @@ fn api_expect_continue_chunked_and_limits() {
     s.write_all(b"true").unwrap();
     assert_eq!(next_json(&mut ws)["data"], true);
     // A chunked body.
-    s.write_all(b"POST /publish?topic=a HTTP/1.1\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n[1\r\n1\r\n]\r\n0\r\n\r\n")
+    s.write_all(b"POST /publish?topic=a HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\n[1\r\n1\r\n]\r\n0\r\n\r\n")
         .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();

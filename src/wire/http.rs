@@ -408,6 +408,7 @@ impl RequestParser {
         let mut keep_alive = version == 1;
         let (mut length, mut chunked, mut expect_continue) = (None::<usize>, false, false);
         let (mut authorization, mut content_type, mut origin) = (None, None, None);
+        let mut hosts = 0;
         for h in head.headers {
             // httparse already strips SP and HTAB around values; nothing else is whitespace.
             let value = trim_ows(
@@ -448,7 +449,13 @@ impl RequestParser {
                 expect_continue = value.eq_ignore_ascii_case("100-continue");
             } else if name.eq_ignore_ascii_case("authorization") {
                 authorization = Some(value.to_owned());
+            } else if name.eq_ignore_ascii_case("host") {
+                hosts += 1;
             } else if name.eq_ignore_ascii_case("content-type") {
+                // Two types could be read one way here and another way by a proxy.
+                if content_type.is_some() {
+                    return Err(error(400, "repeated Content-Type"));
+                }
                 content_type = Some(value.to_owned());
             } else if name.eq_ignore_ascii_case("origin") {
                 // Browsers send one; two could be checked one way and meant another.
@@ -457,6 +464,10 @@ impl RequestParser {
                 }
                 origin = Some(value.to_owned());
             }
+        }
+        // HTTP/1.1 requires exactly one Host; HTTP/1.0 allows none (RFC 9112 §3.2).
+        if hosts > 1 || (version == 1 && hosts == 0) {
+            return Err(error(400, "exactly one Host header is required"));
         }
         let framing = match (chunked, length) {
             (true, Some(_)) => return Err(error(400, "both Content-Length and Transfer-Encoding")),
@@ -736,7 +747,7 @@ mod tests {
             (Method::Get, "/stats", true)
         );
         let reqs = parse_all(
-            b"POST /publish?topic=a%2Fb&x=1+2 HTTP/1.1\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
+            b"POST /publish?topic=a%2Fb&x=1+2 HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n{\"a\":1}",
         )
         .unwrap();
         assert_eq!(reqs[0].query_param("topic"), Some("a/b"));
@@ -746,7 +757,7 @@ mod tests {
 
     #[test]
     fn pipelined_and_split_at_every_byte() {
-        let input = b"POST /p HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /q HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /r HTTP/1.0\r\n\r\n";
+        let input = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /q HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /r HTTP/1.0\r\n\r\n";
         let whole = parse_all(input).unwrap();
         assert_eq!(whole.len(), 3);
         assert_eq!((whole[1].keep_alive, whole[2].keep_alive), (true, false));
@@ -764,24 +775,24 @@ mod tests {
 
     #[test]
     fn chunked_bodies() {
-        let reqs = parse_all(b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nGET /n HTTP/1.1\r\n\r\n").unwrap();
+        let reqs = parse_all(b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\nGET /n HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
         assert_eq!(&reqs[0].body[..], b"hello world");
         assert_eq!(reqs[1].path, "/n");
         assert_eq!(
-            parse_all(b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+            parse_all(b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
                 .unwrap_err()
                 .status,
             400
         );
         assert_eq!(
-            parse_all(b"POST /p HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")
+            parse_all(b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n")
                 .unwrap_err()
                 .status,
             501
         );
         assert_eq!(
             parse_all(
-                b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+                b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
             )
             .unwrap_err()
             .status,
@@ -791,13 +802,19 @@ mod tests {
 
     #[test]
     fn limits() {
-        let huge = format!("POST /p HTTP/1.1\r\nContent-Length: {}\r\n\r\n", 2 << 20);
+        let huge = format!(
+            "POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            2 << 20
+        );
         assert_eq!(parse_all(huge.as_bytes()).unwrap_err().status, 413);
-        let long_head = format!("GET /p HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        let long_head = format!(
+            "GET /p HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(9000)
+        );
         assert_eq!(parse_all(long_head.as_bytes()).unwrap_err().status, 431);
         let many: String = (0..40).map(|i| format!("X-{i}: v\r\n")).collect();
         assert_eq!(
-            parse_all(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes())
+            parse_all(format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes())
                 .unwrap_err()
                 .status,
             431
@@ -817,23 +834,29 @@ mod tests {
             400
         );
         assert_eq!(
-            parse_all(b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n")
+            parse_all(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n")
                 .unwrap_err()
                 .status,
             400
         );
         assert_eq!(
-            parse_all(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
+            parse_all(
+                b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"
+            )
+            .unwrap_err()
+            .status,
+            400
+        );
+        assert_eq!(
+            parse_all(b"GET /%zz HTTP/1.1\r\nHost: x\r\n\r\n")
                 .unwrap_err()
                 .status,
             400
         );
         assert_eq!(
-            parse_all(b"GET /%zz HTTP/1.1\r\n\r\n").unwrap_err().status,
-            400
-        );
-        assert_eq!(
-            parse_all(b"GET /%ff HTTP/1.1\r\n\r\n").unwrap_err().status,
+            parse_all(b"GET /%ff HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap_err()
+                .status,
             400
         );
     }
@@ -854,22 +877,25 @@ mod tests {
             b"0x1",
             b"",
         ] {
-            let mut input = b"POST /p HTTP/1.1\r\nContent-Length: ".to_vec();
+            let mut input = b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: ".to_vec();
             input.extend_from_slice(value);
             input.extend_from_slice(b"\r\n\r\n7");
             assert_eq!(status(&input), 400, "{:?}", String::from_utf8_lossy(value));
         }
-        let reqs = parse_all(b"POST /p HTTP/1.1\r\nContent-Length:\t1 \r\n\r\n7").unwrap();
+        let reqs =
+            parse_all(b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length:\t1 \r\n\r\n7").unwrap();
         assert_eq!(&reqs[0].body[..], b"7");
-        let same_twice = b"POST /p HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n7";
+        let same_twice =
+            b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n7";
         assert_eq!(status(same_twice), 200);
-        let huge = b"POST /p HTTP/1.1\r\nContent-Length: 99999999999999999999999999\r\n\r\n";
+        let huge =
+            b"POST /p HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999999\r\n\r\n";
         assert_eq!(status(huge), 413);
     }
 
     #[test]
     fn chunk_sizes_are_plain_hex_on_crlf_lines() {
-        let te = b"POST /p HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let te = b"POST /p HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
         let with = |body: &[u8]| [&te[..], body].concat();
         for body in [
             &b"+1\r\n7\r\n0\r\n\r\n"[..],
@@ -927,7 +953,7 @@ mod tests {
             (b"Transfer-Encoding:\tChunked \r\n", 200),
         ] {
             let input = [
-                &b"POST /p HTTP/1.1\r\n"[..],
+                &b"POST /p HTTP/1.1\r\nHost: x\r\n"[..],
                 headers,
                 b"\r\n1\r\n7\r\n0\r\n\r\n",
             ]
@@ -946,7 +972,7 @@ mod tests {
     #[test]
     fn empty_lines_before_a_request_are_skipped_in_one_pass() {
         let mut input = b"\r\n".repeat(20_000);
-        input.extend_from_slice(b"GET /stats HTTP/1.1\r\n\r\n");
+        input.extend_from_slice(b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n");
         let mut parser = RequestParser::new(HttpLimits::default());
         // Two bytes at a time; 40 KB of them, though a head may have 8 KiB: they are not part
         // of the head (a parse per line of the growing buffer would be quadratic).
@@ -961,12 +987,26 @@ mod tests {
     }
 
     #[test]
+    fn one_host_and_one_content_type() {
+        assert_eq!(status(b"GET /p HTTP/1.1\r\n\r\n"), 400);
+        assert_eq!(
+            status(b"GET /p HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            400
+        );
+        assert_eq!(status(b"GET /p HTTP/1.0\r\n\r\n"), 200);
+        assert_eq!(status(b"GET /p HTTP/1.1\r\nHost: a\r\n\r\n"), 200);
+        let two_types = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+Content-Type: text/plain\r\nContent-Length: 1\r\n\r\n7";
+        assert_eq!(status(two_types), 400);
+    }
+
+    #[test]
     fn heads_with_a_bare_lf_are_refused() {
         for input in [
             &b"POST /p?topic=t HTTP/1.1\nHost: x\nContent-Length: 1\n\nX\r\n\r\n7"[..],
             b"POST /p?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\nX-Hidden: y\r\n\r\n7",
             b"POST /p HTTP/1.1\r\nHost: x\nContent-Length: 1\r\n\r\n7",
-            b"\nGET /p HTTP/1.1\r\n\r\n",
+            b"\nGET /p HTTP/1.1\r\nHost: x\r\n\r\n",
             b"GET /p HTTP/1.1\r\nHost: x\rY: z\r\n\r\n",
         ] {
             assert_eq!(status(input), 400, "{:?}", String::from_utf8_lossy(input));
@@ -983,15 +1023,18 @@ mod tests {
             assert!(refused, "{:?}", String::from_utf8_lossy(input));
         }
         // The leading empty line RFC 9112 §2.2 allows is a CRLF.
-        assert_eq!(status(b"\r\nGET /p HTTP/1.1\r\n\r\n"), 200);
+        assert_eq!(status(b"\r\nGET /p HTTP/1.1\r\nHost: x\r\n\r\n"), 200);
     }
 
     #[test]
     fn the_head_limit_holds_for_complete_heads() {
         let max = HttpLimits::default().max_head_bytes;
         let head = |len: usize| {
-            let fixed = "GET /p HTTP/1.1\r\nX: \r\n\r\n".len();
-            format!("GET /p HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(len - fixed))
+            let fixed = "GET /p HTTP/1.1\r\nHost: x\r\nX: \r\n\r\n".len();
+            format!(
+                "GET /p HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+                "a".repeat(len - fixed)
+            )
         };
         assert_eq!(status(head(max).as_bytes()), 200);
         assert_eq!(status(head(max + 1).as_bytes()), 431);
@@ -1041,7 +1084,7 @@ mod tests {
     #[test]
     fn expect_continue_once() {
         let mut p = RequestParser::new(HttpLimits::default());
-        p.feed(b"POST /p HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+        p.feed(b"POST /p HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
             .unwrap();
         assert!(p.next_request().unwrap().is_none());
         assert!(p.take_expect_continue());

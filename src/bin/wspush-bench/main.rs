@@ -791,7 +791,9 @@ fn storm(o: &Opts) -> Result<(), String> {
     )?)
     .map_err(|e| e.to_string())?;
     let (Some(offset), Some(epoch)) = (reply["offset"].as_u64(), reply["epoch"].as_str()) else {
-        return Err(format!("no position in the publish reply (history off?): {reply}"));
+        return Err(format!(
+            "no position in the publish reply (history off?): {reply}"
+        ));
     };
     let mut batch = String::new();
     for m in 0..o.messages {
