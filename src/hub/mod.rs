@@ -448,6 +448,45 @@ mod tests {
     }
 
     #[test]
+    fn streams_follow_subscribers_and_history() {
+        let limits = HistoryLimits {
+            size: 10,
+            ttl_ms: 1_000,
+            memory: 1 << 20,
+        };
+        let mut hub = Hub::with_history(limits, 0);
+        let mut a = Subscriptions::default();
+        hub.subscribe(&mut a, A, "x");
+        let opened = hub.stream("x").map(|s| (s.epoch(), s.last()));
+        assert_eq!(opened.map(|(_, last)| last), Some(0), "opened at subscribe");
+        let delivery = hub.publish("x", "1", 0);
+        let (frame, position) = (delivery.frame, delivery.position.expect("history on"));
+        assert_eq!(Some(position.epoch), opened.map(|(epoch, _)| epoch));
+        assert_eq!(position.offset, 1);
+        assert!(frame.ends_with(br#","offset":1,"epoch":"00000000"}"#));
+        let held = hub.stream("x").and_then(|s| s.frame(1)).cloned();
+        assert!(
+            held.is_some_and(|f| Rc::ptr_eq(&f, &frame)),
+            "one allocation"
+        );
+        // The history outlives the last subscriber until its TTL.
+        hub.unsubscribe(&mut a, A, "x");
+        assert_eq!(hub.topic_count(), 0);
+        assert!(hub.stream("x").is_some());
+        assert_eq!(hub.next_history_expiry(), Some(1_000));
+        hub.expire_history(1_000);
+        assert!(hub.stream("x").is_none());
+        // Subscribed and left with nothing held: the stream ends at once.
+        hub.subscribe(&mut a, A, "y");
+        hub.unsubscribe(&mut a, A, "y");
+        assert!(hub.stream("y").is_none());
+        // History off: no positions.
+        let mut plain = Hub::with_history(HistoryLimits { size: 0, ..limits }, 0);
+        assert!(plain.publish("x", "1", 0).position.is_none());
+        assert!(plain.stream("x").is_none());
+    }
+
+    #[test]
     fn leaving_reports_the_topic_lifecycle() {
         let mut hub = Hub::new();
         let (mut a, mut b) = (Subscriptions::default(), Subscriptions::default());
