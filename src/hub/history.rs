@@ -180,12 +180,17 @@ impl History {
 
     /// The stream of `topic`, opened (new epoch, offset 0) if it has none.
     fn open(&mut self, topic: &str) -> u32 {
+        self.open_named(topic, None)
+    }
+
+    /// [`History::open`], sharing the index's name of the topic when the caller has one.
+    fn open_named(&mut self, topic: &str, shared_name: Option<&Rc<str>>) -> u32 {
         if let Some(&key) = self.index.get(topic) {
             return key;
         }
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);
-        let name: Rc<str> = Rc::from(topic);
+        let name: Rc<str> = shared_name.map_or_else(|| Rc::from(topic), Rc::clone);
         let key = self.streams.insert(Stream {
             name: Rc::clone(&name),
             serial,
@@ -198,10 +203,10 @@ impl History {
         key
     }
 
-    /// The topic got its first subscriber: its stream (opened now if absent) stays while it
-    /// has subscribers.
-    pub fn on_first_member(&mut self, topic: &str) {
-        let key = self.open(topic);
+    /// The topic `name` got its first subscriber: its stream (opened now if absent) stays
+    /// while it has subscribers.
+    pub fn on_first_member(&mut self, name: &Rc<str>) {
+        let key = self.open_named(name, Some(name));
         if let Some(stream) = self.streams.get_mut(key as usize) {
             stream.subscribed = true;
         }
@@ -432,7 +437,7 @@ mod tests {
     #[test]
     fn ttl_expires_oldest_first_and_ends_unsubscribed_streams() {
         let mut h = history(100, 1_000, 1 << 20);
-        h.on_first_member("kept");
+        h.on_first_member(&Rc::from("kept"));
         let first = publish(&mut h, "gone", 10, 0);
         publish(&mut h, "kept", 10, 500);
         publish(&mut h, "gone", 10, 700);
@@ -499,6 +504,8 @@ mod tests {
     #[test]
     fn a_held_message_costs_its_frame_plus_32_bytes() {
         assert_eq!(ENTRY_OVERHEAD, 32);
+        // A topic's stream, held even before its first publish (the ack names its epoch).
+        assert!(size_of::<Stream>() <= 72, "{}", size_of::<Stream>());
         let mut h = history(10, 60_000, usize::MAX);
         publish(&mut h, "t", 57, 0);
         assert_eq!(h.bytes(), 57 + 32);

@@ -307,11 +307,11 @@ impl Hub {
             None => {
                 let name: Rc<str> = Rc::from(topic);
                 self.topics.insert(Rc::clone(&name), Members::One(id));
-                subscriptions.push(name);
                 if let Some(history) = &mut self.history {
                     // Opened now if absent, so the acknowledgement names a real epoch.
-                    history.on_first_member(topic);
+                    history.on_first_member(&name);
                 }
+                subscriptions.push(name);
                 Joined::FirstMember
             }
         };
