@@ -77,6 +77,14 @@ pub struct Position {
     pub offset: u64,
 }
 
+/// The position of a publish about to be appended, with its stream's key (one index lookup
+/// per publish, not two).
+#[derive(Clone, Copy, Debug)]
+pub struct NextPosition {
+    key: u32,
+    pub position: Position,
+}
+
 /// One topic's stream: its position and the frames it still holds.
 #[derive(Debug)]
 pub struct Stream {
@@ -224,10 +232,11 @@ impl History {
         self.end_if_unused(key);
     }
 
-    /// The position the next publish to `topic` gets (opening its stream if needed).
-    pub fn next_position(&mut self, topic: &str) -> Position {
+    /// The position the next publish to `topic` gets (opening its stream if needed), to be
+    /// passed to [`History::append`] with its frame.
+    pub fn next_position(&mut self, topic: &str) -> NextPosition {
         let key = self.open(topic);
-        match self.streams.get(key as usize) {
+        let position = match self.streams.get(key as usize) {
             Some(stream) => Position {
                 epoch: stream.epoch,
                 offset: stream.last + 1,
@@ -237,13 +246,14 @@ impl History {
                 epoch: Epoch::derive(self.epoch_seed, 0),
                 offset: 1,
             },
-        }
+        };
+        NextPosition { key, position }
     }
 
-    /// Holds `frame` as the next message of `topic` (whose position `next_position` gave),
-    /// then evicts what the bounds no longer allow.
-    pub fn append(&mut self, topic: &str, frame: Shared, now_ms: u64) {
-        let key = self.open(topic);
+    /// Holds `frame` as the message at `next` (from [`History::next_position`]), then evicts
+    /// what the bounds no longer allow.
+    pub fn append(&mut self, next: NextPosition, frame: Shared, now_ms: u64) {
+        let key = next.key;
         let Some(stream) = self.streams.get_mut(key as usize) else {
             return;
         };
@@ -390,9 +400,9 @@ mod tests {
     }
 
     fn publish(h: &mut History, topic: &str, bytes: usize, now_ms: u64) -> Position {
-        let position = h.next_position(topic);
-        h.append(topic, frame(bytes), now_ms);
-        position
+        let next = h.next_position(topic);
+        h.append(next, frame(bytes), now_ms);
+        next.position
     }
 
     fn held(h: &History, topic: &str) -> Vec<u64> {

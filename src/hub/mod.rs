@@ -25,7 +25,7 @@ use std::rc::Rc;
 
 use crate::wire::frame::Shared;
 use crate::wire::message;
-pub use history::{Epoch, History, HistoryLimits, Position, Stream};
+pub use history::{Epoch, History, HistoryLimits, NextPosition, Position, Stream};
 
 /// Opaque subscriber identity chosen by the caller, unique for the life of the process. Ids
 /// should grow in connection order (see the module doc); the top bit is reserved.
@@ -378,7 +378,8 @@ impl Hub {
     pub fn publish(&mut self, topic: &str, data_json: &str, now_ms: u64) -> Delivery<'_> {
         let (frame, position) = match &mut self.history {
             Some(history) => {
-                let position = history.next_position(topic);
+                let next = history.next_position(topic);
+                let position = next.position;
                 let frame = message::encode_push_at(
                     topic,
                     data_json,
@@ -386,7 +387,7 @@ impl Hub {
                     position.epoch.as_str(),
                 );
                 // The same allocation for the history and every queue.
-                history.append(topic, Shared::clone(&frame), now_ms);
+                history.append(next, Shared::clone(&frame), now_ms);
                 (frame, Some(position))
             }
             None => (message::encode_push(topic, data_json), None),
