@@ -24,7 +24,7 @@ fn fanout(c: &mut Criterion) {
     g.throughput(Throughput::Elements(SUBSCRIBERS as u64));
     g.bench_function("10k_subscribers_shared_frame", |b| {
         b.iter(|| {
-            let delivery = hub.publish("bench", &data);
+            let delivery = hub.publish("bench", &data, 0);
             for id in delivery.subscribers() {
                 queues[id.0 as usize].push(delivery.frame.clone());
             }

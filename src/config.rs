@@ -72,6 +72,13 @@ pub struct Config {
     pub subscribe_secret: Option<String>,
     /// Topics starting with this need a signed claim; `None`: every topic is public.
     pub private_prefix: Option<String>,
+    /// Messages held per topic for resumes and `GET /history`; 0 turns history and positions
+    /// off. Default 100.
+    pub history_size: usize,
+    /// How long a held message is kept. Default 5 minutes.
+    pub history_ttl: Duration,
+    /// One cap on the bytes all held messages take (frames plus 32 B each). Default 16 MiB.
+    pub history_memory: usize,
 }
 
 impl Default for Config {
@@ -117,6 +124,9 @@ impl Config {
             api_allowed_origins: Vec::new(),
             subscribe_secret: None,
             private_prefix: None,
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+            history_memory: 0,
         }
     }
 }
@@ -149,6 +159,9 @@ impl fmt::Debug for Config {
             api_allowed_origins,
             subscribe_secret,
             private_prefix,
+            history_size,
+            history_ttl,
+            history_memory,
         } = self;
         let hidden = |token: &Option<String>| token.as_ref().map(|_| "<hidden>");
         f.debug_struct("Config")
@@ -176,6 +189,9 @@ impl fmt::Debug for Config {
             .field("api_allowed_origins", api_allowed_origins)
             .field("subscribe_secret", &hidden(subscribe_secret))
             .field("private_prefix", private_prefix)
+            .field("history_size", history_size)
+            .field("history_ttl", history_ttl)
+            .field("history_memory", history_memory)
             .finish()
     }
 }
@@ -292,6 +308,9 @@ impl Config {
         }
         if self.max_topics_per_connection == 0 || self.max_topic_length == 0 {
             return bad("--max-topics and --max-topic-length must be positive");
+        }
+        if self.history_size > 0 && self.history_ttl.is_zero() {
+            return bad("--history-ttl must be positive (or turn history off: --history-size 0)");
         }
         match (&self.subscribe_secret, &self.private_prefix) {
             (Some(_), None) => return bad("--subscribe-secret needs --private-prefix"),
@@ -716,6 +735,39 @@ static SETTINGS: &[Setting] = &[
         }),
     },
     Setting {
+        flag: "--history-size",
+        env: "WSPUSH_HISTORY_SIZE",
+        value: "N",
+        default: "100",
+        help: "messages held per topic for resumes; 0: history and positions off",
+        kind: Kind::Value(|c, v| {
+            c.history_size = count(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--history-ttl",
+        env: "WSPUSH_HISTORY_TTL",
+        value: "DURATION",
+        default: "5m",
+        help: "how long a held message is kept",
+        kind: Kind::Value(|c, v| {
+            c.history_ttl = duration(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--history-memory",
+        env: "WSPUSH_HISTORY_MEMORY",
+        value: "SIZE",
+        default: "16MiB",
+        help: "bytes held by all topics' history (oldest go first)",
+        kind: Kind::Value(|c, v| {
+            c.history_memory = size(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
         flag: "--echo",
         env: "WSPUSH_ECHO",
         value: "",
@@ -1132,6 +1184,9 @@ mod tests {
         assert_eq!(c.max_topic_length, 128);
         assert_eq!(c.api_max_body, 1024 * 1024);
         assert_eq!(c.log_level, log::LevelFilter::Info);
+        assert_eq!(c.history_size, 100);
+        assert_eq!(c.history_ttl, Duration::from_secs(300));
+        assert_eq!(c.history_memory, 16 << 20);
         assert!(c.api_token.is_none() && c.client_token.is_none());
         assert!(!c.echo && c.allowed_origins.is_empty());
         Config::default().validate().unwrap();

@@ -13,7 +13,8 @@
 //!   session (handshake, frames by tungstenite, client commands, slow-consumer policy) and the
 //!   API's HTTP connection; the bounded outbound queue and the write-stall rule they share.
 //! - [`hub`]: the pub/sub domain: topics, their members, and what a publish delivers (the push
-//!   framed once, shared by every subscriber's queue); topic lifecycle for whoever mirrors it.
+//!   framed once, shared by every subscriber's queue); topic lifecycle for whoever mirrors it;
+//!   per-topic streams with their positions and bounded history, for resumes.
 //! - [`wire`]: bytes ⇄ values: the WebSocket frame codec, JSON messages, HTTP/1.1 heads and
 //!   responses, the opening handshake (with the SHA-1 and base64 it needs), base64url.
 //!

@@ -38,4 +38,12 @@ pub struct Stats {
     pub api_request_timeouts: u64,
     /// API connections closed at the API's connection cap to admit a new one.
     pub api_evictions: u64,
+    /// Replays of history started (`since` or `recent` in a subscribe).
+    pub replays: u64,
+    /// Resumes (`since`) whose every missed message was replayed.
+    pub resumes_recovered: u64,
+    /// Resumes that could not recover everything (another epoch, or history too short).
+    pub resumes_lost: u64,
+    /// `continuity_lost` messages sent: eviction overtook a replay.
+    pub continuity_lost: u64,
 }

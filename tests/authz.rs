@@ -19,6 +19,8 @@ fn private_config() -> Config {
     Config {
         subscribe_secret: Some(SECRET.to_owned()),
         private_prefix: Some("private-".to_owned()),
+        // The seed's frames, without positions: these tests are about claims.
+        history_size: 0,
         ..test_config()
     }
 }
@@ -293,7 +295,10 @@ fn a_fresh_claim_before_expiry_keeps_the_subscription() {
 
 #[test]
 fn without_the_settings_every_topic_is_public() {
-    let server = TestServer::start();
+    let server = TestServer::with(Config {
+        history_size: 0,
+        ..test_config()
+    });
     let mut ws = connect(&server);
     assert_subscribed(&subscribe(&mut ws, &["private-x"], &[]), &["private-x"]);
     assert_eq!(server.publish("private-x", "1")["subscribers"], 1);

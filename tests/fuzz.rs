@@ -13,7 +13,7 @@ use wspush::app::WsPort;
 use wspush::config::Config;
 use wspush::conn::ws::{Ctx, Session};
 use wspush::conn::{Connection, Settings, Status};
-use wspush::hub::{Hub, SubscriberId};
+use wspush::hub::{HistoryLimits, Hub, SubscriberId};
 use wspush::stats::Stats;
 use wspush::wire::http::{HttpLimits, RequestParser};
 use wspush::wire::{handshake, message as protocol};
@@ -237,13 +237,16 @@ fn fuzz_session_state_machine() {
     config.max_topics_per_connection = 8;
     let settings = Settings::from_config(&config);
     let routes = WsPort::from_config(&config);
-    let frames = [
-        protocol::encode_push("t", "1"),
-        protocol::encode_push("t", &format!("\"{}\"", "p".repeat(3000))),
-    ];
+    let payloads = ["1".to_owned(), format!("\"{}\"", "p".repeat(3000))];
+    // Small bounds, so that eviction overtakes replays (continuity_lost) now and then.
+    let limits = HistoryLimits {
+        size: 6,
+        ttl_ms: 20_000,
+        memory: 16 * 1024,
+    };
     let mut rng = Rng(0x5eed_0003);
     let (mut opened, mut subscribed, mut delivered, mut closed) = (0, 0, 0, 0);
-    let (mut refused, mut expired) = (0, 0);
+    let (mut refused, mut expired, mut replays, mut lost) = (0, 0, 0, 0);
     for i in 0..iterations(4_000) {
         let seed = &seeds[i % seeds.len()];
         // Mostly keep the handshake intact so the frames behind it get exercised.
@@ -260,7 +263,13 @@ fn fuzz_session_state_machine() {
             ]
             .concat(),
         };
-        let mut hub = Hub::new();
+        // Seed 0: the first stream, "t" (published to here), has the epoch "00000000" that the
+        // `resume_recent` seed resumes.
+        let mut hub = Hub::with_history(limits, 0);
+        // Big ones, so that a replay stalls at the cap and later publishes can overtake it.
+        for _ in 0..5 {
+            let _ = hub.publish("t", &payloads[1], 0);
+        }
         let mut stats = Stats::default();
         let id = SubscriberId(7);
         let mut now = 0u64;
@@ -307,10 +316,19 @@ fn fuzz_session_state_machine() {
                         session.on_timer(&settings, &mut stats, &mut hub, now);
                     }
                 }
-                // A publish.
+                // A publish (and now and then the TTL's expiry).
                 3 => {
-                    let frame = &frames[rng.below(frames.len())];
-                    let _ = session.push(frame, &settings, &mut stats, now);
+                    let topic = ["t", "u"][rng.below(2)];
+                    let data = &payloads[rng.below(payloads.len())];
+                    let delivery = hub.publish(topic, data, now);
+                    // To members, as the server does; now and then to a non-member too, which
+                    // the session must take in its stride.
+                    let member = delivery.subscribers().any(|s| s == id);
+                    let frame = delivery.frame;
+                    if member || rng.below(4) == 0 {
+                        let _ = session.push(topic, &frame, &settings, &mut stats, now);
+                    }
+                    hub.expire_history(now);
                 }
                 // The socket takes some bytes.
                 4 => {
@@ -321,6 +339,7 @@ fn fuzz_session_state_machine() {
                         };
                         let written = out.write_to(&mut sink).unwrap_or(0);
                         session.on_written(written, now);
+                        session.continue_replay(&hub, &settings, &mut stats);
                     }
                 }
                 _ => {
@@ -346,14 +365,17 @@ fn fuzz_session_state_machine() {
         closed += stats.protocol_closes + stats.slow_consumer_closes + stats.heartbeat_timeouts;
         refused += stats.claims_refused;
         expired += stats.claim_expirations;
+        replays += stats.replays;
+        lost += stats.continuity_lost;
         assert!(hub.topic_count() <= 8);
         hub.remove_subscriber(session.subscriptions_mut(), id, |_| {});
         assert_eq!(hub.topic_count(), 0);
     }
     // The mutations must reach deep states, or the fuzzer proves little.
     eprintln!(
-        "sessions: {opened} without handshake failure, {subscribed} steps subscribed, {delivered} deliveries, {closed} closes, {refused} claims refused, {expired} expired"
+        "sessions: {opened} without handshake failure, {subscribed} steps subscribed, {delivered} deliveries, {closed} closes, {refused} claims refused, {expired} expired, {replays} replays, {lost} continuity lost"
     );
     assert!(subscribed > 0 && delivered > 0 && closed > 0);
     assert!(refused > 0 && expired > 0);
+    assert!(replays > 0 && lost > 0);
 }

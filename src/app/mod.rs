@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::conn::ws::{WsRoute, WsRoutes};
+use crate::hub::{Position, Stream};
 use crate::stats::Stats;
 use crate::wire::handshake;
 use crate::wire::http::{Head, HttpLimits, Method, Request, Response};
@@ -69,6 +70,10 @@ pub struct Gauges {
     pub topics: usize,
     pub subscriptions: usize,
     pub uptime_secs: u64,
+    /// Messages the history holds, the bytes charged for them, and those evicted so far.
+    pub history_messages: usize,
+    pub history_bytes: usize,
+    pub history_evictions: u64,
 }
 
 /// What the server is to do for a request.
@@ -81,6 +86,25 @@ pub enum Action<'r> {
         keep_alive: bool,
         head_only: bool,
     },
+    /// Answer with [`App::history_response`] for this topic's stream.
+    History(HistoryQuery<'r>),
+}
+
+/// `GET /history?topic=T&since=N`, validated.
+pub struct HistoryQuery<'r> {
+    pub topic: &'r str,
+    /// The messages after this offset (0: all held).
+    pub since: u64,
+    keep_alive: bool,
+    head_only: bool,
+}
+
+/// What one message of a publish request reached: its subscribers and, with history on, its
+/// position in the topic's stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Published {
+    pub subscribers: usize,
+    pub position: Option<Position>,
 }
 
 /// `(topic, data)` pairs of a publish request, borrowed from it.
@@ -195,7 +219,9 @@ impl App {
         }
         match (request.method, request.path.as_str()) {
             // The CORS preflight of an allowed origin (others were refused above).
-            (Method::Options, "/publish" | "/stats" | "/healthz") if request.origin.is_some() => {
+            (Method::Options, "/publish" | "/stats" | "/healthz" | "/history")
+                if request.origin.is_some() =>
+            {
                 respond(Response {
                     extra_headers: &[
                         ("Access-Control-Allow-Methods", "GET, HEAD, POST"),
@@ -213,10 +239,12 @@ impl App {
                 &serde_json::json!({"status": "ok"}),
                 ka,
             )),
-            (_, "/healthz" | "/stats" | "/publish") if !authorized => respond(Response {
-                extra_headers: &[("WWW-Authenticate", "Bearer")],
-                ..Response::error(401, "missing or wrong bearer token", ka)
-            }),
+            (_, "/healthz" | "/stats" | "/publish" | "/history") if !authorized => {
+                respond(Response {
+                    extra_headers: &[("WWW-Authenticate", "Bearer")],
+                    ..Response::error(401, "missing or wrong bearer token", ka)
+                })
+            }
             (Method::Post, "/publish") => {
                 let topic = request.query_param("topic");
                 // A type a browser cannot send without a preflight, which only an allowed
@@ -248,17 +276,39 @@ impl App {
                 keep_alive: ka,
                 head_only,
             },
+            (Method::Get | Method::Head, "/history") => {
+                let Some(topic) = request.query_param("topic") else {
+                    return respond(Response::error(400, "use GET /history?topic=T&since=N", ka));
+                };
+                if let Err(e) = message::validate_topic(topic, self.topic_rules) {
+                    return respond(Response::error(400, &e.to_string(), ka));
+                }
+                let since = match request.query_param("since").map(|n| n.parse::<u64>()) {
+                    None => 0,
+                    Some(Ok(n)) => n,
+                    Some(Err(_)) => {
+                        return respond(Response::error(400, "since must be a whole number", ka));
+                    }
+                };
+                Action::History(HistoryQuery {
+                    topic,
+                    since,
+                    keep_alive: ka,
+                    head_only,
+                })
+            }
             (_, "/publish") => respond(Response {
                 extra_headers: &[("Allow", "POST")],
                 ..Response::error(405, "use POST /publish?topic=T", ka)
             }),
-            (_, "/stats" | "/healthz") => respond(Response {
+            (_, "/stats" | "/healthz" | "/history") => respond(Response {
                 extra_headers: &[("Allow", "GET")],
                 ..Response::error(405, "use GET", ka)
             }),
             _ => respond(Response::error(
                 404,
-                "no such endpoint: try POST /publish?topic=T, GET /stats, GET /healthz",
+                "no such endpoint: try POST /publish?topic=T, GET /history?topic=T, GET /stats, \
+                 GET /healthz",
                 ka,
             )),
         }
@@ -299,18 +349,86 @@ impl App {
         Ok(messages)
     }
 
-    /// The answer to a publish; `reached[i]`: how many subscribers got message `i`.
-    pub fn published(&mut self, publish: &Publish<'_>, reached: &[usize]) -> Response {
+    /// The answer to a publish; `reached[i]`: what message `i` reached. With history on, a
+    /// single publish names its position, a batch the last position per topic.
+    pub fn published(&mut self, publish: &Publish<'_>, reached: &[Published]) -> Response {
+        let position_json =
+            |p: &Position| serde_json::json!({ "offset": p.offset, "epoch": p.epoch.as_str() });
         let body = if publish.batch {
-            serde_json::json!({
+            let mut body = serde_json::json!({
                 "published": publish.messages.len(),
-                "deliveries": reached.iter().sum::<usize>(),
-            })
+                "deliveries": reached.iter().map(|r| r.subscribers).sum::<usize>(),
+            });
+            let mut offsets = serde_json::Map::new();
+            for ((topic, _), result) in publish.messages.iter().zip(reached) {
+                if let Some(position) = &result.position {
+                    // Later lines of a topic overwrite earlier ones: the last offset wins.
+                    offsets.insert(topic.to_string(), position_json(position));
+                }
+            }
+            if !offsets.is_empty() {
+                body["offsets"] = offsets.into();
+            }
+            body
         } else {
             let topic = publish.messages.first().map_or("", |(t, _)| &**t);
-            serde_json::json!({ "topic": topic, "subscribers": reached.first().copied().unwrap_or(0) })
+            let first = reached.first();
+            let mut body = serde_json::json!({
+                "topic": topic,
+                "subscribers": first.map_or(0, |r| r.subscribers),
+            });
+            if let Some(position) = first.and_then(|r| r.position) {
+                body["offset"] = position.offset.into();
+                body["epoch"] = position.epoch.as_str().into();
+            }
+            body
         };
         Response::json(200, &body, publish.keep_alive)
+    }
+
+    /// `GET /history`: the held messages of `stream` after `query.since`, and whether they are
+    /// every message after it; 404 when the topic has no stream.
+    pub fn history_response(&self, query: &HistoryQuery<'_>, stream: Option<&Stream>) -> Response {
+        let ka = query.keep_alive;
+        let Some(stream) = stream else {
+            return Response {
+                head_only: query.head_only,
+                ..Response::error(404, "no history for this topic", ka)
+            };
+        };
+        #[derive(Serialize)]
+        struct Held<'a> {
+            offset: u64,
+            /// Verbatim, as published.
+            data: &'a RawValue,
+        }
+        #[derive(Serialize)]
+        struct Body<'a> {
+            topic: &'a str,
+            epoch: &'a str,
+            offset: u64,
+            complete: bool,
+            messages: Vec<Held<'a>>,
+        }
+        let first = stream.first_held().unwrap_or(stream.last() + 1);
+        let body = Body {
+            topic: query.topic,
+            epoch: stream.epoch_text(),
+            offset: stream.last(),
+            complete: query.since.saturating_add(1) >= first,
+            messages: stream
+                .after(query.since)
+                .filter_map(|(offset, frame)| {
+                    let data = message::push_data(frame)?;
+                    Some(Held { offset, data })
+                })
+                .collect(),
+        };
+        Response {
+            head_only: query.head_only,
+            body: serde_json::to_string(&body).unwrap_or_default(),
+            ..Response::json(200, &serde_json::Value::Null, ka)
+        }
     }
 
     pub fn stats_response(&self, gauges: Gauges, keep_alive: bool, head_only: bool) -> Response {

@@ -17,6 +17,12 @@
 //! a claim and whether the claims sent cover them. The session remembers when each private
 //! subscription's claim expires and ends it then (its deadline is one of the session's timer
 //! deadlines); a session without private topics holds one empty pointer for it.
+//!
+//! Recovery (history on): a subscribe with `since` or `recent` starts a paced replay of the
+//! topic's history, one cursor per replaying subscription (boxed, absent otherwise). The session
+//! queues what fits under its outbound cap and the server calls [`Session::continue_replay`]
+//! as the socket drains. Live pushes for a topic under replay are skipped: they are in the
+//! history, and the cursor reaches them, so nothing is queued twice.
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
@@ -31,12 +37,12 @@ use tungstenite::protocol::{Role, WebSocketContext};
 use super::outbound::FRAME_OVERHEAD;
 use super::{CONTROL_SLACK, Connection, OutQueue, Settings, Status, WriteStall};
 use crate::config::SlowConsumerPolicy;
-use crate::hub::{Hub, SubscriberId, Subscriptions};
+use crate::hub::{self, Epoch, Hub, SubscriberId, Subscriptions};
 use crate::stats::Stats;
 use crate::wire::frame::{self, FrameBoundary, Opcode, Shared};
 use crate::wire::handshake;
 use crate::wire::http::{self, HttpError};
-use crate::wire::message::{self, ClientMessage, RequestError};
+use crate::wire::message::{self, ClientMessage, RequestError, Resume, StreamAck};
 
 /// How long a closing connection may take to acknowledge our close before it is dropped.
 const CLOSE_LINGER_MS: u64 = 2_000;
@@ -150,6 +156,8 @@ pub enum Push {
     Dropped,
     /// The queue was full: the session is closing with 1013.
     Closed,
+    /// The topic's replay is still running: its cursor will send this push from the history.
+    Deferred,
     /// Not an open WebSocket (handshaking or closing).
     NotOpen,
 }
@@ -259,12 +267,30 @@ impl PrivateTopics {
     }
 }
 
+/// A replaying subscription: the next offset of its stream to queue.
+#[derive(Debug)]
+struct Cursor {
+    topic: std::rc::Rc<str>,
+    epoch: Epoch,
+    next: u64,
+}
+
+/// What few sessions need, in one box so the others carry one pointer for both.
+#[derive(Debug, Default)]
+struct Rare {
+    /// Present while the session holds private topics.
+    private: Option<PrivateTopics>,
+    /// The running replays (empty: every subscription is live).
+    replays: Vec<Cursor>,
+}
+
 pub struct Session {
     phase: Phase,
     id: SubscriberId,
     subscriptions: Subscriptions,
-    /// Boxed and absent until a private topic is subscribed: 8 bytes for everyone else.
-    private: Option<Box<PrivateTopics>>,
+    /// Boxed and absent until a private topic is subscribed or a replay starts: 8 bytes for
+    /// everyone else.
+    rare: Option<Box<Rare>>,
     /// When the handshake and the first subscribe must be done by; `u64::MAX` once subscribed.
     subscribe_by_ms: u64,
     last_input_ms: u64,
@@ -278,7 +304,7 @@ impl Session {
             phase: Phase::Accepted,
             id,
             subscriptions: Subscriptions::default(),
-            private: None,
+            rare: None,
             subscribe_by_ms: now_ms + settings.handshake_timeout_ms,
             last_input_ms: now_ms,
             stall: WriteStall::default(),
@@ -478,13 +504,26 @@ impl Session {
             return self.send(frame::frame(Opcode::Text, text.as_bytes()), ctx);
         }
         let reply = match message::parse_client_message(&text) {
-            Ok(ClientMessage::Subscribe { topics, claims }) => {
-                self.subscribe(&topics, &claims, ctx)
+            Ok(ClientMessage::Subscribe {
+                topics,
+                claims,
+                since,
+                recent,
+            }) => {
+                let reply = self.subscribe(&topics, &claims, &since, recent, ctx);
+                if let Ok(ack) = reply {
+                    // The ack first, then what the new cursors can queue at once.
+                    self.send(ack, ctx);
+                    self.continue_replay(ctx.hub, ctx.settings, ctx.stats);
+                    return;
+                }
+                reply
             }
             Ok(ClientMessage::Unsubscribe(topics)) => {
                 for topic in &topics {
                     ctx.hub.unsubscribe(&mut self.subscriptions, self.id, topic);
                     self.forget_private(topic);
+                    self.forget_replay(topic);
                 }
                 Ok(message::encode_ack(false, &topics))
             }
@@ -509,6 +548,8 @@ impl Session {
         &mut self,
         topics: &[Cow<'_, str>],
         claims: &[Cow<'_, str>],
+        since: &[(Cow<'_, str>, Resume<'_>)],
+        recent: Option<u64>,
         ctx: &mut Ctx<'_>,
     ) -> Result<Bytes, RequestError> {
         for topic in topics {
@@ -527,46 +568,186 @@ impl Session {
                 max: ctx.settings.max_topics,
             });
         }
-        for topic in new {
+        for &topic in &new {
             ctx.hub.subscribe(&mut self.subscriptions, self.id, topic);
         }
+        let ack = match ctx.hub.history() {
+            Some(_) => self.acknowledge_streams(topics, &new, since, recent, ctx),
+            None => message::encode_ack(true, topics),
+        };
         for grant in grants {
             let Some(topic) = topics.get(grant.topic) else {
                 continue;
             };
             // The claim's Unix expiry, as a deadline on the loop's clock.
             let remaining_ms = grant.expires_unix_ms.saturating_sub(ctx.unix_ms);
-            self.private
+            self.rare
+                .get_or_insert_default()
+                .private
                 .get_or_insert_default()
                 .extend(topic, ctx.now_ms.saturating_add(remaining_ms));
         }
         self.subscribe_by_ms = u64::MAX;
-        Ok(message::encode_ack(true, topics))
+        Ok(ack)
+    }
+
+    /// The acknowledgement with each topic's stream (history on), starting the replays that
+    /// `since` and `recent` ask for on the topics this subscribe added (`new`, sorted).
+    fn acknowledge_streams(
+        &mut self,
+        topics: &[Cow<'_, str>],
+        new: &[&str],
+        since: &[(Cow<'_, str>, Resume<'_>)],
+        recent: Option<u64>,
+        ctx: &mut Ctx<'_>,
+    ) -> Bytes {
+        let mut acks: Vec<StreamAck<'_>> = Vec::with_capacity(topics.len());
+        for topic in topics {
+            if acks.iter().any(|a| a.topic == &**topic) {
+                continue;
+            }
+            // Every subscribed topic has a stream while history is on.
+            let Some(stream) = ctx.hub.stream(topic) else {
+                continue;
+            };
+            let resume = since.iter().find(|(t, _)| t == topic).map(|(_, r)| r);
+            let plan = if new.binary_search(&&**topic).is_err() {
+                // Already subscribed on this connection: `since` and `recent` are ignored.
+                Plan::live()
+            } else if let Some(resume) = resume {
+                Plan::resume(stream, resume)
+            } else if let Some(count) = recent {
+                Plan::recent(stream, count)
+            } else {
+                Plan::live()
+            };
+            match plan.recovered {
+                Some(true) => ctx.stats.resumes_recovered += 1,
+                Some(false) => ctx.stats.resumes_lost += 1,
+                None => {}
+            }
+            if let Some(next) = plan.replay_from {
+                ctx.stats.replays += 1;
+                self.rare.get_or_insert_default().replays.push(Cursor {
+                    topic: std::rc::Rc::clone(stream.name()),
+                    epoch: stream.epoch(),
+                    next,
+                });
+            }
+            acks.push(StreamAck {
+                topic,
+                epoch: stream.epoch_text(),
+                offset: stream.last(),
+                recovered: plan.recovered,
+                from: plan.from,
+            });
+        }
+        message::encode_subscribed_streams(topics, &acks)
+    }
+
+    /// Whether a replay is running (the server then calls [`Session::continue_replay`] when
+    /// the socket drains).
+    pub fn is_replaying(&self) -> bool {
+        self.rare
+            .as_ref()
+            .is_some_and(|rare| !rare.replays.is_empty())
+    }
+
+    /// Queues the replays' next messages from the history while they fit under the outbound
+    /// cap; a cursor that reaches its stream's end is done (the subscription is live again).
+    /// A cursor overtaken by eviction sends `continuity_lost` and goes on from the oldest held.
+    /// Returns how many frames it queued.
+    pub fn continue_replay(&mut self, hub: &Hub, settings: &Settings, stats: &mut Stats) -> usize {
+        let (Phase::Open(open), Some(rare)) = (&mut self.phase, self.rare.as_deref_mut()) else {
+            return 0;
+        };
+        if !open.can_write() || rare.replays.is_empty() {
+            return 0;
+        }
+        let mut queued = 0;
+        rare.replays.retain_mut(|cursor| {
+            let Some(stream) = hub.stream(&cursor.topic) else {
+                return false;
+            };
+            if stream.epoch() != cursor.epoch {
+                // Cannot happen while subscribed (the stream lives on); stop rather than mix.
+                return false;
+            }
+            let resume_at = stream.first_held().unwrap_or(stream.last() + 1);
+            if cursor.next < resume_at {
+                stats.continuity_lost += 1;
+                open.out.push(message::encode_continuity_lost(
+                    &cursor.topic,
+                    cursor.epoch.as_str(),
+                    resume_at,
+                ));
+                cursor.next = resume_at;
+            }
+            while cursor.next <= stream.last() {
+                let Some(frame) = stream.frame(cursor.next) else {
+                    return false;
+                };
+                // Half the cap: live pushes of the session's other topics still fit beside
+                // the replay, so a replay never makes them close the session (1013).
+                if !fits(&open.out, frame.len(), settings.outbound_cap / 2) {
+                    return true;
+                }
+                open.out.push(Shared::clone(frame));
+                stats.deliveries += 1;
+                queued += 1;
+                cursor.next += 1;
+            }
+            false
+        });
+        self.tidy_rare();
+        queued
+    }
+
+    /// The private topics, if the session holds any.
+    fn private(&self) -> Option<&PrivateTopics> {
+        self.rare.as_ref()?.private.as_ref()
+    }
+
+    /// Frees what no longer holds anything.
+    fn tidy_rare(&mut self) {
+        let Some(rare) = &mut self.rare else {
+            return;
+        };
+        if rare.private.as_ref().is_some_and(|p| p.expiries.is_empty()) {
+            rare.private = None;
+        }
+        if rare.private.is_none() && rare.replays.is_empty() {
+            self.rare = None;
+        }
+    }
+
+    fn forget_replay(&mut self, topic: &str) {
+        if let Some(rare) = &mut self.rare {
+            rare.replays.retain(|cursor| &*cursor.topic != topic);
+            self.tidy_rare();
+        }
     }
 
     fn forget_private(&mut self, topic: &str) {
-        if let Some(private) = &mut self.private {
+        if let Some(private) = self.rare.as_mut().and_then(|rare| rare.private.as_mut()) {
             private.remove(topic);
-            if private.expiries.is_empty() {
-                self.private = None;
-            }
+            self.tidy_rare();
         }
     }
 
     /// Ends the private subscriptions whose claims have expired, and tells the client.
     fn expire_claims(&mut self, hub: &mut Hub, settings: &Settings, stats: &mut Stats, now: u64) {
-        let Some(private) = &mut self.private else {
+        let Some(private) = self.rare.as_mut().and_then(|rare| rare.private.as_mut()) else {
             return;
         };
         if private.next_expiry_ms > now {
             return;
         }
         let expired = private.take_expired(now);
-        if private.expiries.is_empty() {
-            self.private = None;
-        }
+        self.tidy_rare();
         for topic in &expired {
             hub.unsubscribe(&mut self.subscriptions, self.id, topic);
+            self.forget_replay(topic);
         }
         stats.claim_expirations += expired.len() as u64;
         debug!("session {:?}: claims expired: {expired:?}", self.id);
@@ -606,14 +787,20 @@ impl Session {
         }
     }
 
-    /// Queues a shared push frame; a full queue triggers the slow-consumer policy.
+    /// Queues a shared push frame of `topic`; a full queue triggers the slow-consumer policy.
     pub fn push(
         &mut self,
+        topic: &str,
         frame: &Shared,
         settings: &Settings,
         stats: &mut Stats,
         now_ms: u64,
     ) -> Push {
+        if let Some(rare) = &self.rare
+            && rare.replays.iter().any(|cursor| &*cursor.topic == topic)
+        {
+            return Push::Deferred;
+        }
         let Phase::Open(open) = &mut self.phase else {
             return Push::NotOpen;
         };
@@ -700,6 +887,65 @@ impl Session {
     }
 }
 
+/// What a new subscription of a topic gets from its stream: the ack's fields and where its
+/// replay starts, if it has one.
+struct Plan {
+    recovered: Option<bool>,
+    from: Option<u64>,
+    replay_from: Option<u64>,
+}
+
+impl Plan {
+    fn live() -> Plan {
+        Plan {
+            recovered: None,
+            from: None,
+            replay_from: None,
+        }
+    }
+
+    /// `since`: everything after it, when the stream is the same and still holds it all.
+    fn resume(stream: &hub::Stream, resume: &Resume<'_>) -> Plan {
+        let last = stream.last();
+        let lost = |from: u64| Plan {
+            recovered: Some(false),
+            from: Some(from),
+            replay_from: (from <= last).then_some(from),
+        };
+        if resume.epoch != stream.epoch_text() || resume.offset > last {
+            // Another stream (or a position this one never had): start from the next live one.
+            return lost(last + 1);
+        }
+        let wanted = resume.offset + 1;
+        match stream.first_held() {
+            _ if wanted > last => Plan {
+                recovered: Some(true),
+                from: None,
+                replay_from: None,
+            },
+            Some(first) if first <= wanted => Plan {
+                recovered: Some(true),
+                from: None,
+                replay_from: Some(wanted),
+            },
+            Some(first) => lost(first),
+            None => lost(last + 1),
+        }
+    }
+
+    /// `recent: count`: the last `count` held messages, then live.
+    fn recent(stream: &hub::Stream, count: u64) -> Plan {
+        let last = stream.last();
+        let first = stream.first_held().unwrap_or(last + 1);
+        let from = (last + 1).saturating_sub(count).max(first);
+        Plan {
+            recovered: None,
+            from: Some(from),
+            replay_from: (from <= last).then_some(from),
+        }
+    }
+}
+
 /// An empty queue takes any frame, so one large publish never closes everyone.
 fn fits(out: &OutQueue, len: usize, cap: usize) -> bool {
     out.is_empty() || out.charged_bytes() + len + FRAME_OVERHEAD <= cap
@@ -731,7 +977,7 @@ impl Connection for Session {
             Phase::Accepted | Phase::Handshaking(_) => self.subscribe_by_ms,
             Phase::Open(_) => {
                 let idle = self.last_input_ms + settings.idle_limit_ms;
-                let claims = self.private.as_ref().map_or(u64::MAX, |p| p.next_expiry_ms);
+                let claims = self.private().map_or(u64::MAX, |p| p.next_expiry_ms);
                 if settings.echo {
                     idle
                 } else {
@@ -840,10 +1086,28 @@ mod tests {
 
     impl Harness {
         fn open() -> Harness {
-            let settings = Settings::from_config(&Config::default());
+            Self::open_with(Hub::new(), Config::default())
+        }
+
+        /// A session over a hub with history (seed 0: the first stream's epoch is 00000000).
+        fn open_with_history(size: usize, outbound_cap: usize) -> Harness {
+            let limits = crate::hub::HistoryLimits {
+                size,
+                ttl_ms: 60_000,
+                memory: 1 << 20,
+            };
+            let config = Config {
+                outbound_cap,
+                ..Config::default()
+            };
+            Self::open_with(Hub::with_history(limits, 0), config)
+        }
+
+        fn open_with(hub: Hub, config: Config) -> Harness {
+            let settings = Settings::from_config(&config);
             let mut harness = Harness {
                 session: Session::new(SubscriberId(1), 0, &settings),
-                hub: Hub::new(),
+                hub,
                 stats: Stats::default(),
                 settings,
             };
@@ -896,6 +1160,120 @@ mod tests {
         fn subscribers(&self, topic: &str) -> usize {
             self.hub.subscriber_count(topic)
         }
+
+        /// Publishes through the hub and offers the push to the session if it is a member, as
+        /// the server does (`NotOpen` when it is not).
+        fn publish(&mut self, topic: &str, data: &str) -> Push {
+            let delivery = self.hub.publish(topic, data, 0);
+            let member = delivery.subscribers().any(|id| id == self.session.id());
+            let frame = delivery.frame;
+            if !member {
+                return Push::NotOpen;
+            }
+            self.session
+                .push(topic, &frame, &self.settings, &mut self.stats, 0)
+        }
+
+        /// The socket drained: the replay goes on.
+        fn drained(&mut self) -> usize {
+            self.session
+                .continue_replay(&self.hub, &self.settings, &mut self.stats)
+        }
+    }
+
+    /// The offsets of the pushes among `messages`.
+    fn offsets(messages: &[serde_json::Value]) -> Vec<u64> {
+        messages
+            .iter()
+            .filter(|m| m["cmd"] == "push")
+            .filter_map(|m| m["offset"].as_u64())
+            .collect()
+    }
+
+    #[test]
+    fn a_resume_replays_what_was_missed_paced_by_the_cap_then_goes_live() {
+        let mut h = Harness::open_with_history(100, 4096);
+        let data = format!("\"{}\"", "x".repeat(500));
+        for _ in 0..30 {
+            h.publish("t", &data);
+        }
+        h.send(
+            serde_json::json!({"topics":["t"],"since":{"t":{"offset":3,"epoch":"00000000"}}}),
+            0,
+        );
+        let first = h.output();
+        assert_eq!(
+            first[0]["streams"]["t"],
+            serde_json::json!({"epoch":"00000000","offset":30,"recovered":true})
+        );
+        let mut got = offsets(&first);
+        assert!(
+            got.len() < 10,
+            "paced: half the 4 KiB cap, not all 27 at once"
+        );
+        // Live publishes while the replay runs are not queued twice: the cursor sends them.
+        assert_eq!(h.publish("t", &data), Push::Deferred);
+        while h.session.is_replaying() {
+            assert!(h.drained() > 0);
+            got.extend(offsets(&h.output()));
+        }
+        assert_eq!(got, (4..=31).collect::<Vec<_>>());
+        assert!(h.session.rare.is_none(), "the cursor is freed");
+        assert_eq!(h.publish("t", "1"), Push::Queued);
+        assert_eq!(offsets(&h.output()), [32]);
+        assert_eq!((h.stats.replays, h.stats.resumes_recovered), (1, 1));
+    }
+
+    #[test]
+    fn eviction_overtaking_a_replay_sends_continuity_lost() {
+        let mut h = Harness::open_with_history(10, 4096);
+        let data = format!("\"{}\"", "x".repeat(1000));
+        for _ in 0..10 {
+            h.publish("t", &data);
+        }
+        h.send(serde_json::json!({"topics":["t"],"recent":10}), 0);
+        let first = h.output();
+        assert_eq!(first[0]["streams"]["t"]["from"], 1);
+        let mut got = offsets(&first);
+        // Ten more while the client reads nothing: offsets up to 10 leave the history.
+        for _ in 0..10 {
+            assert_eq!(h.publish("t", &data), Push::Deferred);
+        }
+        h.drained();
+        let next = h.output();
+        let lost = next.iter().find(|m| m["cmd"] == "continuity_lost");
+        assert_eq!(
+            lost,
+            Some(
+                &serde_json::json!({"cmd":"continuity_lost","topic":"t","epoch":"00000000","from":11})
+            )
+        );
+        got.extend(offsets(&next));
+        while h.session.is_replaying() {
+            h.drained();
+            got.extend(offsets(&h.output()));
+        }
+        let resumed = got.iter().position(|&o| o == 11).unwrap_or(usize::MAX);
+        assert_eq!(got[resumed..], (11..=20).collect::<Vec<_>>());
+        assert_eq!(h.stats.continuity_lost, 1);
+    }
+
+    #[test]
+    fn since_and_recent_are_ignored_for_a_topic_already_subscribed() {
+        let mut h = Harness::open_with_history(100, 64 * 1024);
+        h.send(serde_json::json!({"topics":["t"]}), 0);
+        h.publish("t", "1");
+        h.output();
+        h.send(
+            serde_json::json!({"topics":["t","u"],"recent":5,"since":{"t":{"offset":0,"epoch":"00000000"}}}),
+            0,
+        );
+        let out = h.output();
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!(out[0]["streams"]["t"]["offset"], 1);
+        assert!(out[0]["streams"]["t"].get("recovered").is_none());
+        assert_eq!(out[0]["streams"]["u"]["from"], 1);
+        assert!(!h.session.is_replaying());
     }
 
     #[test]
@@ -917,7 +1295,7 @@ mod tests {
             [serde_json::json!({"cmd":"unsubscribed","topics":["p-1"],"reason":"claim expired"})]
         );
         assert_eq!((h.subscribers("p-1"), h.subscribers("news")), (0, 1));
-        assert!(h.session.private.is_none(), "the expiries are freed");
+        assert!(h.session.rare.is_none(), "the expiries are freed");
         assert_eq!(h.stats.claim_expirations, 1);
         // Back to the heartbeat deadline only.
         assert_eq!(
@@ -952,7 +1330,7 @@ mod tests {
             6_000,
         );
         assert_eq!(h.output()[0]["cmd"], "unsubscribed");
-        assert!(h.session.private.is_none());
+        assert!(h.session.rare.is_none());
         assert_eq!(
             h.session.next_deadline(&h.settings),
             6_000 + h.settings.idle_limit_ms
@@ -972,7 +1350,7 @@ mod tests {
 
     #[test]
     fn private_topics_cost_other_sessions_one_pointer() {
-        assert_eq!(size_of::<Option<Box<PrivateTopics>>>(), 8);
+        assert_eq!(size_of::<Option<Box<Rare>>>(), 8);
         // 128 bytes before private topics existed.
         assert!(size_of::<Session>() <= 136, "{}", size_of::<Session>());
     }

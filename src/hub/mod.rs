@@ -7,17 +7,25 @@
 //! subscriptions. Joining and leaving report the topic's lifecycle ([`Joined::FirstMember`],
 //! [`Left::LastMember`]) to whoever will mirror topics elsewhere (metrics, a link between nodes).
 //!
+//! With history on ([`history`]), every topic published to or subscribed has a stream: each
+//! publish gets a position (epoch, offset) carried in its push frame, and the frame is held for
+//! replays. The index and the history are separate: a topic's history outlives its last
+//! subscriber until it expires, and a topic without history costs the index nothing more.
+//!
 //! A topic's members are kept sorted by id. The server hands out ids in connection order, so a
 //! fan-out visits sockets in the order they were created, and memory in the order it was
 //! allocated (kernel socket structures included). A subscriber's own list of topics is held by
 //! its connection ([`Subscriptions`]), not in a second map here: a connection that subscribes to
 //! one topic costs the hub one entry in that topic's member list and nothing else.
 
+pub mod history;
+
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::wire::frame::Shared;
 use crate::wire::message;
+pub use history::{Epoch, History, HistoryLimits, NextPosition, Position, Stream};
 
 /// Opaque subscriber identity chosen by the caller, unique for the life of the process. Ids
 /// should grow in connection order (see the module doc); the top bit is reserved.
@@ -207,6 +215,8 @@ impl Members {
 /// A publish resolved against the index: the frame, encoded once, and who gets it.
 pub struct Delivery<'a> {
     pub frame: Shared,
+    /// The publish's place in its topic's stream (history on).
+    pub position: Option<Position>,
     members: &'a [u64],
 }
 
@@ -227,6 +237,8 @@ pub struct Hub {
     /// Topics and subscriptions that have ended since the start: how much the index has
     /// released, for the server's decision to hand memory back to the OS.
     ended: Ended,
+    /// Streams and their held messages; `None` with history off.
+    history: Option<History>,
 }
 
 /// Counts of what has left the index since the start.
@@ -237,8 +249,39 @@ pub struct Ended {
 }
 
 impl Hub {
+    /// A hub without history: pushes carry no positions.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A hub with history within `limits` (off when `limits.size` is 0); `epoch_seed`: a
+    /// random value drawn at start, so epochs differ between runs of the server.
+    pub fn with_history(limits: HistoryLimits, epoch_seed: u64) -> Self {
+        Hub {
+            history: (limits.size > 0).then(|| History::new(limits, epoch_seed)),
+            ..Self::default()
+        }
+    }
+
+    pub fn history(&self) -> Option<&History> {
+        self.history.as_ref()
+    }
+
+    /// The stream of `topic`, with history on and while it lives.
+    pub fn stream(&self, topic: &str) -> Option<&Stream> {
+        self.history.as_ref()?.stream(topic)
+    }
+
+    /// Evicts the messages whose time to live passed at `now_ms`.
+    pub fn expire_history(&mut self, now_ms: u64) {
+        if let Some(history) = &mut self.history {
+            history.expire(now_ms);
+        }
+    }
+
+    /// When [`Hub::expire_history`] next has something to do.
+    pub fn next_history_expiry(&self) -> Option<u64> {
+        self.history.as_ref()?.next_expiry()
     }
 
     /// Adds `topic` to the subscriber `id` whose list is `subscriptions`.
@@ -264,6 +307,10 @@ impl Hub {
             None => {
                 let name: Rc<str> = Rc::from(topic);
                 self.topics.insert(Rc::clone(&name), Members::One(id));
+                if let Some(history) = &mut self.history {
+                    // Opened now if absent, so the acknowledgement names a real epoch.
+                    history.on_first_member(&name);
+                }
                 subscriptions.push(name);
                 Joined::FirstMember
             }
@@ -314,6 +361,9 @@ impl Hub {
         {
             self.topics.remove(topic);
             self.ended.topics += 1;
+            if let Some(history) = &mut self.history {
+                history.on_last_member(topic);
+            }
             if self.topics.capacity() > 64 && self.topics.len() * 4 < self.topics.capacity() {
                 // Mostly empty after a wave of departures: give the memory back.
                 self.topics.shrink_to(self.topics.len() * 2);
@@ -323,11 +373,29 @@ impl Hub {
         Left::Member
     }
 
-    /// Encodes a push of `data_json` (valid JSON) to `topic` once, for all its subscribers.
-    pub fn publish(&self, topic: &str, data_json: &str) -> Delivery<'_> {
+    /// Encodes a push of `data_json` (valid JSON) to `topic` once, for all its subscribers;
+    /// with history on, at the stream's next position, and holds it (`now_ms`: for its TTL).
+    pub fn publish(&mut self, topic: &str, data_json: &str, now_ms: u64) -> Delivery<'_> {
+        let (frame, position) = match &mut self.history {
+            Some(history) => {
+                let next = history.next_position(topic);
+                let position = next.position;
+                let frame = message::encode_push_at(
+                    topic,
+                    data_json,
+                    position.offset,
+                    position.epoch.as_str(),
+                );
+                // The same allocation for the history and every queue.
+                history.append(next, Shared::clone(&frame), now_ms);
+                (frame, Some(position))
+            }
+            None => (message::encode_push(topic, data_json), None),
+        };
         let members = self.topics.get(topic).map_or(&[][..], Members::ids);
         Delivery {
-            frame: message::encode_push(topic, data_json),
+            frame,
+            position,
             members,
         }
     }
@@ -356,8 +424,8 @@ mod tests {
     const A: SubscriberId = SubscriberId(1);
     const B: SubscriberId = SubscriberId(2);
 
-    fn members(hub: &Hub, topic: &str) -> Vec<SubscriberId> {
-        hub.publish(topic, "1").subscribers().collect()
+    fn members(hub: &mut Hub, topic: &str) -> Vec<SubscriberId> {
+        hub.publish(topic, "1", 0).subscribers().collect()
     }
 
     #[test]
@@ -368,16 +436,55 @@ mod tests {
         assert_eq!(hub.subscribe(&mut a, A, "x"), Joined::Member);
         assert_eq!(hub.subscribe(&mut b, B, "y"), Joined::FirstMember);
         assert_eq!(hub.subscribe(&mut b, B, "y"), Joined::Already);
-        assert_eq!(members(&hub, "x"), vec![A, B]);
-        assert_eq!(members(&hub, "y"), vec![B]);
-        assert_eq!(members(&hub, "z"), vec![]);
+        assert_eq!(members(&mut hub, "x"), vec![A, B]);
+        assert_eq!(members(&mut hub, "y"), vec![B]);
+        assert_eq!(members(&mut hub, "z"), vec![]);
         assert_eq!(hub.subscription_count(), 3);
         assert_eq!((a.len(), b.len()), (1, 2));
-        let delivery = hub.publish("x", r#""hi""#);
+        let delivery = hub.publish("x", r#""hi""#, 0);
         assert_eq!(
             &delivery.frame[2..],
             br#"{"cmd":"push","topic":"x","data":"hi"}"#
         );
+    }
+
+    #[test]
+    fn streams_follow_subscribers_and_history() {
+        let limits = HistoryLimits {
+            size: 10,
+            ttl_ms: 1_000,
+            memory: 1 << 20,
+        };
+        let mut hub = Hub::with_history(limits, 0);
+        let mut a = Subscriptions::default();
+        hub.subscribe(&mut a, A, "x");
+        let opened = hub.stream("x").map(|s| (s.epoch(), s.last()));
+        assert_eq!(opened.map(|(_, last)| last), Some(0), "opened at subscribe");
+        let delivery = hub.publish("x", "1", 0);
+        let (frame, position) = (delivery.frame, delivery.position.expect("history on"));
+        assert_eq!(Some(position.epoch), opened.map(|(epoch, _)| epoch));
+        assert_eq!(position.offset, 1);
+        assert!(frame.ends_with(br#","offset":1,"epoch":"00000000"}"#));
+        let held = hub.stream("x").and_then(|s| s.frame(1)).cloned();
+        assert!(
+            held.is_some_and(|f| Rc::ptr_eq(&f, &frame)),
+            "one allocation"
+        );
+        // The history outlives the last subscriber until its TTL.
+        hub.unsubscribe(&mut a, A, "x");
+        assert_eq!(hub.topic_count(), 0);
+        assert!(hub.stream("x").is_some());
+        assert_eq!(hub.next_history_expiry(), Some(1_000));
+        hub.expire_history(1_000);
+        assert!(hub.stream("x").is_none());
+        // Subscribed and left with nothing held: the stream ends at once.
+        hub.subscribe(&mut a, A, "y");
+        hub.unsubscribe(&mut a, A, "y");
+        assert!(hub.stream("y").is_none());
+        // History off: no positions.
+        let mut plain = Hub::with_history(HistoryLimits { size: 0, ..limits }, 0);
+        assert!(plain.publish("x", "1", 0).position.is_none());
+        assert!(plain.stream("x").is_none());
     }
 
     #[test]
@@ -424,7 +531,7 @@ mod tests {
                 Joined::Member
             );
         }
-        let order = members(&hub, "t");
+        let order = members(&mut hub, "t");
         assert_eq!(order, (0..10_000).map(SubscriberId).collect::<Vec<_>>());
         for (i, s) in subs.iter_mut().enumerate() {
             hub.remove_subscriber(s, SubscriberId(i as u64), |_| {});

@@ -28,13 +28,13 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
 use crate::app::tick::{self, DemoTick};
-use crate::app::{Action, App, Gauges};
+use crate::app::{Action, App, Gauges, Published};
 use crate::config::{Config, millis};
 use crate::conn::http::HttpConn;
 use crate::conn::ws::{CloseReason, Ctx, Push, Session};
 use crate::conn::{Connection, Settings, Status};
 use crate::error::ServerError;
-use crate::hub::{Hub, SubscriberId};
+use crate::hub::{HistoryLimits, Hub, SubscriberId};
 use crate::timer::{TimerHandle, TimerWheel};
 use accept::{Accepting, Port};
 use memory::MemoryReturn;
@@ -52,6 +52,9 @@ const READ_BUDGET: usize = 256 * 1024;
 const LISTEN_BACKLOG: i32 = 4096;
 /// Grace for flushing close frames on shutdown.
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
+/// Refill-and-write rounds of a replay per service; a socket that takes more than this is
+/// serviced again in the next iteration, so one replay cannot hold up the loop.
+const REPLAY_ROUNDS: usize = 16;
 
 /// Stops a running server from any thread (or a signal handler): the loop closes every client
 /// with 1001, flushes for a bounded time and returns from [`Server::run`].
@@ -80,6 +83,8 @@ enum Timeout {
     ResumeAccept,
     ShutdownDeadline,
     ReleaseMemory,
+    /// The oldest held message's time to live passes.
+    HistoryExpiry,
 }
 
 enum Kind {
@@ -146,6 +151,14 @@ fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, millis)
+}
+
+/// A random value from the OS (through std's hash seeds), so epochs differ between runs.
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(unix_ms());
+    hasher.finish()
 }
 
 fn subscriber_id(key: usize, generation: u32) -> SubscriberId {
@@ -250,7 +263,15 @@ impl Server {
             unix_ms: unix_ms(),
             conns: Slab::with_capacity(capacity),
             next_generation: 0,
-            hub: Hub::new(),
+            hub: Hub::with_history(
+                HistoryLimits {
+                    size: self.config.history_size,
+                    ttl_ms: millis(self.config.history_ttl),
+                    memory: self.config.history_memory,
+                },
+                random_seed(),
+            ),
+            history_timer: None,
             app: App::new(&self.config),
             settings: Settings::from_config(&self.config),
             timers: TimerWheel::with_capacity(capacity),
@@ -295,6 +316,8 @@ struct Loop {
     shutting_down: bool,
     tick: Option<DemoTick>,
     memory: MemoryReturn,
+    /// Armed at the oldest held message's expiry while the history holds any.
+    history_timer: Option<TimerHandle>,
 }
 
 impl Loop {
@@ -447,13 +470,16 @@ impl Loop {
             let response = match self.app.route(request) {
                 Action::Respond(response) => response,
                 Action::Publish(publish) => {
-                    let reached: Vec<usize> = publish
+                    let reached: Vec<Published> = publish
                         .messages
                         .iter()
                         .map(|(topic, data)| self.publish(topic, data.get()))
                         .collect();
                     self.app.published(&publish, &reached)
                 }
+                Action::History(query) => self
+                    .app
+                    .history_response(&query, self.hub.stream(query.topic)),
                 Action::Stats {
                     keep_alive,
                     head_only,
@@ -481,14 +507,15 @@ impl Loop {
     }
 
     /// Publishes `data_json` to `topic`: the hub frames it once and names the subscribers,
-    /// each gets the shared frame in its queue. Returns how many got it.
+    /// each gets the shared frame in its queue. Returns how many got it (a subscriber whose
+    /// replay of the topic is running gets it from the history) and the publish's position.
     ///
     /// Output is normally flushed once per iteration, after all publishes; a queue too full for
     /// the frame is written to its socket first, so a fast reader is never mistaken for a slow
     /// one.
-    fn publish(&mut self, topic: &str, data_json: &str) -> usize {
+    fn publish(&mut self, topic: &str, data_json: &str) -> Published {
         self.app.stats.publishes += 1;
-        let delivery = self.hub.publish(topic, data_json);
+        let delivery = self.hub.publish(topic, data_json, self.now_ms);
         let mut reached = 0;
         for id in delivery.subscribers() {
             let (key, generation) = split_id(id);
@@ -507,18 +534,68 @@ impl Loop {
                 continue;
             };
             let outcome = session.push(
+                topic,
                 &delivery.frame,
                 &self.settings,
                 &mut self.app.stats,
                 self.now_ms,
             );
-            reached += usize::from(outcome == Push::Queued);
+            reached += usize::from(matches!(outcome, Push::Queued | Push::Deferred));
             if matches!(outcome, Push::Queued | Push::Closed) && !conn.dirty {
                 conn.dirty = true;
                 self.dirty.push((key, generation));
             }
         }
-        reached
+        let position = delivery.position;
+        self.arm_history_timer();
+        Published {
+            subscribers: reached,
+            position,
+        }
+    }
+
+    /// Arms the history's one timer when it holds messages and none is armed. The oldest
+    /// message only gets younger, so an armed timer never needs to move earlier.
+    fn arm_history_timer(&mut self) {
+        if self.history_timer.is_none()
+            && let Some(at) = self.hub.next_history_expiry()
+        {
+            self.history_timer = Some(self.timers.insert(at, Timeout::HistoryExpiry));
+        }
+    }
+
+    /// Writes a replaying session's queue and refills it from the history until the socket
+    /// stops taking bytes or the replay is done. Returns the bytes written.
+    fn pace_replay(&mut self, key: usize) -> usize {
+        let now = self.now_ms;
+        let mut written = 0;
+        for _ in 0..REPLAY_ROUNDS {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return written;
+            };
+            let Kind::Ws(session) = &mut conn.kind else {
+                return written;
+            };
+            if !session.is_replaying()
+                || session.continue_replay(&self.hub, &self.settings, &mut self.app.stats) == 0
+            {
+                return written;
+            }
+            let wrote = conn.flush(now);
+            written += wrote;
+            if wrote == 0 || conn.kind.conn().has_output() {
+                // The socket is full: its writability resumes the replay.
+                return written;
+            }
+        }
+        // The socket took every round: go on in the next iteration.
+        if let Some(conn) = self.conns.get_mut(key)
+            && !conn.dirty
+        {
+            conn.dirty = true;
+            self.dirty.push((key, conn.generation));
+        }
+        written
     }
 
     /// Flushes output, advances closing connections, removes finished ones, re-arms timers.
@@ -527,8 +604,15 @@ impl Loop {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
-        let written = conn.flush(now);
+        let mut written = conn.flush(now);
+        if matches!(&conn.kind, Kind::Ws(session) if session.is_replaying()) {
+            // The queue drained (or has room): the replay goes on.
+            written += self.pace_replay(key);
+        }
         self.app.stats.bytes_written += written as u64;
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
         if conn.read_paused && !conn.kind.conn().input_blocked(&self.settings) {
             // Edge-triggered: what arrived meanwhile raises no new event, so read it now.
             conn.read_paused = false;
@@ -646,7 +730,7 @@ impl Loop {
                 Timeout::Tick => {
                     if let Some(mut tick) = self.tick.take() {
                         if !self.shutting_down {
-                            let reached = self.publish(&tick.topic, tick::DATA);
+                            let reached = self.publish(&tick.topic, tick::DATA).subscribers;
                             debug!("tick: pushed to {reached} subscribers of {}", tick.topic);
                             self.timers.insert(tick.advance(now), Timeout::Tick);
                         }
@@ -657,6 +741,11 @@ impl Loop {
                     self.accepting.paused = false;
                     self.accept(Port::WebSocket);
                     self.accept(Port::Api);
+                }
+                Timeout::HistoryExpiry => {
+                    self.history_timer = None;
+                    self.hub.expire_history(now);
+                    self.arm_history_timer();
                 }
                 Timeout::ReleaseMemory => {
                     sys::release_free_memory();
@@ -772,6 +861,9 @@ impl Loop {
             topics: self.hub.topic_count(),
             subscriptions: self.hub.subscription_count(),
             uptime_secs: self.now_ms / 1000,
+            history_messages: self.hub.history().map_or(0, |h| h.messages()),
+            history_bytes: self.hub.history().map_or(0, |h| h.bytes()),
+            history_evictions: self.hub.history().map_or(0, |h| h.evictions()),
         }
     }
 }

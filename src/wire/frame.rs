@@ -113,6 +113,12 @@ pub fn split_frames(buf: &[u8], mut each: impl FnMut(u8, &[u8])) -> usize {
     at
 }
 
+/// The payload of the one complete unmasked frame at the start of `buf`.
+pub fn first_payload(buf: &[u8]) -> Option<&[u8]> {
+    let (header, len) = payload_extent(buf)?;
+    buf.get(header..)?.get(..len)
+}
+
 /// Header length and payload length of an unmasked frame header at the start of `buf`.
 fn payload_extent(buf: &[u8]) -> Option<(usize, usize)> {
     let second = *buf.get(1)?;

@@ -7,16 +7,21 @@
 //! Client → server (unknown fields are ignored, so the seed's `{"cmd":"ping","data":null}` works):
 //! - `{"topics":[..]}` (the seed's subscribe; accepted at any time to add topics)
 //! - `{"cmd":"subscribe","topics":[..]}`, `{"cmd":"unsubscribe","topics":[..]}`; a subscribe may
-//!   carry `"claims":[..]`, the signed grants its private topics need (opaque strings here)
+//!   carry `"claims":[..]`, the signed grants its private topics need (opaque strings here),
+//!   `"since":{"<topic>":{"offset":N,"epoch":"E"}}` (resume after a position) and `"recent":K`
+//!   (replay the last K held messages of the other topics)
 //! - `{"cmd":"ping"}` (answered with `{"cmd":"pong"}`), `{"cmd":"pong"}` (ignored, a sign of life)
 //!
-//! Server → client: `push`, `pong`, `subscribed`, `unsubscribed`, `error` (see docs/PROTOCOL.md).
+//! Server → client: `push`, `pong`, `subscribed`, `unsubscribed`, `continuity_lost`, `error`
+//! (see docs/PROTOCOL.md).
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 
 use bytes::{BufMut, Bytes};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::frame::{self, Opcode, Shared};
 
@@ -27,11 +32,23 @@ pub enum ClientMessage<'a> {
         topics: Vec<Cow<'a, str>>,
         /// Subscription claims, unverified (empty when the client sent none).
         claims: Vec<Cow<'a, str>>,
+        /// `since`: per topic, the last position the client has seen (empty when none).
+        since: Vec<(Cow<'a, str>, Resume<'a>)>,
+        /// `recent`: replay this many held messages of the topics without a `since`.
+        recent: Option<u64>,
     },
     Unsubscribe(Vec<Cow<'a, str>>),
     Ping,
     /// A `pong` (some clients answer our pongs): nothing to do beyond counting as a sign of life.
     Pong,
+}
+
+/// A position a client resumes after: `since.<topic>`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Resume<'a> {
+    pub offset: u64,
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
 }
 
 /// A client request the server cannot act on. Recoverable: answered with an `error` message.
@@ -127,6 +144,11 @@ struct RawClientMessage<'a> {
     topics: Option<Vec<Cow<'a, str>>>,
     #[serde(borrow, default)]
     claims: Option<Vec<Cow<'a, str>>>,
+    /// A map keeps the last of repeated keys; shapes other than offset + epoch are refused.
+    #[serde(borrow, default)]
+    since: Option<BTreeMap<Cow<'a, str>, Resume<'a>>>,
+    #[serde(default)]
+    recent: Option<u64>,
 }
 
 /// Parses the text of one client message.
@@ -138,6 +160,11 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage<'_>, RequestErro
         None | Some("subscribe") | Some("sub") => Ok(ClientMessage::Subscribe {
             topics: require_topics(raw.topics)?,
             claims: raw.claims.unwrap_or_default(),
+            since: raw
+                .since
+                .map(|s| s.into_iter().collect())
+                .unwrap_or_default(),
+            recent: raw.recent,
         }),
         Some("unsubscribe") | Some("unsub") => {
             require_topics(raw.topics).map(ClientMessage::Unsubscribe)
@@ -240,6 +267,90 @@ pub fn encode_push(topic: &str, data_json: &str) -> Shared {
     Shared::new(buf.into_boxed_slice())
 }
 
+/// Encodes `{"cmd":"push","topic":..,"data":..,"offset":N,"epoch":".."}` (history on): the
+/// seed's three fields first, so clients that know only those read it unchanged.
+pub fn encode_push_at(topic: &str, data_json: &str, offset: u64, epoch: &str) -> Shared {
+    const HEAD: &[u8] = br#"{"cmd":"push","topic":"#;
+    const DATA: &[u8] = br#","data":"#;
+    const OFFSET: &[u8] = br#","offset":"#;
+    const EPOCH: &[u8] = br#","epoch":"#;
+    let offset_text = offset.to_string();
+    let payload_len = HEAD.len()
+        + json_string_len(topic)
+        + DATA.len()
+        + data_json.len()
+        + OFFSET.len()
+        + offset_text.len()
+        + EPOCH.len()
+        + json_string_len(epoch)
+        + 1;
+    let frame_len = frame::header_len(payload_len, false) + payload_len;
+    let mut buf = Vec::with_capacity(frame_len);
+    frame::put_header(&mut buf, Opcode::Text, payload_len, None);
+    buf.put_slice(HEAD);
+    put_json_string(&mut buf, topic);
+    buf.put_slice(DATA);
+    buf.put_slice(data_json.as_bytes());
+    buf.put_slice(OFFSET);
+    buf.put_slice(offset_text.as_bytes());
+    buf.put_slice(EPOCH);
+    put_json_string(&mut buf, epoch);
+    buf.put_u8(b'}');
+    debug_assert_eq!(buf.len(), frame_len);
+    Shared::new(buf.into_boxed_slice())
+}
+
+/// The `data` of a push frame this module encoded, as its JSON text (for `GET /history`).
+pub fn push_data(push_frame: &[u8]) -> Option<&RawValue> {
+    #[derive(Deserialize)]
+    struct Push<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+    let push: Push<'_> = serde_json::from_slice(frame::first_payload(push_frame)?).ok()?;
+    Some(push.data)
+}
+
+/// One topic's entry in the `streams` of a subscribe acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamAck<'a> {
+    pub topic: &'a str,
+    pub epoch: &'a str,
+    /// The stream's last offset at the subscribe.
+    pub offset: u64,
+    /// Whether the `since` sent for the topic is fully recovered (present only with one).
+    pub recovered: Option<bool>,
+    /// The first offset the client will receive (after a lost resume, or with `recent`).
+    pub from: Option<u64>,
+}
+
+/// `{"cmd":"subscribed","topics":[..],"streams":{..}}` (history on) as one text frame.
+pub fn encode_subscribed_streams<S: AsRef<str>>(topics: &[S], streams: &[StreamAck<'_>]) -> Bytes {
+    let topics: Vec<&str> = topics.iter().map(AsRef::as_ref).collect();
+    let mut entries = serde_json::Map::new();
+    for ack in streams {
+        let mut entry = serde_json::json!({ "epoch": ack.epoch, "offset": ack.offset });
+        if let Some(recovered) = ack.recovered {
+            entry["recovered"] = recovered.into();
+        }
+        if let Some(from) = ack.from {
+            entry["from"] = from.into();
+        }
+        entries.insert(ack.topic.to_owned(), entry);
+    }
+    let body = serde_json::json!({ "cmd": "subscribed", "topics": topics, "streams": entries });
+    frame::frame(Opcode::Text, body.to_string().as_bytes())
+}
+
+/// `{"cmd":"continuity_lost","topic":..,"epoch":..,"from":N}`: eviction overtook this client's
+/// replay; `from` is the next offset it gets.
+pub fn encode_continuity_lost(topic: &str, epoch: &str, from: u64) -> Bytes {
+    let body = serde_json::json!({
+        "cmd": "continuity_lost", "topic": topic, "epoch": epoch, "from": from,
+    });
+    frame::frame(Opcode::Text, body.to_string().as_bytes())
+}
+
 /// `{"cmd":"pong"}`, framed once for the life of the process.
 pub fn pong_frame() -> Bytes {
     Bytes::from_static(b"\x81\x0e{\"cmd\":\"pong\"}")
@@ -334,6 +445,8 @@ mod tests {
             Ok(ClientMessage::Subscribe {
                 topics: vec!["test-topic".into()],
                 claims: vec![],
+                since: vec![],
+                recent: None,
             })
         );
         assert_eq!(
@@ -349,6 +462,8 @@ mod tests {
             Ok(ClientMessage::Subscribe {
                 topics: vec!["ab".into()],
                 claims: vec![],
+                since: vec![],
+                recent: None,
             })
         );
     }
@@ -358,6 +473,8 @@ mod tests {
         let expected = Ok(ClientMessage::Subscribe {
             topics: vec!["private-42".into(), "news".into()],
             claims: vec!["eyJ0.c2ln".into()],
+            since: vec![],
+            recent: None,
         });
         assert_eq!(
             parse_client_message(
@@ -377,6 +494,92 @@ mod tests {
         assert_eq!(
             parse_client_message(r#"{"cmd":"unsubscribe","topics":["a"],"claims":["x"]}"#),
             Ok(ClientMessage::Unsubscribe(vec!["a".into()]))
+        );
+    }
+
+    #[test]
+    fn subscribe_carries_since_and_recent_in_both_forms() {
+        let expected = Ok(ClientMessage::Subscribe {
+            topics: vec!["a".into(), "b".into()],
+            claims: vec!["c".into()],
+            since: vec![(
+                "a".into(),
+                Resume {
+                    offset: 41,
+                    epoch: "k3f9a2x1".into(),
+                },
+            )],
+            recent: Some(5),
+        });
+        let since = r#""since":{"a":{"offset":41,"epoch":"k3f9a2x1"}},"recent":5"#;
+        assert_eq!(
+            parse_client_message(&format!(
+                r#"{{"cmd":"subscribe","topics":["a","b"],"claims":["c"],{since}}}"#
+            )),
+            expected
+        );
+        assert_eq!(
+            parse_client_message(&format!(r#"{{"topics":["a","b"],"claims":["c"],{since}}}"#)),
+            expected
+        );
+        for bad in [
+            r#"{"topics":["a"],"since":{"a":{"offset":1.5,"epoch":"e"}}}"#,
+            r#"{"topics":["a"],"since":{"a":{"offset":-1,"epoch":"e"}}}"#,
+            r#"{"topics":["a"],"since":{"a":{"offset":"1","epoch":"e"}}}"#,
+            r#"{"topics":["a"],"since":{"a":{"offset":1,"epoch":7}}}"#,
+            r#"{"topics":["a"],"since":{"a":{"offset":1}}}"#,
+            r#"{"topics":["a"],"since":["a"]}"#,
+            r#"{"topics":["a"],"recent":"3"}"#,
+            r#"{"topics":["a"],"recent":-3}"#,
+        ] {
+            assert!(
+                matches!(parse_client_message(bad), Err(RequestError::InvalidJson(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn positioned_pushes_and_recovery_messages() {
+        let f = encode_push_at("a\"b", r#"{"x":[1]}"#, 42, "k3f9a2x1");
+        let v: serde_json::Value = serde_json::from_slice(payload(&f)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"cmd":"push","topic":"a\"b","data":{"x":[1]},"offset":42,"epoch":"k3f9a2x1"})
+        );
+        assert!(payload(&f).starts_with(br#"{"cmd":"push","topic":"a\"b","data":{"x":[1]},"#));
+        assert_eq!(push_data(&f).map(RawValue::get), Some(r#"{"x":[1]}"#));
+        let ack = encode_subscribed_streams(
+            &["a", "b"],
+            &[
+                StreamAck {
+                    topic: "a",
+                    epoch: "E",
+                    offset: 45,
+                    recovered: Some(true),
+                    from: None,
+                },
+                StreamAck {
+                    topic: "b",
+                    epoch: "E2",
+                    offset: 7,
+                    recovered: Some(false),
+                    from: Some(3),
+                },
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(payload(&ack)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"cmd":"subscribed","topics":["a","b"],"streams":{
+                "a":{"epoch":"E","offset":45,"recovered":true},
+                "b":{"epoch":"E2","offset":7,"recovered":false,"from":3}}})
+        );
+        let lost = encode_continuity_lost("a", "E", 58);
+        let v: serde_json::Value = serde_json::from_slice(payload(&lost)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"cmd":"continuity_lost","topic":"a","epoch":"E","from":58})
         );
     }
 
