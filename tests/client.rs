@@ -193,7 +193,12 @@ fn the_binary_prints_pushes_like_the_seed() {
         ])
         .output()
         .unwrap();
-    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The stream position (history is on by default) comes with the seed's two fields.
+    let position = line
+        .as_object_mut()
+        .map(|o| (o.remove("offset"), o.remove("epoch")));
+    assert!(matches!(position, Some((Some(_), Some(_)))), "{line}");
     assert_eq!(line, json!({"topic": "test-topic", "data": "publish msg"}));
 }
 
@@ -299,14 +304,23 @@ fn the_binary_prints_unusual_data_verbatim() {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let expected: String = unusual_values()
+        let expected: Vec<String> = unusual_values()
             .iter()
             .map(|d| match json_mode {
-                false => format!("odd {d}\n"),
-                true => format!("{{\"topic\":\"odd\",\"data\":{d}}}\n"),
+                false => format!("odd {d}"),
+                true => format!("{{\"topic\":\"odd\",\"data\":{d},\"offset\":"),
             })
             .collect();
-        assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(lines.len(), expected.len(), "{printed}");
+        for (line, want) in lines.iter().zip(&expected) {
+            // With --json the stream position follows the data, which must be verbatim.
+            assert!(
+                line.starts_with(want.as_str()) && (json_mode || line.len() == want.len()),
+                "{line:?} vs {want:?}"
+            );
+        }
         // The next run subscribes afresh.
         let deadline = Instant::now() + WAIT;
         while server.stats()["subscriptions"] != 0 {
