@@ -803,7 +803,16 @@ fn storm(o: &Opts) -> Result<(), String> {
     let since = json!({"cmd": "subscribe", "topics": ["storm"],
                        "since": {"storm": {"offset": offset, "epoch": epoch}}});
     b.resume = Some((bystanders, since.to_string()));
-    b.latencies.clear();
+    // The bystanders' latency without a storm, one second at --rate, as the yardstick.
+    let calm = (o.rate as usize).max(1);
+    b.expect_receipts((calm * bystanders) as u64);
+    publish_paced(o, &mut b, &mut publisher, calm, |_| {})?;
+    publisher.collect(true).map_err(|e| e.to_string())?;
+    let calm_expected = (calm * bystanders) as u64;
+    b.run_until(Duration::from_secs(5), |b| b.total_frames() >= calm_expected);
+    let mut calm_lat = std::mem::take(&mut b.latencies);
+    calm_lat.sort_unstable();
+    let calm_p99 = percentile(&calm_lat, 0.99);
     b.last_arrival.clear();
     let cpu = ServerCpu::start(o.pid);
     let t0 = Instant::now();
@@ -853,7 +862,7 @@ fn storm(o: &Opts) -> Result<(), String> {
     report(
         o,
         format!(
-            "storm: {} clients resumed {} messages each in {secs:.2} s ({replayed} replayed); {bystanders} bystanders at {}/s meanwhile: latency ms p50 {p50:.2} p99 {p99:.2} ({} receipts); server CPU {:.2} s",
+            "storm: {} clients resumed {} messages each in {secs:.2} s ({replayed} replayed); {bystanders} bystanders at {}/s meanwhile: latency ms p50 {p50:.2} p99 {p99:.2} ({} receipts; p99 {calm_p99:.2} before the storm); server CPU {:.2} s",
             o.n,
             o.messages,
             o.rate,
@@ -862,6 +871,7 @@ fn storm(o: &Opts) -> Result<(), String> {
         ),
         json!({ "resumers": o.n, "behind": o.messages, "caught_up_secs": secs, "replayed": replayed,
                 "bystanders": bystanders, "p50_ms": p50, "p99_ms": p99, "receipts": lat.len(),
+                "calm_p99_ms": calm_p99,
                 "server_cpu_secs": cpu.secs }),
     );
     Ok(())
