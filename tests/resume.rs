@@ -164,6 +164,25 @@ fn publish_numbers(api: SocketAddr, from: u64, to: u64, every: Duration) {
     }
 }
 
+/// Publishes numbered 1 KiB messages in batches of 100 until the `/stats` counter `counter`
+/// moves; returns the last number published.
+fn publish_until(server: &TestServer, counter: &str) -> u64 {
+    let pad = "x".repeat(1000);
+    let mut last = 0u64;
+    while server.stats()[counter] == 0 {
+        assert!(last < 100_000, "{counter} still 0 after {last} messages");
+        let batch: String = (last + 1..=last + 100)
+            .map(|n| {
+                format!("{{\"topic\":\"{TOPIC}\",\"data\":{{\"n\":{n},\"pad\":\"{pad}\"}}}}\n")
+            })
+            .collect();
+        let (status, reply) = http(server.api, "POST", "/publish", &batch, &[]);
+        assert_eq!(status, 200, "{reply}");
+        last += 100;
+    }
+    last
+}
+
 fn assert_exactly_once_in_order(numbers: &[u64], from: u64, to: u64) {
     let expected: Vec<u64> = (from..=to).collect();
     assert_eq!(
@@ -211,20 +230,8 @@ fn a_slow_consumer_closed_with_1013_resumes_from_history() {
     let mut got = Received::default();
     wait_connected(&client, &mut got);
     proxy.pause_downstream(true);
-    // Batches of 1 KiB messages until the socket buffers and the 16 KiB queue are full.
-    let pad = "x".repeat(1000);
-    let mut last = 0u64;
-    while server.stats()["slow_consumer_closes"] == 0 {
-        assert!(last < 100_000, "no 1013 close after {last} messages");
-        let batch: String = (last + 1..=last + 100)
-            .map(|n| {
-                format!("{{\"topic\":\"{TOPIC}\",\"data\":{{\"n\":{n},\"pad\":\"{pad}\"}}}}\n")
-            })
-            .collect();
-        let (status, reply) = http(server.api, "POST", "/publish", &batch, &[]);
-        assert_eq!(status, 200, "{reply}");
-        last += 100;
-    }
+    // 1 KiB messages until the socket buffers and the 16 KiB queue are full.
+    let last = publish_until(&server, "slow_consumer_closes");
     proxy.pause_downstream(false);
     receive_until(&client, last, &mut got);
     assert!(got.lost.is_empty(), "{:?}", got.lost);
@@ -306,19 +313,7 @@ fn dropped_pushes_are_fetched_back_from_history() {
     let mut got = Received::default();
     wait_connected(&client, &mut got);
     proxy.pause_downstream(true);
-    let pad = "x".repeat(1000);
-    let mut last = 0u64;
-    while server.stats()["dropped"] == 0 {
-        assert!(last < 100_000, "nothing dropped after {last} messages");
-        let batch: String = (last + 1..=last + 100)
-            .map(|n| {
-                format!("{{\"topic\":\"{TOPIC}\",\"data\":{{\"n\":{n},\"pad\":\"{pad}\"}}}}\n")
-            })
-            .collect();
-        let (status, reply) = http(server.api, "POST", "/publish", &batch, &[]);
-        assert_eq!(status, 200, "{reply}");
-        last += 100;
-    }
+    let last = publish_until(&server, "dropped");
     proxy.pause_downstream(false);
     publish_numbers(server.api, last + 1, last + 10, Duration::ZERO);
     receive_until(&client, last + 10, &mut got);

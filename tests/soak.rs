@@ -3,8 +3,9 @@
 //! (`WSPUSH_SOAK_SECS`, default 180).
 //!
 //! Afterwards: the server's RSS is within 10 % of its baseline (taken after 20 warm-up rounds, so
-//! the allocator's steady state is the baseline), its open descriptors equal the live connections
-//! plus its fixed ones, and every message published to the healthy subscribers arrived.
+//! the allocator's steady state is the baseline) plus what the bounded history grew by, its open
+//! descriptors equal the live connections plus its fixed ones, and every message published to
+//! the healthy subscribers arrived.
 
 mod common;
 
@@ -259,6 +260,8 @@ fn soak_churn_leaves_no_leak_and_loses_nothing() {
     };
     settle();
     let baseline = rss_kib(pid);
+    // History fills up to its bounds during the run: that memory is held by design.
+    let history_at_baseline = stats(server.api)["history_bytes"].as_u64().unwrap_or(0);
     let started = Instant::now();
     let mut rounds = WARM_UP_ROUNDS;
     while started.elapsed() < Duration::from_secs(secs) {
@@ -285,9 +288,16 @@ fn soak_churn_leaves_no_leak_and_loses_nothing() {
         "a healthy subscriber missed messages"
     );
     assert_eq!(fds, fixed_fds + HEALTHY, "descriptors leaked");
+    // Each held byte costs up to about 1.5 in RSS (BENCHMARKS.md: 280 B for 209 charged).
+    let history_growth_kib = s["history_bytes"]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(history_at_baseline) as f64
+        * 1.5
+        / 1024.0;
     assert!(
-        rss as f64 <= baseline as f64 * 1.10,
-        "RSS grew from {baseline} to {rss} KiB"
+        rss as f64 <= baseline as f64 * 1.10 + history_growth_kib,
+        "RSS grew from {baseline} to {rss} KiB (history grew by {history_growth_kib:.0} KiB of RSS)"
     );
     assert_eq!(s["topics"], 1, "churners' topics were not removed");
 }

@@ -809,7 +809,9 @@ fn storm(o: &Opts) -> Result<(), String> {
     publish_paced(o, &mut b, &mut publisher, calm, |_| {})?;
     publisher.collect(true).map_err(|e| e.to_string())?;
     let calm_expected = (calm * bystanders) as u64;
-    b.run_until(Duration::from_secs(5), |b| b.total_frames() >= calm_expected);
+    b.run_until(Duration::from_secs(5), |b| {
+        b.total_frames() >= calm_expected
+    });
     let mut calm_lat = std::mem::take(&mut b.latencies);
     calm_lat.sort_unstable();
     let calm_p99 = percentile(&calm_lat, 0.99);
