@@ -21,6 +21,8 @@ pub struct Stats {
     /// Sessions closed with 1013 because their queue was full (`--slow-consumer close`).
     pub slow_consumer_closes: u64,
     pub heartbeat_timeouts: u64,
+    /// Protocol Pings sent to clients silent for the heartbeat interval.
+    pub pings_sent: u64,
     pub write_timeouts: u64,
     /// Connections that did not finish the handshake and first subscribe in time.
     pub handshake_timeouts: u64,

@@ -184,21 +184,54 @@ fn seed_style_client_works_unchanged() {
     }
 }
 
+/// A client that answers nothing: pinged at the interval, closed at interval + timeout.
 #[test]
 fn silent_client_is_closed_by_the_heartbeat() {
     let mut config = test_config();
     config.heartbeat_interval = Duration::from_millis(200);
     config.heartbeat_timeout = Duration::from_millis(200);
     let server = TestServer::with(config);
-    let mut ws = subscriber(&server, &["a"]);
+    let mut raw = raw_upgrade(&server);
+    raw.write_all(&masked_frame(0x81, br#"{"topics":["a"]}"#))
+        .unwrap();
+    assert_eq!(read_raw_frame(&mut raw).0, 1, "the ack");
     let started = std::time::Instant::now();
-    assert_eq!(expect_close(&mut ws), CloseCode::Policy);
+    assert_eq!(read_raw_frame(&mut raw), (9, vec![]), "an empty Ping");
+    let (opcode, payload) = read_raw_frame(&mut raw);
+    assert_eq!((opcode, close_code(&payload)), (8, 1008));
     assert!(
         started.elapsed() >= Duration::from_millis(350),
         "closed early: {:?}",
         started.elapsed()
     );
     assert_eq!(server.stats()["heartbeat_timeouts"], 1);
+    assert_eq!(server.stats()["pings_sent"], 1);
+}
+
+/// A client with no application heartbeat that answers protocol Pings (as browsers and
+/// WebSocket libraries do by themselves) stays connected.
+#[test]
+fn a_client_answering_protocol_pings_stays_connected() {
+    let mut config = test_config();
+    config.heartbeat_interval = Duration::from_millis(100);
+    config.heartbeat_timeout = Duration::from_millis(100);
+    let server = TestServer::with(config);
+    let mut ws = subscriber(&server, &["a"]);
+    ws.get_mut()
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Reading is all it does; tungstenite answers each Ping with a Pong on its own.
+    while started.elapsed() < Duration::from_millis(800) {
+        match ws.read() {
+            Ok(Message::Close(frame)) => panic!("closed: {frame:?}"),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert_eq!(server.stats()["heartbeat_timeouts"], 0);
+    assert!(server.stats()["pings_sent"].as_u64() >= Some(3));
 }
 
 #[test]

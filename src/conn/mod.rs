@@ -102,6 +102,9 @@ impl WriteStall {
 /// The connection settings, derived once from [`Config`].
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// A client silent this long gets a protocol Ping.
+    pub heartbeat_interval_ms: u64,
+    /// A client silent this long (interval + timeout) is closed.
     pub idle_limit_ms: u64,
     pub write_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
@@ -128,6 +131,7 @@ impl Settings {
             .max_message_size(Some(config.max_message_size))
             .max_frame_size(Some(config.max_message_size));
         Settings {
+            heartbeat_interval_ms: millis(config.heartbeat_interval),
             idle_limit_ms: config.idle_limit_ms(),
             write_timeout_ms: millis(config.write_timeout),
             handshake_timeout_ms: millis(config.handshake_timeout),

@@ -293,9 +293,50 @@ pub struct Session {
     rare: Option<Box<Rare>>,
     /// When the handshake and the first subscribe must be done by; `u64::MAX` once subscribed.
     subscribe_by_ms: u64,
-    last_input_ms: u64,
+    liveness: Liveness,
     stall: WriteStall,
     boundary: FrameBoundary,
+}
+
+/// When the client was last heard from, and whether the server has pinged it since: a client
+/// silent for the heartbeat interval gets a protocol Ping (browsers and WebSocket libraries
+/// answer it by themselves), and one silent for interval + timeout is closed.
+#[derive(Clone, Copy, Debug)]
+struct Liveness(u64);
+
+impl Liveness {
+    /// Set once the Ping went out; clear again at the next input. Loop times never reach it.
+    const PINGED: u64 = 1 << 63;
+
+    fn new(now_ms: u64) -> Self {
+        Liveness(now_ms)
+    }
+
+    fn heard(&mut self, now_ms: u64) {
+        self.0 = now_ms;
+    }
+
+    fn last_input_ms(self) -> u64 {
+        self.0 & !Self::PINGED
+    }
+
+    fn pinged(self) -> bool {
+        self.0 & Self::PINGED != 0
+    }
+
+    fn mark_pinged(&mut self) {
+        self.0 |= Self::PINGED;
+    }
+
+    /// The next thing due: the Ping at the interval (if one `may_ping` now), then the close at
+    /// interval + timeout.
+    fn deadline(self, s: &Settings, may_ping: bool) -> u64 {
+        if self.pinged() || s.echo || !may_ping {
+            self.last_input_ms() + s.idle_limit_ms
+        } else {
+            self.last_input_ms() + s.heartbeat_interval_ms
+        }
+    }
 }
 
 impl Session {
@@ -306,7 +347,7 @@ impl Session {
             subscriptions: Subscriptions::default(),
             rare: None,
             subscribe_by_ms: now_ms + settings.handshake_timeout_ms,
-            last_input_ms: now_ms,
+            liveness: Liveness::new(now_ms),
             stall: WriteStall::default(),
             boundary: FrameBoundary::default(),
         }
@@ -331,7 +372,7 @@ impl Session {
 
     /// Bytes read from the socket. All of `input` is consumed.
     pub fn on_input(&mut self, mut input: Bytes, ctx: &mut Ctx<'_>) {
-        self.last_input_ms = ctx.now_ms;
+        self.liveness.heard(ctx.now_ms);
         match &mut self.phase {
             Phase::Accepted | Phase::Handshaking(_) => self.on_request_bytes(&input, ctx),
             Phase::Open(open) => {
@@ -759,6 +800,13 @@ impl Session {
         );
     }
 
+    /// Queues a protocol Ping (empty, unmasked: the server's side).
+    fn queue_ping(&mut self) {
+        if let Phase::Open(open) = &mut self.phase {
+            open.out.push(Bytes::from_static(&[0x89, 0x00]));
+        }
+    }
+
     /// Queues a reply of our own (pong, ack, error, echo).
     fn send(&mut self, frame: Bytes, ctx: &mut Ctx<'_>) {
         self.queue_reply(frame, ctx.settings, ctx.stats, ctx.now_ms);
@@ -975,8 +1023,8 @@ impl Connection for Session {
     fn next_deadline(&self, settings: &Settings) -> u64 {
         let deadline = match &self.phase {
             Phase::Accepted | Phase::Handshaking(_) => self.subscribe_by_ms,
-            Phase::Open(_) => {
-                let idle = self.last_input_ms + settings.idle_limit_ms;
+            Phase::Open(open) => {
+                let idle = self.liveness.deadline(settings, open.can_write());
                 let claims = self.private().map_or(u64::MAX, |p| p.next_expiry_ms);
                 if settings.echo {
                     idle
@@ -1005,9 +1053,19 @@ impl Connection for Session {
                 stats.handshake_timeouts += 1;
                 self.phase = Phase::Gone;
             }
-            Phase::Open(_) if now >= self.last_input_ms + s.idle_limit_ms => {
+            Phase::Open(_) if now >= self.liveness.last_input_ms() + s.idle_limit_ms => {
                 stats.heartbeat_timeouts += 1;
                 self.close(CloseReason::HeartbeatTimeout, now);
+            }
+            Phase::Open(open)
+                if !s.echo
+                    && open.can_write()
+                    && !self.liveness.pinged()
+                    && now >= self.liveness.last_input_ms() + s.heartbeat_interval_ms =>
+            {
+                self.liveness.mark_pinged();
+                stats.pings_sent += 1;
+                self.queue_ping();
             }
             Phase::Open(_) if !s.echo && now >= self.subscribe_by_ms => {
                 stats.handshake_timeouts += 1;
@@ -1142,6 +1200,15 @@ mod tests {
         fn timer(&mut self, now_ms: u64) {
             self.session
                 .on_timer(&self.settings, &mut self.stats, &mut self.hub, now_ms);
+        }
+
+        /// The bytes queued so far, as they would go out.
+        fn raw_output(&mut self) -> Vec<u8> {
+            let mut bytes = Vec::new();
+            if let Some(out) = self.session.outbound() {
+                let _ = out.write_to(&mut bytes);
+            }
+            bytes
         }
 
         /// The text messages queued so far, as JSON.
@@ -1297,11 +1364,41 @@ mod tests {
         assert_eq!((h.subscribers("p-1"), h.subscribers("news")), (0, 1));
         assert!(h.session.rare.is_none(), "the expiries are freed");
         assert_eq!(h.stats.claim_expirations, 1);
-        // Back to the heartbeat deadline only.
+        // Back to the heartbeat deadline only (its Ping first).
         assert_eq!(
             h.session.next_deadline(&h.settings),
-            100 + h.settings.idle_limit_ms
+            100 + h.settings.heartbeat_interval_ms
         );
+    }
+
+    #[test]
+    fn a_silent_client_is_pinged_at_the_interval_and_closed_after_the_timeout() {
+        let mut h = Harness::open();
+        h.send(serde_json::json!({"topics":["news"]}), 0);
+        assert_eq!(h.output()[0]["cmd"], "subscribed");
+        let interval = h.settings.heartbeat_interval_ms;
+        assert_eq!(h.session.next_deadline(&h.settings), interval);
+        h.timer(interval);
+        assert_eq!(h.stats.pings_sent, 1);
+        assert_eq!(h.raw_output(), [0x89, 0x00], "an empty protocol Ping");
+        // Once: the next deadline is the close.
+        assert_eq!(
+            h.session.next_deadline(&h.settings),
+            h.settings.idle_limit_ms
+        );
+        h.timer(interval + 1);
+        assert_eq!(h.stats.pings_sent, 1);
+        // Any input (here a Pong frame) counts: the next Ping is an interval after it.
+        h.input(
+            &frame::masked(Opcode::Pong, b"", [1, 2, 3, 4]),
+            interval + 5,
+        );
+        assert_eq!(h.session.next_deadline(&h.settings), 2 * interval + 5);
+        h.timer(2 * interval + 5);
+        assert_eq!(h.stats.pings_sent, 2);
+        let _ = h.raw_output();
+        h.timer(interval + 5 + h.settings.idle_limit_ms);
+        assert_eq!(h.stats.heartbeat_timeouts, 1);
     }
 
     #[test]
@@ -1333,7 +1430,7 @@ mod tests {
         assert!(h.session.rare.is_none());
         assert_eq!(
             h.session.next_deadline(&h.settings),
-            6_000 + h.settings.idle_limit_ms
+            6_000 + h.settings.heartbeat_interval_ms
         );
     }
 
