@@ -164,6 +164,23 @@ fn publish_numbers(api: SocketAddr, from: u64, to: u64, every: Duration) {
     }
 }
 
+/// A subscriber behind a proxy that has stopped forwarding to it, on a server with a 16 KiB
+/// outbound cap and a history large enough for everything the tests publish.
+fn stalled_subscriber(policy: SlowConsumerPolicy) -> (TestServer, Proxy, Client, Received) {
+    let mut config = test_config();
+    config.outbound_cap = 16 * 1024;
+    config.slow_consumer = policy;
+    config.history_size = 100_000;
+    config.history_memory = 256 << 20;
+    let server = TestServer::with(config);
+    let proxy = Proxy::to(server.ws);
+    let client = Client::connect(client_config(proxy.url())).unwrap();
+    let mut got = Received::default();
+    wait_connected(&client, &mut got);
+    proxy.pause_downstream(true);
+    (server, proxy, client, got)
+}
+
 /// Publishes numbered 1 KiB messages in batches of 100 until the `/stats` counter `counter`
 /// moves; returns the last number published.
 fn publish_until(server: &TestServer, counter: &str) -> u64 {
@@ -220,16 +237,7 @@ fn a_vanished_connection_resumes_without_loss() {
 /// it gets back from history what the close discarded.
 #[test]
 fn a_slow_consumer_closed_with_1013_resumes_from_history() {
-    let mut config = test_config();
-    config.outbound_cap = 16 * 1024;
-    config.history_size = 100_000;
-    config.history_memory = 256 << 20;
-    let server = TestServer::with(config);
-    let proxy = Proxy::to(server.ws);
-    let client = Client::connect(client_config(proxy.url())).unwrap();
-    let mut got = Received::default();
-    wait_connected(&client, &mut got);
-    proxy.pause_downstream(true);
+    let (server, proxy, client, mut got) = stalled_subscriber(SlowConsumerPolicy::Close);
     // 1 KiB messages until the socket buffers and the 16 KiB queue are full.
     let last = publish_until(&server, "slow_consumer_closes");
     proxy.pause_downstream(false);
@@ -302,17 +310,7 @@ fn a_gap_longer_than_the_history_is_reported_with_its_position() {
 /// jump, says so, and fetches what it missed from history.
 #[test]
 fn dropped_pushes_are_fetched_back_from_history() {
-    let mut config = test_config();
-    config.outbound_cap = 16 * 1024;
-    config.slow_consumer = SlowConsumerPolicy::Drop;
-    config.history_size = 100_000;
-    config.history_memory = 256 << 20;
-    let server = TestServer::with(config);
-    let proxy = Proxy::to(server.ws);
-    let client = Client::connect(client_config(proxy.url())).unwrap();
-    let mut got = Received::default();
-    wait_connected(&client, &mut got);
-    proxy.pause_downstream(true);
+    let (server, proxy, client, mut got) = stalled_subscriber(SlowConsumerPolicy::Drop);
     let last = publish_until(&server, "dropped");
     proxy.pause_downstream(false);
     publish_numbers(server.api, last + 1, last + 10, Duration::ZERO);
