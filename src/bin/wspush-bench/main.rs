@@ -471,12 +471,7 @@ impl Publisher {
     }
 
     fn send(&mut self, path: &str, body: &[u8]) -> io::Result<()> {
-        // The API wants JSON for one message (`?topic=`), NDJSON for a batch.
-        let content_type = if path.contains("topic=") {
-            "application/json"
-        } else {
-            "application/x-ndjson"
-        };
+        let content_type = publish_content_type(path);
         let head = format!(
             "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
             body.len()
@@ -755,8 +750,18 @@ fn flood(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-/// One blocking API request (`Connection: close`); returns the response body.
-fn api_call(api: SocketAddr, path: &str, content_type: &str, body: &str) -> Result<String, String> {
+/// The API wants JSON for one message (`?topic=`), NDJSON for a batch.
+fn publish_content_type(path: &str) -> &'static str {
+    if path.contains("topic=") {
+        "application/json"
+    } else {
+        "application/x-ndjson"
+    }
+}
+
+/// One blocking publish (`Connection: close`); returns the response body.
+fn api_call(api: SocketAddr, path: &str, body: &str) -> Result<String, String> {
+    let content_type = publish_content_type(path);
     let mut s = std::net::TcpStream::connect(api).map_err(|e| e.to_string())?;
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -783,13 +788,8 @@ fn storm(o: &Opts) -> Result<(), String> {
     b.connect_all(o.ws, bystanders, o.concurrency, 0)?;
     let mut publisher = Publisher::new(o.api).map_err(|e| e.to_string())?;
     // The position the resumers saw last: the reply to one publish before they went away.
-    let reply: Value = serde_json::from_str(&api_call(
-        o.api,
-        "/publish?topic=storm",
-        "application/json",
-        "0",
-    )?)
-    .map_err(|e| e.to_string())?;
+    let reply: Value = serde_json::from_str(&api_call(o.api, "/publish?topic=storm", "0")?)
+        .map_err(|e| e.to_string())?;
     let (Some(offset), Some(epoch)) = (reply["offset"].as_u64(), reply["epoch"].as_str()) else {
         return Err(format!(
             "no position in the publish reply (history off?): {reply}"
@@ -799,7 +799,7 @@ fn storm(o: &Opts) -> Result<(), String> {
     for m in 0..o.messages {
         batch.push_str(&format!("{{\"topic\":\"storm\",\"data\":{m}}}\n"));
     }
-    api_call(o.api, "/publish", "application/x-ndjson", &batch)?;
+    api_call(o.api, "/publish", &batch)?;
     let since = json!({"cmd": "subscribe", "topics": ["storm"],
                        "since": {"storm": {"offset": offset, "epoch": epoch}}});
     b.resume = Some((bystanders, since.to_string()));
