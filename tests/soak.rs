@@ -3,7 +3,8 @@
 //! (`WSPUSH_SOAK_SECS`, default 180).
 //!
 //! Afterwards: the server's RSS is within 10 % of its baseline (taken after 20 warm-up rounds, so
-//! the allocator's steady state is the baseline) plus what the bounded history grew by, its open
+//! the allocator's steady state is the baseline, and every stream's history is full by then)
+//! plus what the bounded history grew by, its open
 //! descriptors equal the live connections plus its fixed ones, and every message published to
 //! the healthy subscribers arrived.
 
@@ -47,6 +48,10 @@ fn start_server() -> ServerProcess {
             "--no-tick",
             "--max-connections",
             "5000",
+            // Small enough that the warm-up fills every stream: bounded history is then part of
+            // the baseline, and what grows after it is a leak.
+            "--history-size",
+            "10",
         ])
         .stderr(Stdio::piped())
         .spawn()
