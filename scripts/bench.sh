@@ -9,8 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --bins >/dev/null 2>&1 || cargo build --release --bins
-N=10000; FLOOD_N=1000; SLOW_N=1000; NOTIFY_MSGS=120000; RUNS=3
-[ "${1:-}" = quick ] && { N=2000; FLOOD_N=500; SLOW_N=500; NOTIFY_MSGS=20000; RUNS=1; }
+N=10000; FLOOD_N=1000; SLOW_N=1000; NOTIFY_MSGS=120000; RUNS=3; KEEPALIVE_SECS=60
+[ "${1:-}" = quick ] && { N=2000; FLOOD_N=500; SLOW_N=500; NOTIFY_MSGS=20000; RUNS=1; KEEPALIVE_SECS=20; }
 out=$(mktemp -d)
 server=
 kind=
@@ -66,6 +66,9 @@ both "notify ($N clients, a topic each, $NOTIFY_MSGS messages at 10000/s)" notif
 start_server; echo "slow (baseline, $SLOW_N subscribers):"; bench slow -n "$SLOW_N" --stuck 0 --messages 200 --rate 50 --payload 1000
 start_server --outbound-cap 256KiB; echo "slow (10 stuck):"; bench slow -n "$SLOW_N" --stuck 10 --messages 200 --rate 50 --payload 1000
 start_server; echo "churn (5 x 2000):"; bench churn -n 2000 --cycles 5
+# Idle connections kept alive by the server's Pings (heartbeat 10 s: one Ping per connection per 10 s)
+start_server; echo "keepalive ($N silent subscribers answering Pings, $KEEPALIVE_SECS s):"
+bench keepalive -n "$N" --concurrency 500 --duration "${KEEPALIVE_SECS}s"
 cleanup
 
 python3 - "$out/results.jsonl" <<'PY'
@@ -100,6 +103,8 @@ lossless = all(r["expected"] == r["delivered"] for r in floods)
 print(f"| flood >= 3,000,000 deliveries/s, zero loss (median of {len(floods)}) | {fd['deliveries_per_sec']:.0f}/s (runs: {', '.join('%.0f' % r['deliveries_per_sec'] for r in floods)}), loss {sum(r['expected']-r['delivered'] for r in floods)} | {'yes' if fd['deliveries_per_sec'] >= 3e6 and lossless else 'no'} |")
 print(f"| 10 stuck of {s1['subscribers']}: others' p99 within 5 ms | {s1['p99_ms']:.1f} ms vs {s0['p99_ms']:.1f} ms, loss {s1['expected']-s1['delivered']} | {'yes' if s1['p99_ms'] <= s0['p99_ms'] + 5 and s1['expected']==s1['delivered'] else 'no'} |")
 print(f"| churn: RSS and descriptors back to baseline | RSS {ch['rss_before_kib']} (cold) / {ch['rss_first_cycle_kib']} (after cycle 1) -> {ch['rss_after_kib']} KiB, fds {ch['fds_before']} -> {ch['fds_after']} | {'yes' if ch['fds_before']==ch['fds_after'] and ch['rss_after_kib'] <= ch['rss_first_cycle_kib']*1.1 else 'no'} |")
+k = get("keepalive")
+print(f"| keepalive: {k['connections']} silent connections kept by the server's Pings, {k['secs']:.0f} s | {k['pings_per_sec']:.0f} Pings/s, server wake-ups {k['server_wakeups_per_sec']:.1f}/s, CPU {k['server_cpu_ms_per_sec']:.2f} ms/s, closed {k['closed']} | {'yes' if k['closed'] == 0 else 'no'} |")
 print(f"| idle server under 2 MiB RSS (5 starts, worst) | {max(idle)} KiB (all: {', '.join(map(str, idle))}) | {'yes' if max(idle) < 2048 else 'no'} |")
 
 # Server CPU per delivery against the yardstick, same generator and flags, runs alternating

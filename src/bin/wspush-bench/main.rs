@@ -1,7 +1,8 @@
 //! `wspush-bench`: the load generator. One thread, one mio poll loop, raw WebSocket framing, so
 //! the generator is not the bottleneck: pin it to the other core with `taskset -c 1`.
 //!
-//! Scenarios (see BENCHMARKS.md): `connect`, `fanout`, `flood`, `notify`, `slow`, `churn`.
+//! Scenarios (see BENCHMARKS.md): `connect`, `fanout`, `flood`, `notify`, `slow`, `churn`,
+//! `storm`, `keepalive`.
 //! Each prints a summary, and with `--json` one JSON line. `yardstick` is not a scenario but
 //! the minimal server the scenarios also run against (`yardstick.rs`).
 
@@ -43,7 +44,7 @@ struct Opts {
 fn usage() -> &'static str {
     "usage: wspush-bench SCENARIO [--ws ADDR] [--api ADDR] [--server-pid PID] [-n N] [--concurrency C]
        [--messages M] [--rate R] [--duration 10s] [--payload 100] [--stuck K] [--cycles 5] [--warmup 20] [--json]
-scenarios: connect | fanout | flood | notify | slow | churn | storm
+scenarios: connect | fanout | flood | notify | slow | churn | storm | keepalive
        wspush-bench yardstick [--ws ADDR] [--api ADDR]   (the minimal reference server; port 0 allowed)
 defaults: --ws 127.0.0.1:8091 --api 127.0.0.1:8092 -n 1000 --concurrency 256 --messages 100
           --rate 10 --duration 10s --payload 100 --stuck 10 --cycles 5 --warmup 20
@@ -53,7 +54,9 @@ defaults: --ws 127.0.0.1:8091 --api 127.0.0.1:8092 -n 1000 --concurrency 256 --m
 notify:   client i subscribes to user-<i>; --messages publishes round-robin over the topics, in
           batch requests of 100 lines, at --rate messages per second (--rate/100 requests/s)
 storm:    -n clients come back at once --messages behind on topic `storm` and resume from
-          history, while --stuck K other subscribers get a fan-out at --rate (their p99)"
+          history, while --stuck K other subscribers get a fan-out at --rate (their p99)
+keepalive: -n subscribers silent for --duration, answering the server's Pings; the server's
+          wake-ups (voluntary context switches) and CPU per second"
 }
 
 fn parse_opts() -> Result<Opts, String> {
@@ -189,6 +192,8 @@ enum Phase {
     Upgrading,
     Subscribing,
     Ready,
+    /// The server ended the connection.
+    Closed,
 }
 
 struct Conn {
@@ -214,6 +219,13 @@ struct Bench {
     conns: Vec<Conn>,
     ready: usize,
     failed: usize,
+    /// Connections the server ended (EOF or a Close frame) after they were ready.
+    closed: usize,
+    /// Protocol Pings received.
+    pings: u64,
+    /// Answer Pings with a Pong (keepalive). The other scenarios leave them unanswered, as they
+    /// always did, so that their figures stay comparable with the yardstick's, which never pings.
+    answer_pings: bool,
     started: Instant,
     /// Latencies (ns) of pushes carrying a `"t":` timestamp, and per-message last arrival.
     latencies: Vec<u64>,
@@ -234,6 +246,9 @@ impl Bench {
             conns: Vec::new(),
             ready: 0,
             failed: 0,
+            closed: 0,
+            pings: 0,
+            answer_pings: false,
             started: Instant::now(),
             latencies: Vec::new(),
             last_arrival: Default::default(),
@@ -327,12 +342,18 @@ impl Bench {
             // Nothing can be there to read before the server has seen the request.
             return;
         }
-        if c.stuck && c.phase == Phase::Ready {
+        if c.phase == Phase::Closed || (c.stuck && c.phase == Phase::Ready) {
             return;
         }
         loop {
             match c.stream.read(&mut self.read_buf) {
-                Ok(0) => return,
+                Ok(0) => {
+                    if c.phase == Phase::Ready {
+                        self.closed += 1;
+                    }
+                    c.phase = Phase::Closed;
+                    return;
+                }
                 Ok(n) => {
                     c.buf.extend_from_slice(&self.read_buf[..n]);
                     // A short read emptied the socket: the next arrival raises a new event on
@@ -365,10 +386,15 @@ impl Bench {
             c.phase = Phase::Subscribing;
         }
         let parse = self.parse_timestamps;
-        let (mut count, mut acked) = (0u64, false);
+        let (mut count, mut acked, mut pings, mut close) = (0u64, false, 0u64, false);
         let latencies = &mut self.latencies;
         let last = &mut self.last_arrival;
         let used = frame::split_frames(&c.buf, |op, payload| {
+            match op {
+                0x9 => pings += 1,
+                0x8 => close = true,
+                _ => {}
+            }
             if op != 1 {
                 return;
             }
@@ -385,6 +411,20 @@ impl Bench {
         });
         c.buf.drain(..used);
         c.frames += count;
+        self.pings += pings;
+        // Browsers and libraries answer a Ping by themselves (only the latest needs an answer).
+        if pings > 0 && self.answer_pings {
+            let pong = frame::masked(Opcode::Pong, b"", (i as u32).to_be_bytes());
+            if c.stream.write_all(&pong).is_err() {
+                self.failed += 1;
+            }
+        }
+        if close {
+            if c.phase == Phase::Ready {
+                self.closed += 1;
+            }
+            c.phase = Phase::Closed;
+        }
         if acked && c.phase == Phase::Subscribing {
             c.phase = Phase::Ready;
             self.ready += 1;
@@ -1014,6 +1054,54 @@ fn slow(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
+/// The server's voluntary context switches so far: on an otherwise idle loop, the times it
+/// slept in `epoll_wait` and woke up.
+fn voluntary_switches(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// N subscribers that send nothing for `--duration`, answering the server's Pings: what
+/// keeping idle connections alive costs the server (wake-ups and CPU per second).
+fn keepalive(o: &Opts) -> Result<(), String> {
+    let pid = o.pid.ok_or("keepalive needs --server-pid")?;
+    let mut b = Bench::new().map_err(|e| e.to_string())?;
+    b.answer_pings = true;
+    b.connect_all(o.ws, o.n, o.concurrency, 0)?;
+    let (switches0, cpu0, t0) = (voluntary_switches(pid), cpu_secs(pid), Instant::now());
+    b.run_until(o.duration, |b| b.closed > 0);
+    let secs = t0.elapsed().as_secs_f64();
+    let (switches1, cpu1) = (voluntary_switches(pid), cpu_secs(pid));
+    let wakeups = switches0
+        .zip(switches1)
+        .map(|(a, z)| z.saturating_sub(a) as f64 / secs);
+    let cpu_ms = cpu0.zip(cpu1).map(|(a, z)| (z - a) * 1e3 / secs);
+    let pings_per_sec = b.pings as f64 / secs;
+    report(
+        o,
+        format!(
+            "keepalive: {} connections for {secs:.1} s: {} Pings received ({pings_per_sec:.0}/s), {} closed by the server; server wake-ups {}/s, CPU {} ms/s",
+            o.n,
+            b.pings,
+            b.closed,
+            wakeups.map_or("?".into(), |w| format!("{w:.1}")),
+            cpu_ms.map_or("?".into(), |c| format!("{c:.2}")),
+        ),
+        json!({ "connections": o.n, "secs": secs, "pings": b.pings, "pings_per_sec": pings_per_sec,
+                "closed": b.closed, "server_wakeups_per_sec": wakeups, "server_cpu_ms_per_sec": cpu_ms }),
+    );
+    if b.closed > 0 {
+        return Err(format!(
+            "{} connections were closed while idle answering Pings",
+            b.closed
+        ));
+    }
+    Ok(())
+}
+
 fn churn(o: &Opts) -> Result<(), String> {
     let pid = o.pid.ok_or("churn needs --server-pid")?;
     let (rss0, fd0) = (rss_kib(pid), fd_count(pid));
@@ -1094,6 +1182,7 @@ fn main() -> ExitCode {
         "churn" => churn(&opts),
         "notify" => notify(&opts),
         "storm" => storm(&opts),
+        "keepalive" => keepalive(&opts),
         "yardstick" => yardstick::run(opts.ws, opts.api).map_err(|e| e.to_string()),
         other => Err(format!("unknown scenario {other}\n{}", usage())),
     };
