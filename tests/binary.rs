@@ -335,3 +335,37 @@ fn configured_from_env_with_a_token_file() {
         "the token is in the log"
     );
 }
+
+#[test]
+fn sighup_does_not_stop_the_server() {
+    let (server, _stderr, ready) = common::start_until_listening(Command::new(BIN).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--api-listen",
+        "127.0.0.1:0",
+        "--tick-interval",
+        "100ms",
+    ]));
+    let (ws_addr, _) = common::listening_addrs(&ready);
+    let stream = TcpStream::connect(ws_addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let (mut ws, _) = tungstenite::client(format!("ws://{ws_addr}/ws"), stream).unwrap();
+    ws.send(Message::text(r#"{"topics":["test-topic"]}"#))
+        .unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &server.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Ticks keep arriving after the signal: the process and this session are alive.
+    let mut pushes = 0;
+    while pushes < 5 {
+        match ws.read() {
+            Ok(Message::Text(t)) => pushes += usize::from(t.contains("publish msg")),
+            Ok(_) => {}
+            Err(e) => panic!("the session ended after SIGHUP: {e}"),
+        }
+    }
+}

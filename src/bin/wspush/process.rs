@@ -1,6 +1,7 @@
 //! What the `wspush` binary does to its own process, through the `libc` crate: what std's
-//! start-up would have done (SIGPIPE, descriptors 0-2), the open-file limit, SIGINT/SIGTERM, and
-//! dropping the pages only start-up used. Process-wide, so the binary's and not the library's.
+//! start-up would have done (SIGPIPE, descriptors 0-2), SIGHUP ignored, the open-file limit,
+//! SIGINT/SIGTERM, and dropping the pages only start-up used. Process-wide, so the binary's and
+//! not the library's.
 
 use std::ffi::c_int;
 use std::io;
@@ -15,6 +16,12 @@ use wspush::ShutdownHandle;
 pub fn prepare_process() -> io::Result<()> {
     // SAFETY: SIG_IGN is a valid disposition for SIGPIPE; no handler of ours runs.
     if unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    // SIGHUP (a closed terminal, `kill -HUP` out of habit) must not end a server holding
+    // thousands of connections; settings are read once, so there is nothing to reload.
+    // SAFETY: SIG_IGN is a valid disposition for SIGHUP; no handler of ours runs.
+    if unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) } == libc::SIG_ERR {
         return Err(io::Error::last_os_error());
     }
     for fd in 0..3 {
