@@ -61,6 +61,8 @@ pub struct Config {
     /// Echo mode for protocol conformance testing only: every message comes back unchanged.
     pub echo: bool,
     pub log_level: log::LevelFilter,
+    /// How the binaries' logger prints a record (the library installs no logger).
+    pub log_format: LogFormat,
     /// Browser origins allowed to open WebSockets (403 otherwise); empty: any.
     pub allowed_origins: Vec<String>,
     /// Token clients must present at the handshake (`?token=` or `Authorization: Bearer`).
@@ -119,6 +121,7 @@ impl Config {
             api_request_timeout: Duration::ZERO,
             echo: false,
             log_level: log::LevelFilter::Off,
+            log_format: LogFormat::Text,
             allowed_origins: Vec::new(),
             client_token: None,
             api_allowed_origins: Vec::new(),
@@ -154,6 +157,7 @@ impl fmt::Debug for Config {
             api_request_timeout,
             echo,
             log_level,
+            log_format,
             allowed_origins,
             client_token,
             api_allowed_origins,
@@ -184,6 +188,7 @@ impl fmt::Debug for Config {
             .field("api_request_timeout", api_request_timeout)
             .field("echo", echo)
             .field("log_level", log_level)
+            .field("log_format", log_format)
             .field("allowed_origins", allowed_origins)
             .field("client_token", &hidden(client_token))
             .field("api_allowed_origins", api_allowed_origins)
@@ -193,6 +198,27 @@ impl fmt::Debug for Config {
             .field("history_ttl", history_ttl)
             .field("history_memory", history_memory)
             .finish()
+    }
+}
+
+/// How a record is printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// `2026-12-02T02:25:01.123Z INFO  [wspush::server] message`
+    #[default]
+    Text,
+    /// `{"ts":"2026-12-02T02:25:01.123Z","level":"INFO","target":"wspush::server","msg":"message"}`
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = &'static str;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err("text|json"),
+        }
     }
 }
 
@@ -783,6 +809,17 @@ static SETTINGS: &[Setting] = &[
         help: "off|error|warn|info|debug|trace",
         kind: Kind::Value(|c, v| {
             c.log_level = v.parse().map_err(|_| "off|error|warn|info|debug|trace")?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--log-format",
+        env: "WSPUSH_LOG_FORMAT",
+        value: "FORMAT",
+        default: "text",
+        help: "text|json (UTC timestamps, left out of text under journald)",
+        kind: Kind::Value(|c, v| {
+            c.log_format = v.parse()?;
             Ok(())
         }),
     },

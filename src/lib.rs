@@ -24,7 +24,8 @@
 //! for private topics, resume after the last offset seen with lost continuity reported; push
 //! data handed over as the raw JSON text sent) on one background thread, built on [`wire`].
 //!
-//! The library never installs a logger; it logs through the `log` facade.
+//! The library never installs a logger; it logs through the `log` facade. [`logger`] (feature
+//! `cli`) is the binaries' one.
 //!
 //! # Example
 //! ```no_run
@@ -44,6 +45,8 @@ pub mod config;
 pub mod conn;
 pub mod error;
 pub mod hub;
+#[cfg(feature = "cli")]
+pub mod logger;
 pub mod server;
 pub mod stats;
 pub mod timer;

@@ -369,3 +369,44 @@ fn sighup_does_not_stop_the_server() {
         }
     }
 }
+
+/// The first log line of a server started with `env` and `args` (it is ended at once).
+fn first_log_line(env: &[(&str, &str)], args: &[&str]) -> String {
+    let mut command = Command::new(BIN);
+    command
+        .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+        .args(args)
+        .env_remove("JOURNAL_STREAM")
+        .envs(env.iter().copied());
+    let (_server, _stderr, ready) = common::start_until_listening(&mut command);
+    ready
+}
+
+#[test]
+fn logs_carry_utc_timestamps_except_under_journald_and_can_be_json() {
+    let is_stamp = |s: &str| {
+        s.len() == 24 && s.ends_with('Z') && s.as_bytes()[10] == b'T' && s.starts_with("20")
+    };
+    let text = first_log_line(&[], &[]);
+    let (stamp, rest) = text.split_once(' ').expect(&text);
+    assert!(is_stamp(stamp), "{text}");
+    assert!(rest.starts_with("INFO  [wspush::server] "), "{text}");
+
+    let journald = first_log_line(&[("JOURNAL_STREAM", "8:12345")], &[]);
+    assert!(
+        journald.starts_with("INFO  [wspush::server] "),
+        "{journald}"
+    );
+
+    let json = first_log_line(&[("WSPUSH_LOG_FORMAT", "json")], &[]);
+    let value: serde_json::Value = serde_json::from_str(&json).expect(&json);
+    assert_eq!(value["level"], "INFO", "{json}");
+    assert_eq!(value["target"], "wspush::server", "{json}");
+    assert!(is_stamp(value["ts"].as_str().unwrap_or("")), "{json}");
+    assert!(
+        value["msg"]
+            .as_str()
+            .unwrap_or("")
+            .contains("listening on ws://")
+    );
+}

@@ -121,9 +121,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(args.log_level)
-        .init();
+    // stderr, so stdout stays free for the pushes.
+    wspush::logger::Logger::new(args.log_level, wspush::logger::LogFormat::Text).install();
     let client = match Client::connect(args.config) {
         Ok(c) => c,
         Err(e) => {

@@ -452,7 +452,7 @@ impl Session {
         };
         match answer {
             Ok(response) => {
-                debug!("session {:?}: handshake done", self.id);
+                debug!("session {}: handshake done", self.id);
                 let mut out = OutQueue::new();
                 out.push(response);
                 self.phase = Phase::Open(OpenWs { out, reading: None });
@@ -460,7 +460,7 @@ impl Session {
             Err(HttpError { status, message }) => {
                 ctx.stats.handshake_failures += 1;
                 debug!(
-                    "session {:?}: handshake refused ({status}): {message}",
+                    "session {}: handshake refused ({status}): {message}",
                     self.id
                 );
                 let mut out = OutQueue::new();
@@ -503,7 +503,7 @@ impl Session {
                     return self.finish(ctx.now_ms);
                 }
                 Err(err) => {
-                    debug!("session {:?}: {err}", self.id);
+                    debug!("session {}: {err}", self.id);
                     let reason = match err {
                         tungstenite::Error::Capacity(_) => CloseReason::TooBig,
                         tungstenite::Error::Utf8(_) => CloseReason::BadUtf8,
@@ -577,7 +577,7 @@ impl Session {
             if matches!(e, RequestError::ClaimRefused { .. }) {
                 ctx.stats.claims_refused += 1;
             }
-            debug!("session {:?}: bad request: {e}", self.id);
+            debug!("session {}: bad request: {e}", self.id);
             message::encode_request_error(&e)
         });
         self.send(frame, ctx);
@@ -791,7 +791,7 @@ impl Session {
             self.forget_replay(topic);
         }
         stats.claim_expirations += expired.len() as u64;
-        debug!("session {:?}: claims expired: {expired:?}", self.id);
+        debug!("session {}: claims expired: {expired:?}", self.id);
         self.queue_reply(
             message::encode_claims_expired(&expired),
             settings,
@@ -891,7 +891,7 @@ impl Session {
                 mut out,
                 reading: mut kept,
             }) => {
-                debug!("session {:?}: closing: {}", self.id, reason.text());
+                debug!("session {}: closing: {}", self.id, reason.text());
                 if reason == CloseReason::SlowConsumer {
                     out.discard_unsent();
                 }
@@ -1041,7 +1041,7 @@ impl Connection for Session {
     fn on_timer(&mut self, s: &Settings, stats: &mut Stats, hub: &mut Hub, now: u64) {
         if self.stall.expired(now, s.write_timeout_ms) {
             stats.write_timeouts += 1;
-            debug!("session {:?}: write timeout", self.id);
+            debug!("session {}: write timeout", self.id);
             self.phase = Phase::Gone;
             return;
         }

@@ -32,6 +32,29 @@ pub use history::{Epoch, History, HistoryLimits, NextPosition, Position, Stream}
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SubscriberId(pub u64);
 
+impl SubscriberId {
+    /// The id of a connection: its sequence number in the high half (so ids grow with it, in
+    /// connection order) and the caller's slot for it in the low half.
+    pub fn new(sequence: u32, slot: u32) -> Self {
+        SubscriberId(u64::from(sequence) << 32 | u64::from(slot))
+    }
+
+    pub fn sequence(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    pub fn slot(self) -> u32 {
+        self.0 as u32
+    }
+}
+
+/// `#sequence`, as logs name a connection.
+impl std::fmt::Display for SubscriberId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.sequence())
+    }
+}
+
 /// Marks a member that left; it is skipped until the list is compacted.
 const LEFT: u64 = 1 << 63;
 

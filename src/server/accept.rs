@@ -74,7 +74,7 @@ impl Loop {
             match listener.accept() {
                 Ok((socket, peer)) => match port {
                     Port::WebSocket => self.admit_ws(socket, peer),
-                    Port::Api => self.admit_api(socket),
+                    Port::Api => self.admit_api(socket, peer),
                 },
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => {}
@@ -105,6 +105,10 @@ impl Loop {
         };
         self.accepting.ws_count += 1;
         self.app.stats.accepted += 1;
+        debug!(
+            "session #{}: connected from {peer}",
+            self.conns[key].generation
+        );
         if self.accepting.deferred_accept {
             // The request is most likely here already; reading it now saves a readiness
             // event (epoll does not report a drained socket).
@@ -115,7 +119,7 @@ impl Loop {
         }
     }
 
-    fn admit_api(&mut self, socket: TcpStream) {
+    fn admit_api(&mut self, socket: TcpStream, peer: SocketAddr) {
         if self.accepting.api_count >= MAX_API_CONNECTIONS {
             // Make room by closing the connection that has waited longest for (or on) a
             // request; only when every one has answers on their way is the newcomer refused.
@@ -135,6 +139,10 @@ impl Loop {
         };
         self.accepting.api_count += 1;
         self.accepting.api_keys.push(key);
+        debug!(
+            "API connection #{}: connected from {peer}",
+            self.conns[key].generation
+        );
         self.sync_timer(key);
     }
 

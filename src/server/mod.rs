@@ -136,7 +136,7 @@ impl Conn {
         let written = match out.write_to(&mut SocketWriter::new(&self.socket)) {
             Ok(n) => n,
             Err(e) => {
-                debug!("write failed: {e}");
+                debug!("connection #{}: write failed: {e}", self.generation);
                 self.eof = true;
                 0
             }
@@ -161,12 +161,13 @@ fn random_seed() -> u64 {
     hasher.finish()
 }
 
+/// Slab keys stay below 2^32: the connection cap is far smaller.
 fn subscriber_id(key: usize, generation: u32) -> SubscriberId {
-    SubscriberId(u64::from(generation) << 32 | key as u64)
+    SubscriberId::new(generation, key as u32)
 }
 
 fn split_id(id: SubscriberId) -> (usize, u32) {
-    ((id.0 & 0xFFFF_FFFF) as usize, (id.0 >> 32) as u32)
+    (id.slot() as usize, id.sequence())
 }
 
 pub struct Server {
@@ -419,7 +420,7 @@ impl Loop {
                 Err(e) if would_block(&e) => return,
                 Err(e) if interrupted(&e) => continue,
                 Err(e) => {
-                    debug!("read failed: {e}");
+                    debug!("connection #{}: read failed: {e}", conn.generation);
                     0
                 }
             };
@@ -805,6 +806,7 @@ impl Loop {
             return;
         };
         self.memory.on_removed();
+        debug!("connection #{}: closed", conn.generation);
         let _ = self.poll.registry().deregister(&mut conn.socket);
         if let Some(handle) = conn.timer {
             self.timers.cancel(handle);

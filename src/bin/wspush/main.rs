@@ -56,10 +56,8 @@ fn run<'a>(args: impl Iterator<Item = &'a CStr>) -> c_int {
             return USAGE;
         }
     };
-    // stderr, so stdout stays free for tools; no timestamps: journald and docker add their own.
-    let _ = simple_logger::SimpleLogger::new()
-        .with_level(config.log_level)
-        .init();
+    // stderr, so stdout stays free for tools.
+    wspush::logger::Logger::new(config.log_level, config.log_format).install();
     match process::raise_fd_limit() {
         // A limit past usize (`rlim_t` is 64 bits on some 32-bit targets) is plenty.
         Ok(limit) if usize::try_from(limit).is_ok_and(|l| l < config.max_connections + 64) => {
