@@ -1265,6 +1265,7 @@ mod tests {
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.tick, Some(("t".into(), Duration::from_millis(500))));
         assert!(run(&["--no-tick"]).unwrap().tick.is_none());
+        assert!(Config::default().demo_page && !run(&["--no-demo-page"]).unwrap().demo_page);
         assert!(
             run(&["--no-tick", "--tick-topic", "t"])
                 .unwrap()
