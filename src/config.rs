@@ -30,6 +30,9 @@ pub struct Config {
     pub api_listen: Option<SocketAddr>,
     /// The WebSocket endpoint path. Default `/ws`, as the seed.
     pub path: String,
+    /// Serve the live demo page at `/` of the WebSocket port (`--no-demo-page` turns it off;
+    /// `/wspush.js` is served either way).
+    pub demo_page: bool,
     /// Demo publisher: topic and interval, `None` when off. Default `test-topic` every 3 s, as
     /// the seed, which pushes `"publish msg"`.
     pub tick: Option<(String, Duration)>,
@@ -105,6 +108,7 @@ impl Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             api_listen: None,
             path: String::new(),
+            demo_page: true,
             tick: None,
             heartbeat_interval: Duration::ZERO,
             heartbeat_timeout: Duration::ZERO,
@@ -141,6 +145,7 @@ impl fmt::Debug for Config {
             listen,
             api_listen,
             path,
+            demo_page,
             tick,
             heartbeat_interval,
             heartbeat_timeout,
@@ -172,6 +177,7 @@ impl fmt::Debug for Config {
             .field("listen", listen)
             .field("api_listen", api_listen)
             .field("path", path)
+            .field("demo_page", demo_page)
             .field("tick", tick)
             .field("heartbeat_interval", heartbeat_interval)
             .field("heartbeat_timeout", heartbeat_timeout)
@@ -512,6 +518,14 @@ static SETTINGS: &[Setting] = &[
             c.path = v.to_owned();
             Ok(())
         }),
+    },
+    Setting {
+        flag: "--no-demo-page",
+        env: "WSPUSH_NO_DEMO_PAGE",
+        value: "",
+        default: "false",
+        help: "do not serve the demo page at / (/wspush.js stays)",
+        kind: Kind::Switch(|c| c.demo_page = false),
     },
     Setting {
         flag: "--tick-topic",
@@ -1288,6 +1302,7 @@ mod tests {
         assert_eq!(c.listen.port(), 0);
         assert_eq!(c.tick, Some(("t".into(), Duration::from_millis(500))));
         assert!(run(&["--no-tick"]).unwrap().tick.is_none());
+        assert!(Config::default().demo_page && !run(&["--no-demo-page"]).unwrap().demo_page);
         assert!(
             run(&["--no-tick", "--tick-topic", "t"])
                 .unwrap()

@@ -6,7 +6,8 @@
 //! milliseconds.
 //! - [`server`]: the mio loop, the only code that does I/O: poll, accept, read, one dispatch
 //!   over the connection kinds, moving hub deliveries into outbound queues, flush, expire.
-//! - [`app`]: what requests mean: the API's route table, the upgrade policy (path, origin,
+//! - [`app`]: what requests mean: the API's route table, the WebSocket port's (the upgrade, the
+//!   demo page and the browser client module), the upgrade policy (path, origin,
 //!   client token) and the API token, which topics need a signed subscription claim (with its
 //!   own SHA-256 and HMAC), the demo publisher, the counters of `/stats`.
 //! - [`conn`]: per-connection state machines of one shape ([`conn::Connection`]): the WebSocket

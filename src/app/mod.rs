@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod claim;
+pub mod page;
 pub mod sha256;
 pub mod tick;
 
@@ -20,7 +21,7 @@ use crate::conn::ws::{WsRoute, WsRoutes};
 use crate::hub::{Position, Stream};
 use crate::stats::Stats;
 use crate::wire::handshake;
-use crate::wire::http::{Head, HttpLimits, Method, Request, Response};
+use crate::wire::http::{Head, HttpError, HttpLimits, Method, Request, Response};
 use crate::wire::message::{self, TopicRules};
 pub use auth::{HandshakePolicy, SubscribePolicy};
 
@@ -36,10 +37,12 @@ pub struct App {
 }
 
 /// The route table of the WebSocket port: the upgrade on `--path`, checked against the policy,
-/// and which topics its sessions may subscribe to.
+/// and which topics its sessions may subscribe to; the demo page and the client module on
+/// other paths (`--path` wins where they meet).
 pub struct WsPort {
     pub policy: HandshakePolicy,
     pub subscribe: SubscribePolicy,
+    pages: page::Pages,
 }
 
 impl WsPort {
@@ -47,12 +50,23 @@ impl WsPort {
         WsPort {
             policy: HandshakePolicy::from_config(config),
             subscribe: SubscribePolicy::from_config(config),
+            pages: page::Pages::new(config.demo_page),
         }
     }
 }
 
 impl WsRoutes for WsPort {
     fn route(&self, head: &Head<'_, '_>) -> WsRoute {
+        let (path, _) = head.path_and_query();
+        if path != self.policy.path {
+            return match self.pages.answer(head, path) {
+                Some(response) => WsRoute::Respond(response),
+                None => WsRoute::Refuse(HttpError {
+                    status: 404,
+                    message: "nothing at this path (the WebSocket endpoint is --path)",
+                }),
+            };
+        }
         let accepted = handshake::upgrade_request(head)
             .and_then(|request| self.policy.check(&request).map(|()| request));
         match accepted {

@@ -58,6 +58,9 @@ pub enum WsRoute {
     Upgrade(Vec<u8>),
     /// Answer with this error and close.
     Refuse(HttpError),
+    /// A plain HTTP request the port serves (the demo page, the client module): send this
+    /// complete response and close. Not a handshake failure.
+    Respond(Vec<u8>),
 }
 
 /// Which topics a session may subscribe to: the application's policy, asked for every
@@ -439,14 +442,21 @@ impl Session {
                 self.phase = Phase::Handshaking(received.unwrap_or_else(|| input.to_vec()));
                 return;
             }
-            // A valid client waits for our 101 before it sends anything else.
-            Ok(Some(head)) if head.len < request.len() => Err(HttpError {
-                status: 400,
-                message: "data after the upgrade request",
-            }),
             Ok(Some(head)) => match ctx.routes.route(&head) {
+                // A valid client waits for our 101 before it sends anything else.
+                WsRoute::Upgrade(_) if head.len < request.len() => Err(HttpError {
+                    status: 400,
+                    message: "data after the upgrade request",
+                }),
                 WsRoute::Upgrade(response) => Ok(response),
                 WsRoute::Refuse(e) => Err(e),
+                // Answered with `Connection: close`: whatever follows the head (a pipelined
+                // request) is not read.
+                WsRoute::Respond(response) => {
+                    debug!("session {:?}: plain HTTP request answered", self.id);
+                    self.finish_with(response, ctx.now_ms);
+                    return;
+                }
             },
             Err(e) => Err(e),
         };
@@ -463,14 +473,19 @@ impl Session {
                     "session {}: handshake refused ({status}): {message}",
                     self.id
                 );
-                let mut out = OutQueue::new();
-                out.push(http::error_response(status, message));
-                self.phase = Phase::Finishing {
-                    out: Box::new(out),
-                    deadline_ms: ctx.now_ms + CLOSE_LINGER_MS,
-                };
+                self.finish_with(http::error_response(status, message), ctx.now_ms);
             }
         }
+    }
+
+    /// Queues the HTTP response that ends a connection which never became a WebSocket.
+    fn finish_with(&mut self, response: impl Into<super::outbound::Chunk>, now_ms: u64) {
+        let mut out = OutQueue::new();
+        out.push(response);
+        self.phase = Phase::Finishing {
+            out: Box::new(out),
+            deadline_ms: now_ms + CLOSE_LINGER_MS,
+        };
     }
 
     fn read_messages(&mut self, ws: &mut WebSocketContext, input: &mut Bytes, ctx: &mut Ctx<'_>) {

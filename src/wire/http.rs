@@ -598,6 +598,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
     match status {
         100 => "Continue",
         200 => "OK",
+        304 => "Not Modified",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -692,22 +693,27 @@ impl Response {
 }
 
 /// A complete JSON error response that closes the connection (the refusals on the WebSocket
-/// port: a 426 also names the protocol and version to upgrade to).
+/// port). A 426 also names the protocol and version to upgrade to, and lists `Upgrade` in
+/// `Connection` as the header is hop-by-hop (RFC 9110 §7.8).
 pub fn error_response(status: u16, message: &str) -> Bytes {
+    use std::io::Write;
     let body = serde_json::json!({ "error": message }).to_string();
-    let upgrade: &[(&str, &str)] = if status == 426 {
-        &[("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")]
+    let (connection, upgrade) = if status == 426 {
+        (
+            "Upgrade, close",
+            "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n",
+        )
     } else {
-        &[]
+        ("close", "")
     };
     let mut out = Vec::with_capacity(160 + body.len());
-    write_response(
-        &mut out,
-        status,
-        "application/json",
-        body.as_bytes(),
-        false,
-        upgrade,
+    // Writing into a Vec cannot fail.
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Connection: {connection}\r\n{upgrade}\r\n{body}",
+        reason_phrase(status),
+        body.len()
     );
     Bytes::from(out)
 }
