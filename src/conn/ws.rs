@@ -1283,7 +1283,7 @@ mod tests {
 
         /// A session upgraded at 0 that awaits its `auth` message (token `t0k`).
         fn awaiting_auth(config: Config) -> Harness {
-            let mut h = Self::open_routed(Hub::new(), config, &TokenInMessage);
+            let h = Self::open_routed(Hub::new(), config, &TokenInMessage);
             assert!(h.session.setup.awaiting_auth());
             h
         }
