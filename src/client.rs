@@ -22,6 +22,11 @@
 //! for the last K held messages on the first subscribe. Without history (or with an older
 //! server) pushes carry no position and all of this is off.
 //!
+//! Client token ([`ClientConfig::token`], a server's `--client-token`): sent as
+//! `Authorization: Bearer` with the upgrade by default, or, with [`TokenIn::Message`], as the
+//! first message `{"cmd":"auth","token":..}` with the subscribe right behind it (no round trip).
+//! Neither puts it in the URL, where proxies log it.
+//!
 //! Private topics: [`ClientConfig::claims`] go with every (re)subscribe. A refused claim
 //! ([`Event::SubscribeRefused`]) and an expiry ([`Event::Unsubscribed`]) drop the topic from
 //! the client's topics, so a stale claim never blocks the resubscribe of the others (the server
@@ -100,6 +105,23 @@ pub struct ClientConfig {
     /// (`"recent":K`), on the client's first subscribe only: after a reconnect the client
     /// resumes where it was instead (`since`). None by default.
     pub recent: Option<u64>,
+    /// The server's client token (`--client-token`), none by default.
+    pub token: Option<String>,
+    /// How the token travels ([`TokenIn::Header`] by default).
+    pub token_in: TokenIn,
+}
+
+/// Where [`ClientConfig::token`] goes. Both keep it out of the URL (and so out of proxies'
+/// access logs); the header is checked before the 101, the message after it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenIn {
+    /// `Authorization: Bearer <token>` in the upgrade request: a wrong token is a 401 and the
+    /// session never opens. The token must be visible ASCII.
+    #[default]
+    Header,
+    /// `{"cmd":"auth","token":..}` as the first message of every connection (the way browsers
+    /// must use, since they cannot set headers on a WebSocket); a wrong one closes with 1008.
+    Message,
 }
 
 impl ClientConfig {
@@ -115,6 +137,8 @@ impl ClientConfig {
             backoff_initial: Duration::from_secs(3),
             backoff_max: Duration::from_secs(30),
             recent: None,
+            token: None,
+            token_in: TokenIn::Header,
         }
     }
 }
@@ -212,6 +236,8 @@ pub enum ClientError {
     InvalidUrl(String),
     /// A scheme other than `ws://`: `wss://` (TLS) and `http(s)://` are not spoken here.
     UnsupportedScheme(String),
+    /// A token that cannot go in a header ([`TokenIn::Header`]): empty, or not visible ASCII.
+    InvalidToken,
     Io(io::Error),
 }
 
@@ -227,6 +253,10 @@ impl fmt::Display for ClientError {
                 f,
                 "{scheme}:// is not supported: use a plain ws://host:port/path URL \
                  (wss:// needs a TLS-terminating proxy)"
+            ),
+            Self::InvalidToken => f.write_str(
+                "the client token cannot go in an Authorization header (empty, or not visible \
+                 ASCII): send it in the first message instead",
             ),
             Self::Io(e) => write!(f, "I/O error: {e}"),
         }
@@ -333,6 +363,11 @@ const WAKER: Token = Token(1);
 impl Client {
     pub fn connect(config: ClientConfig) -> Result<Client, ClientError> {
         parse_url(&config.url)?;
+        if let (Some(token), TokenIn::Header) = (&config.token, config.token_in)
+            && !handshake::is_header_token(token)
+        {
+            return Err(ClientError::InvalidToken);
+        }
         let poll = Poll::new().map_err(ClientError::Io)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(ClientError::Io)?);
         let (event_tx, events) = mpsc::channel();
@@ -618,7 +653,12 @@ impl Worker {
             return fail(format!("register: {e}"));
         }
         let key = self.handshake_key();
-        let request = handshake::client_request(&authority, &path, &key);
+        let request = match (&self.config.token, self.config.token_in) {
+            (Some(token), TokenIn::Header) => {
+                handshake::client_request_with_bearer(&authority, &path, &key, token)
+            }
+            _ => handshake::client_request(&authority, &path, &key),
+        };
         let result = self.drive(stream, &request, &key);
         result.unwrap_or_else(fail)
     }
@@ -687,6 +727,13 @@ impl Worker {
         // Frames the server sent right behind its 101 are not lost.
         let mut ws = WebSocket::from_partially_read(stream, leftover, Role::Client, None);
         self.continuity.new_connection();
+        if let (Some(token), TokenIn::Message) = (&self.config.token, self.config.token_in) {
+            // The subscribe follows at once: the server reads it after the token.
+            let auth = serde_json::json!({ "cmd": "auth", "token": token }).to_string();
+            ws.write(Message::text(auth))
+                .or_else(would_block)
+                .map_err(|e| format!("auth: {e}"))?;
+        }
         let subscribe = self.resubscribe_request();
         ws.send(Message::text(subscribe))
             .or_else(would_block)

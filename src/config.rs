@@ -724,7 +724,7 @@ static SETTINGS: &[Setting] = &[
         env: "WSPUSH_CLIENT_TOKEN",
         value: "TOKEN",
         default: "none",
-        help: "token clients present as ?token= or Bearer (401)",
+        help: "token clients send in their first message, or as Bearer or ?token= (401)",
         kind: Kind::Secret {
             file_flag: "--client-token-file",
             file_env: "WSPUSH_CLIENT_TOKEN_FILE",

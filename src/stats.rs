@@ -26,6 +26,9 @@ pub struct Stats {
     pub write_timeouts: u64,
     /// Connections that did not finish the handshake and first subscribe in time.
     pub handshake_timeouts: u64,
+    /// Sessions awaiting the client token in their first message closed with 1008: a wrong
+    /// token, another message first, or no `auth` in time (not in `handshake_timeouts`).
+    pub auth_failures: u64,
     /// Client requests answered with an `error` message.
     pub bad_requests: u64,
     /// Subscribes refused because a private topic had no valid claim (also in `bad_requests`).

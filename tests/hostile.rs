@@ -364,7 +364,8 @@ fn origin_allow_list_and_client_token() {
         403
     );
     assert_eq!(attempt("/ws?token=wrong", Some("https://app.example")), 401);
-    assert_eq!(attempt("/ws", None), 401);
+    // No token at the upgrade: accepted, the first message must bring it (tests/first_message.rs).
+    assert_eq!(attempt("/ws", None), 101);
 }
 
 #[test]

@@ -260,7 +260,8 @@ fn the_query_token_is_percent_decoded() {
     // `+` is a space in a query.
     assert_eq!(upgrade_status(&server, "/ws?token=p%25ss+w%26rd"), 401);
     assert_eq!(upgrade_status(&server, "/ws?token=p%25ss%2Bw"), 401);
-    assert_eq!(upgrade_status(&server, "/ws"), 401);
+    // No token at all: the first message must bring it (tests/first_message.rs).
+    assert_eq!(upgrade_status(&server, "/ws"), 101);
     let server = token_server("a+b c");
     assert_eq!(upgrade_status(&server, "/ws?token=a%2Bb+c"), 101);
     assert_eq!(upgrade_status(&server, "/ws?token=a%2Bb%20c"), 101);

@@ -21,8 +21,19 @@ pub struct HandshakePolicy {
     /// check protects browsers from cross-site use, it does not authenticate.
     pub allowed_origins: Vec<String>,
     /// Required client token, given as `?token=` in the URL (browsers cannot set headers on a
-    /// WebSocket; percent-decoded, `+` is a space) or as `Authorization: Bearer` (verbatim).
+    /// WebSocket; percent-decoded, `+` is a space), as `Authorization: Bearer` (verbatim), or,
+    /// when the upgrade presents neither, in the session's first message.
     pub client_token: Option<String>,
+}
+
+/// What kind of session an accepted upgrade becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// An ordinary session: no token is required, or the right one came with the upgrade.
+    Open,
+    /// A token is required and none came with the upgrade: the session's first message must
+    /// be `{"cmd":"auth","token":..}`.
+    AwaitAuth,
 }
 
 impl HandshakePolicy {
@@ -36,8 +47,11 @@ impl HandshakePolicy {
 }
 
 impl HandshakePolicy {
-    /// Whether a well-formed upgrade request may become a session.
-    pub fn check(&self, request: &UpgradeRequest<'_>) -> Result<(), HttpError> {
+    /// Whether a well-formed upgrade request may become a session, and which kind. A token
+    /// presented at the upgrade (`?token=`, or an `Authorization: Bearer`; other schemes are
+    /// not a client token) must be right; without one the token is awaited in the first
+    /// message, which keeps it out of URLs and so out of proxies' access logs.
+    pub fn check(&self, request: &UpgradeRequest<'_>) -> Result<Admission, HttpError> {
         let refuse = |status, message| Err(HttpError { status, message });
         if request.path != self.path {
             return refuse(404, "no WebSocket endpoint at this path");
@@ -51,19 +65,29 @@ impl HandshakePolicy {
         {
             return refuse(403, "origin not allowed");
         }
-        if let Some(expected) = &self.client_token {
+        if self.client_token.is_some() {
             // A malformed escape is a 400 from the decoder.
             let from_query = match request.query {
                 Some(query) => http::query_value(query, "token")?,
                 None => None,
             };
             let from_header = request.authorization.and_then(bearer_token);
-            let presented = from_query.as_deref().or(from_header).unwrap_or("");
-            if !constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
-                return refuse(401, "missing or wrong client token");
+            let Some(presented) = from_query.as_deref().or(from_header) else {
+                return Ok(Admission::AwaitAuth);
+            };
+            if !self.token_matches(presented) {
+                return refuse(401, "wrong client token");
             }
         }
-        Ok(())
+        Ok(Admission::Open)
+    }
+
+    /// Whether `presented` is the client token (no token required: never, there is nothing
+    /// to authenticate).
+    pub fn token_matches(&self, presented: &str) -> bool {
+        self.client_token
+            .as_deref()
+            .is_some_and(|expected| constant_time_eq(presented.as_bytes(), expected.as_bytes()))
     }
 }
 
@@ -225,6 +249,7 @@ mod tests {
         assert!(!constant_time_eq(b"", b"x"));
     }
 
+    /// 101 for an ordinary session, 102 for one awaiting its `auth` message, else the status.
     fn check(token: &str, query: Option<&str>, authorization: Option<&str>) -> u16 {
         let policy = HandshakePolicy {
             path: "/ws".to_owned(),
@@ -238,7 +263,39 @@ mod tests {
             authorization,
             key: "dGhlIHNhbXBsZSBub25jZQ==",
         };
-        policy.check(&request).map_or_else(|e| e.status, |()| 101)
+        match policy.check(&request) {
+            Ok(Admission::Open) => 101,
+            Ok(Admission::AwaitAuth) => 102,
+            Err(e) => e.status,
+        }
+    }
+
+    #[test]
+    fn without_a_token_at_the_upgrade_the_first_message_must_bring_it() {
+        assert_eq!(check("t", None, None), 102);
+        assert_eq!(check("t", Some("a=1"), None), 102);
+        // Another scheme is not a client token (a browser may send cached Basic credentials).
+        assert_eq!(check("t", None, Some("Basic dTpw")), 102);
+        // A token presented is checked there: wrong (even empty) is refused at once.
+        assert_eq!(check("t", Some("token="), None), 401);
+        assert_eq!(check("t", Some("token=u"), None), 401);
+        assert_eq!(check("t", None, Some("Bearer u")), 401);
+        assert_eq!(check("t", Some("token=t"), None), 101);
+        assert_eq!(check("t", None, Some("Bearer t")), 101);
+        let open = HandshakePolicy {
+            path: "/ws".to_owned(),
+            ..HandshakePolicy::default()
+        };
+        assert!(
+            !open.token_matches(""),
+            "no token required: nothing to match"
+        );
+        let policy = HandshakePolicy {
+            client_token: Some("t".to_owned()),
+            ..open
+        };
+        assert!(policy.token_matches("t"));
+        assert!(!policy.token_matches("T"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::stats::Stats;
 use crate::wire::handshake;
 use crate::wire::http::{Head, HttpError, HttpLimits, Method, Request, Response};
 use crate::wire::message::{self, TopicRules};
-pub use auth::{HandshakePolicy, SubscribePolicy};
+pub use auth::{Admission, HandshakePolicy, SubscribePolicy};
 
 /// The application: policies derived from the configuration, and the counters.
 pub struct App {
@@ -68,11 +68,20 @@ impl WsRoutes for WsPort {
             };
         }
         let accepted = handshake::upgrade_request(head)
-            .and_then(|request| self.policy.check(&request).map(|()| request));
+            .and_then(|request| Ok((self.policy.check(&request)?, request)));
         match accepted {
-            Ok(request) => WsRoute::Upgrade(handshake::accept_response(request.key)),
+            Ok((Admission::Open, request)) => {
+                WsRoute::Upgrade(handshake::accept_response(request.key))
+            }
+            Ok((Admission::AwaitAuth, request)) => {
+                WsRoute::UpgradeAwaitingAuth(handshake::accept_response(request.key))
+            }
             Err(e) => WsRoute::Refuse(e),
         }
+    }
+
+    fn token_matches(&self, token: &str) -> bool {
+        self.policy.token_matches(token)
     }
 }
 

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use wspush::client::{Client, ClientConfig, Event};
+use wspush::client::{Client, ClientConfig, Event, TokenIn};
 use wspush::config::parse_duration;
 
 const HELP: &str = "wspush-client: subscribe to a wspush server and print pushes
@@ -17,6 +17,10 @@ Usage: wspush-client -r HOST:PORT [FLAGS]
   --claim CLAIM               signed claim for private topics (PAYLOAD.SIG), repeatable;
                               sent with every subscribe
   --path PATH                 endpoint path when -r is HOST:PORT [default: /ws]
+  --token TOKEN               the server's --client-token, sent as Authorization: Bearer
+                              with the upgrade [default: none]
+  --token-in-message          send the token as the first message {\"cmd\":\"auth\",..}
+                              instead of the header
   --json                      print JSON lines {\"topic\":..,\"data\":..}, with \"offset\" and
                               \"epoch\" when the server sends positions [default: plain]
   --recent N                  on the first subscribe, replay the last N messages the server
@@ -63,6 +67,8 @@ fn parse(args: Vec<String>) -> Result<Option<Args>, String> {
             "-t" | "--topic" => topics.push(value()?),
             "--claim" => config.claims.push(value()?),
             "--path" => path = value()?,
+            "--token" => config.token = Some(value()?),
+            "--token-in-message" => config.token_in = TokenIn::Message,
             "--json" => json = true,
             "--count" => count = Some(value()?.parse().map_err(|_| "--count: expected a number")?),
             "--recent" => {
@@ -97,6 +103,9 @@ fn parse(args: Vec<String>) -> Result<Option<Args>, String> {
     wspush::client::parse_url(&config.url).map_err(|e| e.to_string())?;
     if !topics.is_empty() {
         config.topics = topics;
+    }
+    if config.token_in == TokenIn::Message && config.token.is_none() {
+        return Err("--token-in-message needs --token".into());
     }
     if config.ping_interval.is_zero() || config.heartbeat_timeout.is_zero() {
         return Err("intervals must be positive".into());

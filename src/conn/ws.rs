@@ -18,6 +18,12 @@
 //! subscription's claim expires and ends it then (its deadline is one of the session's timer
 //! deadlines); a session without private topics holds one empty pointer for it.
 //!
+//! Authentication in the first message: a session the route table upgraded without a client
+//! token (`WsRoute::UpgradeAwaitingAuth`) reads nothing but `{"cmd":"auth","token":..}` until
+//! the token is right; anything else, a wrong token, or no `auth` by the setup deadline closes
+//! it with 1008. No subscription can exist before, so nothing is delivered to it. The state is
+//! one bit of that deadline ([`Setup`]): no byte per session.
+//!
 //! Recovery (history on): a subscribe with `since` or `recent` starts a paced replay of the
 //! topic's history, one cursor per replaying subscription (boxed, absent otherwise). The session
 //! queues what fits under its outbound cap and the server calls [`Session::continue_replay`]
@@ -51,11 +57,21 @@ const CLOSE_LINGER_MS: u64 = 2_000;
 /// request's head has arrived.
 pub trait WsRoutes {
     fn route(&self, head: &http::Head<'_, '_>) -> WsRoute;
+
+    /// Whether `token`, from the `auth` message of a session upgraded with
+    /// [`WsRoute::UpgradeAwaitingAuth`], is the client token (compared in constant time). A
+    /// route table that never answers so needs no token.
+    fn token_matches(&self, _token: &str) -> bool {
+        false
+    }
 }
 
 pub enum WsRoute {
     /// Become a WebSocket session; this is the 101 response.
     Upgrade(Vec<u8>),
+    /// Become a WebSocket session that must send the client token in its first message
+    /// ([`WsRoutes::token_matches`]) before anything else; this is the 101 response.
+    UpgradeAwaitingAuth(Vec<u8>),
     /// Answer with this error and close.
     Refuse(HttpError),
     /// A plain HTTP request the port serves (the demo page, the client module): send this
@@ -177,6 +193,11 @@ pub enum CloseReason {
     SlowConsumer,
     ShuttingDown,
     Internal,
+    /// Awaiting its `auth` message, the session got another message.
+    AuthRequired,
+    WrongToken,
+    /// No `auth` message by the setup deadline.
+    AuthTimeout,
 }
 
 impl CloseReason {
@@ -186,7 +207,11 @@ impl CloseReason {
             Self::BinaryData => CloseCode::Unsupported,
             Self::BadUtf8 => CloseCode::Invalid,
             Self::TooBig => CloseCode::Size,
-            Self::SubscribeTimeout | Self::HeartbeatTimeout => CloseCode::Policy,
+            Self::SubscribeTimeout
+            | Self::HeartbeatTimeout
+            | Self::AuthRequired
+            | Self::WrongToken
+            | Self::AuthTimeout => CloseCode::Policy,
             Self::SlowConsumer => CloseCode::Again,
             Self::ShuttingDown => CloseCode::Away,
             Self::Internal => CloseCode::Error,
@@ -204,6 +229,9 @@ impl CloseReason {
             Self::SlowConsumer => "outbound queue full",
             Self::ShuttingDown => "server shutting down",
             Self::Internal => "internal error",
+            Self::AuthRequired => "authentication required",
+            Self::WrongToken => "wrong client token",
+            Self::AuthTimeout => "authentication timeout",
         }
     }
 }
@@ -294,11 +322,47 @@ pub struct Session {
     /// Boxed and absent until a private topic is subscribed or a replay starts: 8 bytes for
     /// everyone else.
     rare: Option<Box<Rare>>,
-    /// When the handshake and the first subscribe must be done by; `u64::MAX` once subscribed.
-    subscribe_by_ms: u64,
+    /// When the handshake (and the authentication) and the first subscribe must be done by.
+    setup: Setup,
     liveness: Liveness,
     stall: WriteStall,
     boundary: FrameBoundary,
+}
+
+/// The setup deadline, from the accept: the handshake, the `auth` message if the session awaits
+/// one, and the first subscribe must be done by it (`--handshake-timeout`); never once
+/// subscribed. The top bit: the session awaits its `auth` message (loop times never reach it).
+#[derive(Clone, Copy, Debug)]
+struct Setup(u64);
+
+impl Setup {
+    const AWAITING_AUTH: u64 = 1 << 63;
+    /// Subscribed: no deadline (and not awaiting authentication).
+    const NEVER: u64 = !Self::AWAITING_AUTH;
+
+    fn by(deadline_ms: u64) -> Self {
+        Setup(deadline_ms.min(Self::NEVER))
+    }
+
+    fn deadline_ms(self) -> u64 {
+        self.0 & Self::NEVER
+    }
+
+    fn awaiting_auth(self) -> bool {
+        self.0 & Self::AWAITING_AUTH != 0
+    }
+
+    fn await_auth(&mut self) {
+        self.0 |= Self::AWAITING_AUTH;
+    }
+
+    fn authenticated(&mut self) {
+        self.0 &= Self::NEVER;
+    }
+
+    fn subscribed(&mut self) {
+        self.0 = Self::NEVER;
+    }
 }
 
 /// When the client was last heard from, and whether the server has pinged it since: a client
@@ -349,7 +413,7 @@ impl Session {
             id,
             subscriptions: Subscriptions::default(),
             rare: None,
-            subscribe_by_ms: now_ms + settings.handshake_timeout_ms,
+            setup: Setup::by(now_ms.saturating_add(settings.handshake_timeout_ms)),
             liveness: Liveness::new(now_ms),
             stall: WriteStall::default(),
             boundary: FrameBoundary::default(),
@@ -444,16 +508,21 @@ impl Session {
             }
             Ok(Some(head)) => match ctx.routes.route(&head) {
                 // A valid client waits for our 101 before it sends anything else.
-                WsRoute::Upgrade(_) if head.len < request.len() => Err(HttpError {
-                    status: 400,
-                    message: "data after the upgrade request",
-                }),
-                WsRoute::Upgrade(response) => Ok(response),
+                WsRoute::Upgrade(_) | WsRoute::UpgradeAwaitingAuth(_)
+                    if head.len < request.len() =>
+                {
+                    Err(HttpError {
+                        status: 400,
+                        message: "data after the upgrade request",
+                    })
+                }
+                WsRoute::Upgrade(response) => Ok((response, false)),
+                WsRoute::UpgradeAwaitingAuth(response) => Ok((response, true)),
                 WsRoute::Refuse(e) => Err(e),
                 // Answered with `Connection: close`: whatever follows the head (a pipelined
                 // request) is not read.
                 WsRoute::Respond(response) => {
-                    debug!("session {:?}: plain HTTP request answered", self.id);
+                    debug!("session {}: plain HTTP request answered", self.id);
                     self.finish_with(response, ctx.now_ms);
                     return;
                 }
@@ -461,8 +530,11 @@ impl Session {
             Err(e) => Err(e),
         };
         match answer {
-            Ok(response) => {
+            Ok((response, awaiting_auth)) => {
                 debug!("session {}: handshake done", self.id);
+                if awaiting_auth {
+                    self.setup.await_auth();
+                }
                 let mut out = OutQueue::new();
                 out.push(response);
                 self.phase = Phase::Open(OpenWs { out, reading: None });
@@ -504,6 +576,10 @@ impl Session {
             };
             match ws.read(&mut stream) {
                 Ok(Message::Text(text)) => self.on_text(text, ctx),
+                Ok(Message::Binary(_)) if self.setup.awaiting_auth() => {
+                    ctx.stats.auth_failures += 1;
+                    return self.close_with(Some(ws), CloseReason::AuthRequired, ctx.now_ms);
+                }
                 Ok(Message::Binary(data)) if ctx.settings.echo => {
                     self.send(frame::frame(Opcode::Binary, &data), ctx);
                 }
@@ -556,6 +632,9 @@ impl Session {
     }
 
     fn on_text(&mut self, text: Utf8Bytes, ctx: &mut Ctx<'_>) {
+        if self.setup.awaiting_auth() {
+            return self.authenticate(&text, ctx);
+        }
         if ctx.settings.echo {
             return self.send(frame::frame(Opcode::Text, text.as_bytes()), ctx);
         }
@@ -585,6 +664,7 @@ impl Session {
             }
             Ok(ClientMessage::Ping) => Ok(message::pong_frame()),
             Ok(ClientMessage::Pong) => return,
+            Ok(ClientMessage::Auth { .. }) => Err(RequestError::UnexpectedAuth),
             Err(e) => Err(e),
         };
         let frame = reply.unwrap_or_else(|e| {
@@ -596,6 +676,24 @@ impl Session {
             message::encode_request_error(&e)
         });
         self.send(frame, ctx);
+    }
+
+    /// The first message of a session awaiting authentication: the right token makes it an
+    /// ordinary session (what follows in the same input is read as usual); anything else
+    /// closes it.
+    fn authenticate(&mut self, text: &str, ctx: &mut Ctx<'_>) {
+        let reason = match message::parse_client_message(text) {
+            Ok(ClientMessage::Auth { token }) if ctx.routes.token_matches(&token) => {
+                debug!("session {}: authenticated", self.id);
+                self.setup.authenticated();
+                return self.send(message::authenticated_frame(), ctx);
+            }
+            Ok(ClientMessage::Auth { .. }) => CloseReason::WrongToken,
+            _ => CloseReason::AuthRequired,
+        };
+        ctx.stats.auth_failures += 1;
+        // No frame context is held between messages, and this one is complete.
+        self.close(reason, ctx.now_ms);
     }
 
     /// All or nothing: a request with one bad topic, or one private topic without a valid
@@ -643,7 +741,7 @@ impl Session {
                 .get_or_insert_default()
                 .extend(topic, ctx.now_ms.saturating_add(remaining_ms));
         }
-        self.subscribe_by_ms = u64::MAX;
+        self.setup.subscribed();
         Ok(ack)
     }
 
@@ -1037,14 +1135,15 @@ impl Connection for Session {
 
     fn next_deadline(&self, settings: &Settings) -> u64 {
         let deadline = match &self.phase {
-            Phase::Accepted | Phase::Handshaking(_) => self.subscribe_by_ms,
+            Phase::Accepted | Phase::Handshaking(_) => self.setup.deadline_ms(),
             Phase::Open(open) => {
                 let idle = self.liveness.deadline(settings, open.can_write());
                 let claims = self.private().map_or(u64::MAX, |p| p.next_expiry_ms);
-                if settings.echo {
+                // Echo sessions need no subscribe, but still the `auth` when awaited.
+                if settings.echo && !self.setup.awaiting_auth() {
                     idle
                 } else {
-                    idle.min(self.subscribe_by_ms).min(claims)
+                    idle.min(self.setup.deadline_ms()).min(claims)
                 }
             }
             Phase::Finishing { deadline_ms, .. } => *deadline_ms,
@@ -1064,9 +1163,13 @@ impl Connection for Session {
             self.expire_claims(hub, s, stats, now);
         }
         match &self.phase {
-            Phase::Accepted | Phase::Handshaking(_) if now >= self.subscribe_by_ms => {
+            Phase::Accepted | Phase::Handshaking(_) if now >= self.setup.deadline_ms() => {
                 stats.handshake_timeouts += 1;
                 self.phase = Phase::Gone;
+            }
+            Phase::Open(_) if self.setup.awaiting_auth() && now >= self.setup.deadline_ms() => {
+                stats.auth_failures += 1;
+                self.close(CloseReason::AuthTimeout, now);
             }
             Phase::Open(_) if now >= self.liveness.last_input_ms() + s.idle_limit_ms => {
                 stats.heartbeat_timeouts += 1;
@@ -1082,7 +1185,7 @@ impl Connection for Session {
                 stats.pings_sent += 1;
                 self.queue_ping();
             }
-            Phase::Open(_) if !s.echo && now >= self.subscribe_by_ms => {
+            Phase::Open(_) if !s.echo && now >= self.setup.deadline_ms() => {
                 stats.handshake_timeouts += 1;
                 self.close(CloseReason::SubscribeTimeout, now);
             }
@@ -1117,6 +1220,22 @@ mod tests {
                 Ok(request) => WsRoute::Upgrade(handshake::accept_response(request.key)),
                 Err(e) => WsRoute::Refuse(e),
             }
+        }
+    }
+
+    /// Upgrades every request into a session awaiting its `auth`; the token is `t0k`.
+    struct TokenInMessage;
+
+    impl WsRoutes for TokenInMessage {
+        fn route(&self, head: &http::Head<'_, '_>) -> WsRoute {
+            match UpgradeAll.route(head) {
+                WsRoute::Upgrade(response) => WsRoute::UpgradeAwaitingAuth(response),
+                other => other,
+            }
+        }
+
+        fn token_matches(&self, token: &str) -> bool {
+            token == "t0k"
         }
     }
 
@@ -1155,6 +1274,7 @@ mod tests {
         hub: Hub,
         stats: Stats,
         settings: Settings,
+        routes: &'static dyn WsRoutes,
     }
 
     impl Harness {
@@ -1177,12 +1297,24 @@ mod tests {
         }
 
         fn open_with(hub: Hub, config: Config) -> Harness {
+            Self::open_routed(hub, config, &UpgradeAll)
+        }
+
+        /// A session upgraded at 0 that awaits its `auth` message (token `t0k`).
+        fn awaiting_auth(config: Config) -> Harness {
+            let h = Self::open_routed(Hub::new(), config, &TokenInMessage);
+            assert!(h.session.setup.awaiting_auth());
+            h
+        }
+
+        fn open_routed(hub: Hub, config: Config, routes: &'static dyn WsRoutes) -> Harness {
             let settings = Settings::from_config(&config);
             let mut harness = Harness {
                 session: Session::new(SubscriberId(1), 0, &settings),
                 hub,
                 stats: Stats::default(),
                 settings,
+                routes,
             };
             let key = handshake::client_key([7; 16]);
             harness.input(&handshake::client_request("x", "/ws", &key), 0);
@@ -1195,7 +1327,7 @@ mod tests {
                 hub: &mut self.hub,
                 settings: &self.settings,
                 stats: &mut self.stats,
-                routes: &UpgradeAll,
+                routes: self.routes,
                 access: &ClaimIsExpiry,
                 now_ms,
                 unix_ms: UNIX_AT_START_MS + now_ms,
@@ -1458,6 +1590,150 @@ mod tests {
         assert_eq!(reply[0]["topic"], "p-1");
         assert_eq!((h.subscribers("news"), h.subscribers("p-1")), (0, 0));
         assert_eq!((h.stats.claims_refused, h.stats.bad_requests), (1, 1));
+    }
+
+    /// The close frame among what was queued: (code, reason).
+    fn close_of(bytes: &[u8]) -> Option<(u16, String)> {
+        let mut close = None;
+        frame::split_frames(bytes, |opcode, payload| {
+            if opcode == Opcode::Close as u8 && payload.len() >= 2 {
+                let code = u16::from_be_bytes([payload[0], payload[1]]);
+                close = Some((code, String::from_utf8_lossy(&payload[2..]).into_owned()));
+            }
+        });
+        close
+    }
+
+    fn text_frame(json: serde_json::Value) -> Vec<u8> {
+        frame::masked(Opcode::Text, json.to_string().as_bytes(), [1, 2, 3, 4])
+    }
+
+    #[test]
+    fn the_right_token_first_then_an_ordinary_session_even_pipelined() {
+        let mut h = Harness::awaiting_auth(Config::default());
+        // auth and subscribe in one read: processed in order.
+        let mut input = text_frame(serde_json::json!({"cmd":"auth","token":"t0k"}));
+        input.extend(text_frame(
+            serde_json::json!({"cmd":"subscribe","topics":["news"]}),
+        ));
+        h.input(&input, 10);
+        let out = h.output();
+        assert_eq!(out[0], serde_json::json!({"cmd":"authenticated"}));
+        assert_eq!(out[1]["cmd"], "subscribed", "{out:?}");
+        assert_eq!(h.subscribers("news"), 1);
+        assert_eq!(h.publish("news", "1"), Push::Queued);
+        assert_eq!(h.output()[0]["cmd"], "push");
+        // A second auth is answered with an error; the session stays.
+        h.send(serde_json::json!({"cmd":"auth","token":"t0k"}), 20);
+        let out = h.output();
+        assert_eq!(out[0]["cmd"], "error", "{out:?}");
+        assert!(matches!(h.session.status(false), Status::Live));
+        assert_eq!((h.stats.auth_failures, h.stats.bad_requests), (0, 1));
+    }
+
+    #[test]
+    fn before_the_token_anything_else_closes_with_1008() {
+        let cases: [(&[u8], &str); 5] = [
+            (
+                &text_frame(serde_json::json!({"cmd":"subscribe","topics":["news"]})),
+                "authentication required",
+            ),
+            (
+                &text_frame(serde_json::json!({"cmd":"ping"})),
+                "authentication required",
+            ),
+            (
+                &frame::masked(Opcode::Binary, b"t0k", [1, 2, 3, 4]),
+                "authentication required",
+            ),
+            (
+                &text_frame(serde_json::json!({"cmd":"auth"})),
+                "authentication required",
+            ),
+            (
+                &text_frame(serde_json::json!({"cmd":"auth","token":"t0K"})),
+                "wrong client token",
+            ),
+        ];
+        for (input, reason) in cases {
+            let mut h = Harness::awaiting_auth(Config::default());
+            // Whatever follows in the same read is not read any more.
+            let mut input = input.to_vec();
+            input.extend(text_frame(serde_json::json!({"cmd":"auth","token":"t0k"})));
+            h.input(&input, 10);
+            let bytes = h.raw_output();
+            assert_eq!(close_of(&bytes), Some((1008, reason.to_owned())));
+            assert!(!bytes.windows(13).any(|w| w == b"authenticated"));
+            assert_eq!(h.subscribers("news"), 0);
+            assert!(matches!(h.session.status(false), Status::Finishing));
+            assert_eq!(h.stats.auth_failures, 1);
+        }
+    }
+
+    #[test]
+    fn no_token_by_the_setup_deadline_closes_with_1008() {
+        let config = Config::default();
+        let mut h = Harness::awaiting_auth(config);
+        let timeout = h.settings.handshake_timeout_ms;
+        // Measured from the accept, as the handshake's own deadline; Pings answered meanwhile.
+        assert_eq!(h.session.next_deadline(&h.settings), timeout);
+        h.input(&frame::masked(Opcode::Ping, b"hi", [1, 2, 3, 4]), 5);
+        assert_eq!(h.raw_output(), [0x8a, 0x02, b'h', b'i'], "a Pong");
+        assert_eq!(h.session.next_deadline(&h.settings), timeout);
+        h.timer(timeout - 1);
+        assert!(h.raw_output().is_empty());
+        h.timer(timeout);
+        assert_eq!(
+            close_of(&h.raw_output()),
+            Some((1008, "authentication timeout".to_owned()))
+        );
+        assert_eq!((h.stats.auth_failures, h.stats.handshake_timeouts), (1, 0));
+    }
+
+    #[test]
+    fn echo_sessions_await_the_token_too() {
+        let config = Config {
+            echo: true,
+            ..Config::default()
+        };
+        let mut h = Harness::awaiting_auth(config.clone());
+        assert_eq!(
+            h.session.next_deadline(&h.settings),
+            h.settings.handshake_timeout_ms
+        );
+        h.input(&frame::masked(Opcode::Text, b"hello", [1, 2, 3, 4]), 1);
+        assert_eq!(
+            close_of(&h.raw_output()),
+            Some((1008, "authentication required".to_owned()))
+        );
+        let mut h = Harness::awaiting_auth(config);
+        h.send(serde_json::json!({"cmd":"auth","token":"t0k"}), 1);
+        h.input(&frame::masked(Opcode::Text, b"hello", [1, 2, 3, 4]), 2);
+        let mut texts = Vec::new();
+        frame::split_frames(&h.raw_output(), |_, p| texts.push(p.to_vec()));
+        assert_eq!(
+            texts,
+            [br#"{"cmd":"authenticated"}"#.to_vec(), b"hello".to_vec()]
+        );
+        // Authenticated: no setup deadline in echo mode.
+        assert!(h.session.next_deadline(&h.settings) > h.settings.handshake_timeout_ms);
+    }
+
+    #[test]
+    fn without_a_token_required_auth_is_an_error_reply() {
+        let mut h = Harness::open();
+        h.send(serde_json::json!({"cmd":"auth","token":"t0k"}), 1);
+        let out = h.output();
+        assert_eq!(out[0]["cmd"], "error");
+        assert!(
+            out[0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no authentication expected")),
+            "{out:?}"
+        );
+        h.send(serde_json::json!({"topics":["news"]}), 2);
+        assert_eq!(h.output()[0]["cmd"], "subscribed");
+        assert_eq!(h.stats.auth_failures, 0);
     }
 
     #[test]

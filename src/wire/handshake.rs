@@ -154,6 +154,22 @@ Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
     .into_bytes()
 }
 
+/// [`client_request`] with `Authorization: Bearer <token>` (`token` must be a valid header
+/// value: visible ASCII, see [`is_header_token`]).
+pub fn client_request_with_bearer(host: &str, path: &str, key: &str, token: &str) -> Vec<u8> {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// Whether `token` can go in an `Authorization: Bearer` header unchanged: non-empty visible
+/// ASCII without spaces (no CR or LF to split the request).
+pub fn is_header_token(token: &str) -> bool {
+    !token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())
+}
+
 /// A fresh `Sec-WebSocket-Key` from 16 bytes the caller drew at random.
 pub fn client_key(random: [u8; 16]) -> String {
     base64(&random)

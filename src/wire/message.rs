@@ -11,8 +11,11 @@
 //!   `"since":{"<topic>":{"offset":N,"epoch":"E"}}` (resume after a position) and `"recent":K`
 //!   (replay the last K held messages of the other topics)
 //! - `{"cmd":"ping"}` (answered with `{"cmd":"pong"}`), `{"cmd":"pong"}` (ignored, a sign of life)
+//! - `{"cmd":"auth","token":"T"}`: the client token, as the first message of a session that
+//!   presented none at the upgrade (answered with `{"cmd":"authenticated"}`)
 //!
-//! Server → client: `push`, `pong`, `subscribed`, `unsubscribed`, `continuity_lost`, `error`
+//! Server → client: `push`, `pong`, `subscribed`, `unsubscribed`, `continuity_lost`,
+//! `authenticated`, `error`
 //! (see docs/PROTOCOL.md).
 
 use std::borrow::Cow;
@@ -41,6 +44,10 @@ pub enum ClientMessage<'a> {
     Ping,
     /// A `pong` (some clients answer our pongs): nothing to do beyond counting as a sign of life.
     Pong,
+    /// The client token, sent in the first message instead of the upgrade request's URL.
+    Auth {
+        token: Cow<'a, str>,
+    },
 }
 
 /// A position a client resumes after: `since.<topic>`.
@@ -74,6 +81,11 @@ pub enum RequestError {
         topic: String,
         reason: ClaimRefusal,
     },
+    /// An `auth` without a string `token`.
+    MissingToken,
+    /// An `auth` on a session that awaits none: authenticated already (by an earlier `auth` or
+    /// at the upgrade), or on a server that requires no client token.
+    UnexpectedAuth,
 }
 
 /// Why a private topic's subscription was refused.
@@ -130,6 +142,10 @@ impl fmt::Display for RequestError {
             }
             Self::TooManyClaims { max } => write!(f, "too many claims (at most {max})"),
             Self::ClaimRefused { topic, reason } => write!(f, "topic {topic:?}: {reason}"),
+            Self::MissingToken => f.write_str("missing \"token\" string"),
+            Self::UnexpectedAuth => f.write_str(
+                "no authentication expected: already authenticated, or no client token required",
+            ),
         }
     }
 }
@@ -149,6 +165,8 @@ struct RawClientMessage<'a> {
     since: Option<BTreeMap<Cow<'a, str>, Resume<'a>>>,
     #[serde(default)]
     recent: Option<u64>,
+    #[serde(borrow, default)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// Parses the text of one client message.
@@ -171,6 +189,10 @@ pub fn parse_client_message(text: &str) -> Result<ClientMessage<'_>, RequestErro
         }
         Some("ping") => Ok(ClientMessage::Ping),
         Some("pong") => Ok(ClientMessage::Pong),
+        Some("auth") => raw
+            .token
+            .map(|token| ClientMessage::Auth { token })
+            .ok_or(RequestError::MissingToken),
         Some(other) => Err(RequestError::UnknownCommand(truncate(other, 64).to_owned())),
     }
 }
@@ -354,6 +376,11 @@ pub fn encode_continuity_lost(topic: &str, epoch: &str, from: u64) -> Bytes {
 /// `{"cmd":"pong"}`, framed once for the life of the process.
 pub fn pong_frame() -> Bytes {
     Bytes::from_static(b"\x81\x0e{\"cmd\":\"pong\"}")
+}
+
+/// `{"cmd":"authenticated"}`: the token of an `auth` message was right.
+pub fn authenticated_frame() -> Bytes {
+    Bytes::from_static(b"\x81\x17{\"cmd\":\"authenticated\"}")
 }
 
 /// `{"cmd":"subscribed","topics":[..]}` or `unsubscribed`, as one text frame.
@@ -637,6 +664,32 @@ mod tests {
             parse_client_message(r#"{"cmd":"reboot"}"#),
             Err(RequestError::UnknownCommand("reboot".into()))
         );
+    }
+
+    #[test]
+    fn auth_carries_the_token() {
+        assert_eq!(
+            parse_client_message(r#"{"cmd":"auth","token":"s3cr\u0065t"}"#),
+            Ok(ClientMessage::Auth {
+                token: "s3cret".into()
+            })
+        );
+        assert_eq!(
+            parse_client_message(r#"{"cmd":"auth"}"#),
+            Err(RequestError::MissingToken)
+        );
+        assert!(matches!(
+            parse_client_message(r#"{"cmd":"auth","token":7}"#),
+            Err(RequestError::InvalidJson(_))
+        ));
+        let ok = authenticated_frame();
+        assert_eq!(&ok[..2], &[0x81, 23]);
+        assert_eq!(payload(&ok), br#"{"cmd":"authenticated"}"#);
+        let v: serde_json::Value = serde_json::from_slice(payload(&encode_request_error(
+            &RequestError::UnexpectedAuth,
+        )))
+        .unwrap();
+        assert_eq!(v["cmd"], "error");
     }
 
     #[test]
