@@ -84,6 +84,9 @@ pub struct Config {
     pub history_ttl: Duration,
     /// One cap on the bytes all held messages take (frames plus 32 B each). Default 16 MiB.
     pub history_memory: usize,
+    /// `GET /metrics` adds per-topic series for topics starting with each of these; empty:
+    /// none (one series per topic could be millions).
+    pub metrics_topic_prefixes: Vec<String>,
 }
 
 impl Default for Config {
@@ -134,6 +137,7 @@ impl Config {
             history_size: 0,
             history_ttl: Duration::ZERO,
             history_memory: 0,
+            metrics_topic_prefixes: Vec::new(),
         }
     }
 }
@@ -171,6 +175,7 @@ impl fmt::Debug for Config {
             history_size,
             history_ttl,
             history_memory,
+            metrics_topic_prefixes,
         } = self;
         let hidden = |token: &Option<String>| token.as_ref().map(|_| "<hidden>");
         f.debug_struct("Config")
@@ -203,6 +208,7 @@ impl fmt::Debug for Config {
             .field("history_size", history_size)
             .field("history_ttl", history_ttl)
             .field("history_memory", history_memory)
+            .field("metrics_topic_prefixes", metrics_topic_prefixes)
             .finish()
     }
 }
@@ -804,6 +810,24 @@ static SETTINGS: &[Setting] = &[
         help: "bytes held by all topics' history (oldest go first)",
         kind: Kind::Value(|c, v| {
             c.history_memory = size(v)?;
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--metrics-topic-prefix",
+        env: "WSPUSH_METRICS_TOPIC_PREFIX",
+        value: "PREFIX",
+        default: "none",
+        help: "per-topic /metrics series for topics starting with PREFIX, repeatable or a,b",
+        kind: Kind::List(|c, v| {
+            for prefix in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                if !prefix.bytes().all(crate::wire::message::is_topic_byte) {
+                    return Err("the start of a topic name (A-Z a-z 0-9 - _ . : / @)");
+                }
+                if !c.metrics_topic_prefixes.iter().any(|p| p == prefix) {
+                    c.metrics_topic_prefixes.push(prefix.to_owned());
+                }
+            }
             Ok(())
         }),
     },

@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod claim;
+pub mod metrics;
 pub mod page;
 pub mod sha256;
 pub mod tick;
@@ -24,10 +25,13 @@ use crate::wire::handshake;
 use crate::wire::http::{Head, HttpError, HttpLimits, Method, Request, Response};
 use crate::wire::message::{self, TopicRules};
 pub use auth::{Admission, HandshakePolicy, SubscribePolicy};
+use metrics::{Figures, PrefixFigures, Process, TopicPrefixes};
 
 /// The application: policies derived from the configuration, and the counters.
 pub struct App {
     pub stats: Stats,
+    /// Per-prefix counters of `--metrics-topic-prefix` (empty without it).
+    pub topic_prefixes: TopicPrefixes,
     pub ws_port: WsPort,
     api_token: Option<String>,
     /// Browser origins that may call the API (`--api-allowed-origin`).
@@ -106,11 +110,21 @@ pub enum Action<'r> {
     Publish(Publish<'r>),
     /// Answer with [`App::stats_response`].
     Stats {
+        format: Format,
         keep_alive: bool,
         head_only: bool,
     },
     /// Answer with [`App::history_response`] for this topic's stream.
     History(HistoryQuery<'r>),
+}
+
+/// How a report of the figures is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `GET /stats`: one JSON object.
+    Json,
+    /// `GET /metrics`: Prometheus text format 0.0.4.
+    Prometheus,
 }
 
 /// `GET /history?topic=T&since=N`, validated.
@@ -161,18 +175,11 @@ struct BatchLine<'a> {
     data: &'a RawValue,
 }
 
-#[derive(Serialize)]
-struct StatsBody<'a> {
-    #[serde(flatten)]
-    gauges: Gauges,
-    #[serde(flatten)]
-    counters: &'a Stats,
-}
-
 impl App {
     pub fn new(config: &Config) -> Self {
         App {
             stats: Stats::default(),
+            topic_prefixes: TopicPrefixes::new(&config.metrics_topic_prefixes),
             ws_port: WsPort::from_config(config),
             api_token: config.api_token.clone(),
             api_origins: config.api_allowed_origins.clone(),
@@ -196,6 +203,8 @@ impl App {
         let action = self.route_request(request);
         if let Action::Respond(response) = &action {
             self.stats.api_errors += u64::from(response.status >= 400);
+            // Only a missing or wrong bearer token is answered with 401.
+            self.stats.api_token_failures += u64::from(response.status == 401);
         }
         action
     }
@@ -242,7 +251,7 @@ impl App {
         }
         match (request.method, request.path.as_str()) {
             // The CORS preflight of an allowed origin (others were refused above).
-            (Method::Options, "/publish" | "/stats" | "/healthz" | "/history")
+            (Method::Options, "/publish" | "/stats" | "/metrics" | "/healthz" | "/history")
                 if request.origin.is_some() =>
             {
                 respond(Response {
@@ -262,7 +271,7 @@ impl App {
                 &serde_json::json!({"status": "ok"}),
                 ka,
             )),
-            (_, "/healthz" | "/stats" | "/publish" | "/history") if !authorized => {
+            (_, "/healthz" | "/stats" | "/metrics" | "/publish" | "/history") if !authorized => {
                 respond(Response {
                     extra_headers: &[("WWW-Authenticate", "Bearer")],
                     ..Response::error(401, "missing or wrong bearer token", ka)
@@ -296,6 +305,12 @@ impl App {
                 }
             }
             (Method::Get | Method::Head, "/stats") => Action::Stats {
+                format: Format::Json,
+                keep_alive: ka,
+                head_only,
+            },
+            (Method::Get | Method::Head, "/metrics") => Action::Stats {
+                format: Format::Prometheus,
                 keep_alive: ka,
                 head_only,
             },
@@ -324,14 +339,14 @@ impl App {
                 extra_headers: &[("Allow", "POST")],
                 ..Response::error(405, "use POST /publish?topic=T", ka)
             }),
-            (_, "/stats" | "/healthz" | "/history") => respond(Response {
+            (_, "/stats" | "/metrics" | "/healthz" | "/history") => respond(Response {
                 extra_headers: &[("Allow", "GET")],
                 ..Response::error(405, "use GET", ka)
             }),
             _ => respond(Response::error(
                 404,
                 "no such endpoint: try POST /publish?topic=T, GET /history?topic=T, GET /stats, \
-                 GET /healthz",
+                 GET /metrics, GET /healthz",
                 ka,
             )),
         }
@@ -454,15 +469,32 @@ impl App {
         }
     }
 
-    pub fn stats_response(&self, gauges: Gauges, keep_alive: bool, head_only: bool) -> Response {
-        let body = serde_json::to_value(StatsBody {
-            gauges,
-            counters: &self.stats,
-        })
-        .unwrap_or(serde_json::Value::Null);
+    /// `GET /stats` or `GET /metrics`: the counters with the loop's `gauges`, the `process`
+    /// figures and the per-prefix ones, rendered from the one table of [`metrics`].
+    pub fn stats_response(
+        &self,
+        gauges: Gauges,
+        process: Process,
+        prefixes: &[PrefixFigures<'_>],
+        format: Format,
+        keep_alive: bool,
+        head_only: bool,
+    ) -> Response {
+        let figures = Figures {
+            stats: &self.stats,
+            gauges: &gauges,
+            process: &process,
+            prefixes,
+        };
+        let (body, content_type) = match format {
+            Format::Json => (metrics::render_json(&figures), "application/json"),
+            Format::Prometheus => (metrics::render_prometheus(&figures), metrics::CONTENT_TYPE),
+        };
         Response {
             head_only,
-            ..Response::json(200, &body, keep_alive)
+            body,
+            content_type,
+            ..Response::json(200, &serde_json::Value::Null, keep_alive)
         }
     }
 }

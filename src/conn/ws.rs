@@ -541,6 +541,8 @@ impl Session {
             }
             Err(HttpError { status, message }) => {
                 ctx.stats.handshake_failures += 1;
+                // Only the client-token check refuses with 401.
+                ctx.stats.client_token_failures += u64::from(status == 401);
                 debug!(
                     "session {}: handshake refused ({status}): {message}",
                     self.id

@@ -431,6 +431,13 @@ impl Hub {
         self.ended
     }
 
+    /// Every topic with its live subscriber count (for reports; walks all topics).
+    pub fn topic_subscribers(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
+        self.topics
+            .iter()
+            .map(|(topic, members)| (&**topic, members.live()))
+    }
+
     pub fn topic_count(&self) -> usize {
         self.topics.len()
     }

@@ -12,6 +12,7 @@
 
 mod accept;
 mod memory;
+mod procfs;
 mod socket;
 mod sys;
 
@@ -471,10 +472,18 @@ impl Loop {
             let response = match self.app.route(request) {
                 Action::Respond(response) => response,
                 Action::Publish(publish) => {
+                    // One clock reading per publish: each one ends where the next starts.
+                    let mut start = Instant::now();
                     let reached: Vec<Published> = publish
                         .messages
                         .iter()
-                        .map(|(topic, data)| self.publish(topic, data.get()))
+                        .map(|(topic, data)| {
+                            let reached = self.publish(topic, data.get());
+                            let end = Instant::now();
+                            self.app.stats.fanout.observe(end - start);
+                            start = end;
+                            reached
+                        })
                         .collect();
                     self.app.published(&publish, &reached)
                 }
@@ -482,11 +491,23 @@ impl Loop {
                     .app
                     .history_response(&query, self.hub.stream(query.topic)),
                 Action::Stats {
+                    format,
                     keep_alive,
                     head_only,
-                } => self
-                    .app
-                    .stats_response(self.gauges(), keep_alive, head_only),
+                } => {
+                    let prefixes = self
+                        .app
+                        .topic_prefixes
+                        .figures(self.hub.topic_subscribers());
+                    self.app.stats_response(
+                        self.gauges(),
+                        procfs::read(),
+                        &prefixes,
+                        format,
+                        keep_alive,
+                        head_only,
+                    )
+                }
             };
             let response = self.app.for_origin(request, response);
             // A publish may have closed other connections, never this one.
@@ -548,6 +569,9 @@ impl Loop {
             }
         }
         let position = delivery.position;
+        if !self.app.topic_prefixes.is_empty() {
+            self.app.topic_prefixes.on_publish(topic, reached);
+        }
         self.arm_history_timer();
         Published {
             subscribers: reached,
@@ -731,7 +755,10 @@ impl Loop {
                 Timeout::Tick => {
                     if let Some(mut tick) = self.tick.take() {
                         if !self.shutting_down {
+                            let start = Instant::now();
                             let reached = self.publish(&tick.topic, tick::DATA).subscribers;
+                            self.app.stats.fanout.observe(start.elapsed());
+                            self.app.stats.tick_publishes += 1;
                             debug!("tick: pushed to {reached} subscribers of {}", tick.topic);
                             self.timers.insert(tick.advance(now), Timeout::Tick);
                         }

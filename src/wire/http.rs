@@ -651,6 +651,7 @@ pub struct Response {
     pub head_only: bool,
     /// A browser origin allowed to read this answer (`Access-Control-Allow-Origin`).
     pub allow_origin: Option<String>,
+    pub content_type: &'static str,
 }
 
 impl Response {
@@ -662,6 +663,7 @@ impl Response {
             extra_headers: &[],
             head_only: false,
             allow_origin: None,
+            content_type: "application/json",
         }
     }
 
@@ -680,7 +682,7 @@ impl Response {
         write_response(
             &mut out,
             self.status,
-            "application/json",
+            self.content_type,
             self.body.as_bytes(),
             self.keep_alive,
             &headers,
