@@ -195,7 +195,7 @@ impl BrowserClient {
         let page_server = PageServer::start(PAGE);
         let mut client = BrowserClient {
             name: name.to_owned(),
-            page_server: page_server,
+            page_server,
             chromium,
             page,
             context: Vec::new(),
