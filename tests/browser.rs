@@ -397,3 +397,19 @@ fn first_message_auth_keeps_the_token_out_of_the_nginx_log() {
         nginx.logs()
     );
 }
+
+/// README shows the configuration the nginx tests run (not ignored: it needs no nginx).
+#[test]
+fn readme_shows_the_tested_nginx_config() {
+    let readme = include_str!("../README.md");
+    let block = readme
+        .split_once("```nginx\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("README has an ```nginx block");
+    assert_eq!(
+        block,
+        include_str!("../contrib/nginx-wspush.conf"),
+        "README's nginx block differs from contrib/nginx-wspush.conf"
+    );
+}
