@@ -360,3 +360,31 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
     }
     Some(out)
 }
+
+/// RFC 4648 §10's vectors, and what must be refused.
+#[test]
+fn decode_base64_vectors() {
+    let vectors = [
+        ("", ""),
+        ("Zg==", "f"),
+        ("Zm8=", "fo"),
+        ("Zm9v", "foo"),
+        ("Zm9vYg==", "foob"),
+        ("Zm9vYmE=", "fooba"),
+        ("Zm9vYmFy", "foobar"),
+    ];
+    for (encoded, plain) in vectors {
+        assert_eq!(
+            decode_base64(encoded).as_deref(),
+            Some(plain.as_bytes()),
+            "{encoded}"
+        );
+    }
+    assert_eq!(
+        decode_base64("+/+/").as_deref(),
+        Some(&[0xfb, 0xff, 0xbf][..])
+    );
+    for bad in ["Zg=", "Zg==Zm9v", "Z===", "Zm9-", "Zm9_"] {
+        assert_eq!(decode_base64(bad), None, "{bad}");
+    }
+}
