@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The browser and standard-client tests (tests/browser.rs): Python websockets, Node ws and
+# headless Chromium against the server, directly and through nginx with TLS. They need Debian's
+# chromium, nginx-light, node-ws and python3-websockets (.ci/run installs them) and take about
+# WSPUSH_LIVENESS_SECS (default 300) plus a minute, the tests running in parallel.
+# Screenshots: target/browser-artifacts/.
+#
+# Debug build: the server's behaviour under test does not depend on optimisation, and it reuses
+# what `cargo test` built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+# The tests mostly wait, so they all run at once (the harness would run only as many as there
+# are cores). first_message_auth_...: first-message authentication is not merged yet; drop this
+# skip with it.
+cargo test --test browser -- --ignored --nocapture --test-threads 16 \
+  --skip first_message_auth_keeps_the_token_out_of_the_nginx_log "$@"
