@@ -10,7 +10,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The tests mostly wait, so they all run at once (the harness would run only as many as there
-# are cores). first_message_auth_...: first-message authentication is not merged yet; drop this
-# skip with it.
-cargo test --test browser -- --ignored --nocapture --test-threads 16 \
-  --skip first_message_auth_keeps_the_token_out_of_the_nginx_log "$@"
+# are cores).
+cargo test --test browser -- --ignored --nocapture --test-threads 16 "$@"

@@ -365,9 +365,8 @@ fn wait_for_upgrades_logged(nginx: &Nginx, count: usize) {
 /// A token sent in the first message, not in the URL, stays out of nginx's access log (which
 /// logs request lines, query strings included).
 ///
-/// Needs first-message authentication (`{"cmd":"auth","token":T}` answered
-/// `{"cmd":"authenticated"}`), which another branch is building: `scripts/browser.sh` skips this
-/// test until that is merged.
+/// First-message authentication (`{"cmd":"auth","token":T}` answered `{"cmd":"authenticated"}`)
+/// keeps the token out of the URL, so out of nginx's access log.
 #[test]
 #[ignore = "needs chromium/nginx: scripts/browser.sh"]
 fn first_message_auth_keeps_the_token_out_of_the_nginx_log() {
