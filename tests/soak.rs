@@ -159,12 +159,11 @@ fn healthy_subscribers(
                     target_at = Some(Instant::now());
                 }
             }
-            if let Some(t) = target {
-                if conns.iter().all(|c| c.2 >= t)
-                    || target_at.unwrap().elapsed() > deadline_after_target
-                {
-                    return conns.iter().map(|c| c.2).min().unwrap_or(0);
-                }
+            if let Some(t) = target
+                && (conns.iter().all(|c| c.2 >= t)
+                    || target_at.unwrap().elapsed() > deadline_after_target)
+            {
+                return conns.iter().map(|c| c.2).min().unwrap_or(0);
             }
             poll.poll(&mut events, Some(Duration::from_millis(100)))
                 .unwrap();
@@ -273,7 +272,7 @@ fn soak_churn_leaves_no_leak_and_loses_nothing() {
         cycle(rounds);
         published += publish("soak", 200);
         rounds += 1;
-        if rounds % 20 == 0 {
+        if rounds.is_multiple_of(20) {
             eprintln!("soak: round {rounds}, RSS {} KiB", rss_kib(pid));
         }
     }

@@ -107,10 +107,10 @@ impl Chromium {
             }
             let text = std::fs::read_to_string(&file).unwrap_or_default();
             let mut lines = text.lines();
-            if let (Some(port), Some(_path)) = (lines.next(), lines.next()) {
-                if let Ok(port) = port.trim().parse::<u16>() {
-                    return SocketAddr::from(([127, 0, 0, 1], port));
-                }
+            if let (Some(port), Some(_path)) = (lines.next(), lines.next())
+                && let Ok(port) = port.trim().parse::<u16>()
+            {
+                return SocketAddr::from(([127, 0, 0, 1], port));
             }
             std::thread::sleep(Duration::from_millis(50)); // polling a file, bounded above
         }
@@ -340,7 +340,7 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
         } as u32)
     }
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
