@@ -17,7 +17,8 @@
 //!   framed once, shared by every subscriber's queue); topic lifecycle for whoever mirrors it;
 //!   per-topic streams with their positions and bounded history, for resumes.
 //! - [`wire`]: bytes ⇄ values: the WebSocket frame codec, JSON messages, HTTP/1.1 heads and
-//!   responses, the opening handshake (with the SHA-1 and base64 it needs), base64url.
+//!   responses, the opening handshake (with the SHA-1 and base64 it needs), base64url, and the
+//!   forwarding headers of trusted proxies (`--trusted-proxy`, for log lines).
 //!
 //! Beside the layers: [`config`] (settings, defaults, validation, flags and environment),
 //! [`timer`] (a hierarchical timer wheel), [`oplog`] (rate-limited operator log lines, such as
