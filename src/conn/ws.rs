@@ -32,7 +32,6 @@
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
-
 use std::net::SocketAddr;
 
 use bytes::Bytes;
