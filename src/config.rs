@@ -12,6 +12,8 @@ use std::io::Read;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use crate::wire::forwarded::Cidr;
+
 /// What to do with a subscriber whose outbound queue is full.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlowConsumerPolicy {
@@ -87,6 +89,11 @@ pub struct Config {
     /// `GET /metrics` adds per-topic series for topics starting with each of these; empty:
     /// none (one series per topic could be millions).
     pub metrics_topic_prefixes: Vec<String>,
+    /// Reverse proxies whose `X-Forwarded-For` / `X-Real-IP` name the client in log lines;
+    /// empty: the headers are ignored and the TCP peer is logged.
+    pub trusted_proxies: Vec<Cidr>,
+    /// One summary line at info per interval; `None` (the default): no line, and no timer.
+    pub stats_log_interval: Option<Duration>,
 }
 
 impl Default for Config {
@@ -138,6 +145,8 @@ impl Config {
             history_ttl: Duration::ZERO,
             history_memory: 0,
             metrics_topic_prefixes: Vec::new(),
+            trusted_proxies: Vec::new(),
+            stats_log_interval: None,
         }
     }
 }
@@ -176,6 +185,8 @@ impl fmt::Debug for Config {
             history_ttl,
             history_memory,
             metrics_topic_prefixes,
+            trusted_proxies,
+            stats_log_interval,
         } = self;
         let hidden = |token: &Option<String>| token.as_ref().map(|_| "<hidden>");
         f.debug_struct("Config")
@@ -209,6 +220,8 @@ impl fmt::Debug for Config {
             .field("history_ttl", history_ttl)
             .field("history_memory", history_memory)
             .field("metrics_topic_prefixes", metrics_topic_prefixes)
+            .field("trusted_proxies", trusted_proxies)
+            .field("stats_log_interval", stats_log_interval)
             .finish()
     }
 }
@@ -832,6 +845,42 @@ static SETTINGS: &[Setting] = &[
         }),
     },
     Setting {
+        flag: "--trusted-proxy",
+        env: "WSPUSH_TRUSTED_PROXY",
+        value: "CIDR",
+        default: "none",
+        help: "log the client of X-Forwarded-For/X-Real-IP from this proxy range, repeatable or a,b",
+        kind: Kind::List(|c, v| {
+            for range in v.split(',').map(str::trim).filter(|r| !r.is_empty()) {
+                let range: Cidr = range
+                    .parse()
+                    .map_err(|e: crate::wire::forwarded::CidrError| e.expected())?;
+                if !c.trusted_proxies.contains(&range) {
+                    c.trusted_proxies.push(range);
+                }
+            }
+            Ok(())
+        }),
+    },
+    Setting {
+        flag: "--stats-log-interval",
+        env: "WSPUSH_STATS_LOG_INTERVAL",
+        value: "DURATION|off",
+        default: "off",
+        help: "log a one-line summary (changes since the last) at info this often",
+        kind: Kind::Value(|c, v| {
+            c.stats_log_interval = match v.trim() {
+                "off" | "0" => None,
+                v => match parse_duration(v) {
+                    Some(d) if d.is_zero() => None,
+                    Some(d) if d >= Duration::from_secs(1) => Some(d),
+                    _ => return Err("off, 0, or a duration of at least 1s (60, 30s, 5m)"),
+                },
+            };
+            Ok(())
+        }),
+    },
+    Setting {
         flag: "--echo",
         env: "WSPUSH_ECHO",
         value: "",
@@ -1369,6 +1418,43 @@ mod tests {
             run(&["--no-tick=1"]),
             Err(ConfigError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn trusted_proxies_and_the_summary_interval() {
+        let c = run(&[
+            "--trusted-proxy",
+            "127.0.0.1,10.0.0.0/8",
+            "--trusted-proxy",
+            "::1",
+            "--trusted-proxy",
+            "127.0.0.1",
+        ])
+        .unwrap();
+        let ranges: Vec<String> = c.trusted_proxies.iter().map(|r| r.to_string()).collect();
+        assert_eq!(ranges, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        let c = run_env(&[], &[("WSPUSH_TRUSTED_PROXY", "192.168.0.0/16, fd00::/8")]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert!(matches!(
+            run(&["--trusted-proxy", "10.0.0.0/33"]),
+            Err(ConfigError::InvalidValue {
+                flag: "--trusted-proxy",
+                ..
+            })
+        ));
+        assert_eq!(Config::default().stats_log_interval, None);
+        assert!(Config::default().trusted_proxies.is_empty());
+        for off in ["off", "0", "0s"] {
+            assert_eq!(
+                run(&["--stats-log-interval", off])
+                    .unwrap()
+                    .stats_log_interval,
+                None
+            );
+        }
+        let c = run_env(&[], &[("WSPUSH_STATS_LOG_INTERVAL", "1m")]).unwrap();
+        assert_eq!(c.stats_log_interval, Some(Duration::from_secs(60)));
+        assert!(run(&["--stats-log-interval", "500ms"]).is_err());
     }
 
     #[test]

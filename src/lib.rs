@@ -17,10 +17,12 @@
 //!   framed once, shared by every subscriber's queue); topic lifecycle for whoever mirrors it;
 //!   per-topic streams with their positions and bounded history, for resumes.
 //! - [`wire`]: bytes ⇄ values: the WebSocket frame codec, JSON messages, HTTP/1.1 heads and
-//!   responses, the opening handshake (with the SHA-1 and base64 it needs), base64url.
+//!   responses, the opening handshake (with the SHA-1 and base64 it needs), base64url, and the
+//!   forwarding headers of trusted proxies (`--trusted-proxy`, for log lines).
 //!
 //! Beside the layers: [`config`] (settings, defaults, validation, flags and environment),
-//! [`timer`] (a hierarchical timer wheel), [`stats`] (plain counters bumped by the layers above
+//! [`timer`] (a hierarchical timer wheel), [`oplog`] (rate-limited operator log lines, such as
+//! failed authentications), [`stats`] (plain counters bumped by the layers above
 //! the hub), and [`client`], a reconnecting client (heartbeat, backoff, resubscribe with claims
 //! for private topics, resume after the last offset seen with lost continuity reported; push
 //! data handed over as the raw JSON text sent) on one background thread, built on [`wire`].
@@ -48,6 +50,7 @@ pub mod error;
 pub mod hub;
 #[cfg(feature = "cli")]
 pub mod logger;
+pub mod oplog;
 pub mod server;
 pub mod stats;
 pub mod timer;

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use log::kv::{self, Key, Value, VisitSource};
 use log::{LevelFilter, Log, Metadata, Record};
 
 pub use crate::config::LogFormat;
@@ -55,12 +56,17 @@ impl Logger {
                 line
             }
             LogFormat::Json => {
-                let value = serde_json::json!({
+                let mut value = serde_json::json!({
                     "ts": stamp,
                     "level": record.level().as_str(),
                     "target": record.target(),
                     "msg": record.args().to_string(),
                 });
+                if let Some(object) = value.as_object_mut() {
+                    // The record's structured fields (the summary line's figures), beside
+                    // the four keys above, which they cannot replace.
+                    let _ = record.key_values().visit(&mut JsonFields(object));
+                }
                 format!("{value}\n")
             }
         }
@@ -80,6 +86,35 @@ impl Log for Logger {
     }
 
     fn flush(&self) {}
+}
+
+/// Adds a record's key-value pairs to a JSON object: numbers and booleans as such, `None` as
+/// null, anything else as its text.
+struct JsonFields<'a>(&'a mut serde_json::Map<String, serde_json::Value>);
+
+impl<'kvs> VisitSource<'kvs> for JsonFields<'_> {
+    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
+        let key = key.as_str();
+        if matches!(key, "ts" | "level" | "target" | "msg") {
+            return Ok(());
+        }
+        let json = if let Some(n) = value.to_u64() {
+            n.into()
+        } else if let Some(n) = value.to_i64() {
+            n.into()
+        } else if let Some(b) = value.to_bool() {
+            b.into()
+        } else if let Some(x) = value.to_f64() {
+            x.into()
+        } else {
+            match value.to_string().as_str() {
+                "None" => serde_json::Value::Null,
+                text => text.into(),
+            }
+        };
+        self.0.insert(key.to_owned(), json);
+        Ok(())
+    }
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.mmmZ`.
@@ -166,6 +201,36 @@ mod tests {
             value,
             serde_json::json!({"ts": "2026-12-02T00:45:01.000Z", "level": "INFO",
                 "target": "wspush::server", "msg": "a \"quoted\" message"})
+        );
+    }
+
+    #[test]
+    fn json_lines_carry_structured_fields() {
+        let json = Logger {
+            level: LevelFilter::Info,
+            format: LogFormat::Json,
+            timestamps: false,
+        };
+        let fields: [(&str, Option<u64>); 3] = [
+            ("connections", Some(3)),
+            ("rss_bytes", None),
+            ("msg", Some(1)),
+        ];
+        let fields = &fields[..];
+        let line = json.line(
+            &Record::builder()
+                .args(format_args!("stats: connections=3"))
+                .level(log::Level::Info)
+                .target("wspush::stats")
+                .key_values(&fields)
+                .build(),
+            UNIX_EPOCH,
+        );
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            value,
+            serde_json::json!({"ts": null, "level": "INFO", "target": "wspush::stats",
+                "msg": "stats: connections=3", "connections": 3, "rss_bytes": null})
         );
     }
 }

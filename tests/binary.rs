@@ -32,6 +32,8 @@ fn help_lists_every_flag() {
         "--outbound-cap",
         "--api-token",
         "--log-level",
+        "--trusted-proxy",
+        "--stats-log-interval",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

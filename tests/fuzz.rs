@@ -271,6 +271,7 @@ fn fuzz_session_state_machine() {
             let _ = hub.publish("t", &payloads[1], 0);
         }
         let mut stats = Stats::default();
+        let mut auth_log = wspush::oplog::AuthLog::default();
         let id = SubscriberId(7);
         let mut now = 0u64;
         let mut session = Session::new(id, now, &settings);
@@ -285,6 +286,8 @@ fn fuzz_session_state_machine() {
                 access: &routes.subscribe,
                 now_ms: now,
                 unix_ms: UNIX_EPOCH_MS + now,
+                auth_log: &mut auth_log,
+                peer: &|| None,
             };
             session.on_input(Bytes::copy_from_slice(&script[..head_len]), &mut ctx);
             rest = &script[head_len..];
@@ -305,6 +308,8 @@ fn fuzz_session_state_machine() {
                         access: &routes.subscribe,
                         now_ms: now,
                         unix_ms: UNIX_EPOCH_MS + now,
+                        auth_log: &mut auth_log,
+                        peer: &|| None,
                     };
                     session.on_input(Bytes::copy_from_slice(&rest[..n]), &mut ctx);
                     rest = &rest[n..];
@@ -318,7 +323,7 @@ fn fuzz_session_state_machine() {
                         if now < session.next_deadline(&settings) {
                             break;
                         }
-                        session.on_timer(&settings, &mut stats, &mut hub, now);
+                        session.on_timer(&settings, &mut stats, &mut hub, &mut auth_log, now);
                     }
                 }
                 // A publish (and now and then the TTL's expiry).

@@ -10,9 +10,12 @@ pub mod claim;
 pub mod metrics;
 pub mod page;
 pub mod sha256;
+pub mod summary;
 pub mod tick;
 
 use std::borrow::Cow;
+use std::fmt;
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -20,7 +23,9 @@ use serde_json::value::RawValue;
 use crate::config::Config;
 use crate::conn::ws::{WsRoute, WsRoutes};
 use crate::hub::{Position, Stream};
+use crate::oplog::{AuthFailure, AuthFailureKind, AuthLog};
 use crate::stats::Stats;
+use crate::wire::forwarded::TrustedProxies;
 use crate::wire::handshake;
 use crate::wire::http::{Head, HttpError, HttpLimits, Method, Request, Response};
 use crate::wire::message::{self, TopicRules};
@@ -33,6 +38,9 @@ pub struct App {
     /// Per-prefix counters of `--metrics-topic-prefix` (empty without it).
     pub topic_prefixes: TopicPrefixes,
     pub ws_port: WsPort,
+    /// Failed authentications of both ports, logged at info and rate-limited together.
+    pub auth_log: AuthLog,
+    trusted_proxies: TrustedProxies,
     api_token: Option<String>,
     /// Browser origins that may call the API (`--api-allowed-origin`).
     api_origins: Vec<String>,
@@ -87,6 +95,15 @@ impl WsRoutes for WsPort {
     fn token_matches(&self, token: &str) -> bool {
         self.policy.token_matches(token)
     }
+}
+
+/// Where an API request comes from, for its log lines.
+pub struct Requester<'a> {
+    /// The connection as other log lines name it (`API connection #3`).
+    pub connection: &'a dyn fmt::Display,
+    /// The TCP peer, asked only when a line needs it (a system call).
+    pub peer: &'a dyn Fn() -> Option<SocketAddr>,
+    pub now_ms: u64,
 }
 
 /// Live values reported next to the counters in `/stats`.
@@ -181,6 +198,8 @@ impl App {
             stats: Stats::default(),
             topic_prefixes: TopicPrefixes::new(&config.metrics_topic_prefixes),
             ws_port: WsPort::from_config(config),
+            auth_log: AuthLog::default(),
+            trusted_proxies: TrustedProxies::new(config.trusted_proxies.clone()),
             api_token: config.api_token.clone(),
             api_origins: config.api_allowed_origins.clone(),
             topic_rules: TopicRules {
@@ -197,14 +216,30 @@ impl App {
         self.api_limits
     }
 
-    /// The API's route table. Every request is counted; errors are answered here.
-    pub fn route<'r>(&mut self, request: &'r Request) -> Action<'r> {
+    /// The API's route table. Every request is counted; errors are answered here, and a
+    /// missing or wrong token is logged (with the client's address, never the token).
+    pub fn route<'r>(&mut self, request: &'r Request, from: &Requester<'_>) -> Action<'r> {
         self.stats.api_requests += 1;
         let action = self.route_request(request);
         if let Action::Respond(response) = &action {
             self.stats.api_errors += u64::from(response.status >= 400);
             // Only a missing or wrong bearer token is answered with 401.
-            self.stats.api_token_failures += u64::from(response.status == 401);
+            if response.status == 401 {
+                self.stats.api_token_failures += 1;
+                let client = request
+                    .forwarding
+                    .client(&self.trusted_proxies, (from.peer)());
+                self.auth_log.failed(
+                    from.now_ms,
+                    &AuthFailure {
+                        kind: AuthFailureKind::ApiToken,
+                        connection: from.connection,
+                        client,
+                        // 401 is only given on the API's own routes: one of ours.
+                        path: &request.path,
+                    },
+                );
+            }
         }
         action
     }

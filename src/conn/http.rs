@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use super::{Connection, OutQueue, Settings, Status, WriteStall};
 use crate::hub::Hub;
+use crate::oplog::AuthLog;
 use crate::stats::Stats;
 use crate::wire::http::{self, HttpError, HttpLimits, Request, RequestParser, Response};
 
@@ -149,7 +150,14 @@ impl Connection for HttpConn {
         waiting.min(self.stall.deadline(settings.write_timeout_ms))
     }
 
-    fn on_timer(&mut self, settings: &Settings, stats: &mut Stats, _hub: &mut Hub, now_ms: u64) {
+    fn on_timer(
+        &mut self,
+        settings: &Settings,
+        stats: &mut Stats,
+        _hub: &mut Hub,
+        _auth_log: &mut AuthLog,
+        now_ms: u64,
+    ) {
         if self.stall.expired(now_ms, settings.write_timeout_ms) {
             self.dead = true;
             return;

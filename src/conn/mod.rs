@@ -20,7 +20,9 @@ use tungstenite::protocol::WebSocketConfig;
 
 use crate::config::{Config, SlowConsumerPolicy, millis};
 use crate::hub::Hub;
+use crate::oplog::AuthLog;
 use crate::stats::Stats;
+use crate::wire::forwarded::TrustedProxies;
 use crate::wire::message::TopicRules;
 pub use outbound::OutQueue;
 
@@ -48,7 +50,15 @@ pub trait Connection {
     fn next_deadline(&self, settings: &Settings) -> u64;
     /// A deadline may have passed: time out whatever is due.
     /// The hub: a WebSocket session leaves the private topics whose claims expired.
-    fn on_timer(&mut self, settings: &Settings, stats: &mut Stats, hub: &mut Hub, now_ms: u64);
+    /// `auth_log`: a session whose `auth` message did not come in time logs it there.
+    fn on_timer(
+        &mut self,
+        settings: &Settings,
+        stats: &mut Stats,
+        hub: &mut Hub,
+        auth_log: &mut AuthLog,
+        now_ms: u64,
+    );
     /// `eof`: the peer closed its side, nothing more will arrive.
     fn status(&mut self, eof: bool) -> Status;
     /// The server stops reading while this holds (its replies wait unread beyond the cap), and
@@ -118,6 +128,8 @@ pub struct Settings {
     pub topic_rules: TopicRules,
     pub echo: bool,
     pub ws_config: WebSocketConfig,
+    /// Proxies whose forwarding headers name the client in log lines (`--trusted-proxy`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Settings {
@@ -145,6 +157,7 @@ impl Settings {
             },
             echo: config.echo,
             ws_config,
+            trusted_proxies: TrustedProxies::new(config.trusted_proxies.clone()),
         }
     }
 }

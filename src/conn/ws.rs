@@ -32,9 +32,10 @@
 
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 
 use bytes::Bytes;
-use log::debug;
+use log::{Level, debug, log_enabled, trace};
 use tungstenite::Message;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
@@ -44,7 +45,9 @@ use super::outbound::FRAME_OVERHEAD;
 use super::{CONTROL_SLACK, Connection, OutQueue, Settings, Status, WriteStall};
 use crate::config::SlowConsumerPolicy;
 use crate::hub::{self, Epoch, Hub, SubscriberId, Subscriptions};
+use crate::oplog::{AuthFailure, AuthFailureKind, AuthLog};
 use crate::stats::Stats;
+use crate::wire::forwarded::{ClientAddr, Forwarding};
 use crate::wire::frame::{self, FrameBoundary, Opcode, Shared};
 use crate::wire::handshake;
 use crate::wire::http::{self, HttpError};
@@ -247,6 +250,10 @@ pub struct Ctx<'a> {
     pub now_ms: u64,
     /// The wall clock (Unix time), read with `now_ms`: claims expire in Unix time.
     pub unix_ms: u64,
+    /// Failed authentications are logged here (rate-limited).
+    pub auth_log: &'a mut AuthLog,
+    /// The TCP peer's address, asked only when a log line needs it (a system call).
+    pub peer: &'a dyn Fn() -> Option<SocketAddr>,
 }
 
 /// The private subscriptions of a session and when their claims expire.
@@ -313,6 +320,10 @@ struct Rare {
     private: Option<PrivateTopics>,
     /// The running replays (empty: every subscription is live).
     replays: Vec<Cursor>,
+    /// Where a session awaiting its `auth` message comes from, for the failure's log line
+    /// (the forwarding headers are gone by then); dropped once it is authenticated. Boxed:
+    /// sessions with private topics do not carry it.
+    awaiting_auth_from: Option<Box<ClientAddr>>,
 }
 
 pub struct Session {
@@ -506,7 +517,7 @@ impl Session {
                 self.phase = Phase::Handshaking(received.unwrap_or_else(|| input.to_vec()));
                 return;
             }
-            Ok(Some(head)) => match ctx.routes.route(&head) {
+            Ok(Some(head)) => match self.log_connected(&head, ctx.routes.route(&head), ctx) {
                 // A valid client waits for our 101 before it sends anything else.
                 WsRoute::Upgrade(_) | WsRoute::UpgradeAwaitingAuth(_)
                     if head.len < request.len() =>
@@ -541,7 +552,7 @@ impl Session {
             }
             Err(HttpError { status, message }) => {
                 ctx.stats.handshake_failures += 1;
-                // Only the client-token check refuses with 401.
+                // Only the client-token check refuses with 401 (logged by `log_connected`).
                 ctx.stats.client_token_failures += u64::from(status == 401);
                 debug!(
                     "session {}: handshake refused ({status}): {message}",
@@ -550,6 +561,77 @@ impl Session {
                 self.finish_with(http::error_response(status, message), ctx.now_ms);
             }
         }
+    }
+
+    /// Logs where a request whose head arrived comes from (at debug), and a refused client token
+    /// (at info, rate-limited); remembers the address of a session that must authenticate in
+    /// its first message. The forwarding headers are read only here, from the head in place.
+    fn log_connected(
+        &mut self,
+        head: &http::Head<'_, '_>,
+        route: WsRoute,
+        ctx: &mut Ctx<'_>,
+    ) -> WsRoute {
+        let refused_token = matches!(&route, WsRoute::Refuse(e) if e.status == 401);
+        let awaiting_auth = matches!(route, WsRoute::UpgradeAwaitingAuth(_));
+        if !(refused_token || awaiting_auth || log_enabled!(Level::Debug)) {
+            return route;
+        }
+        let forwarding = if ctx.settings.trusted_proxies.is_empty() {
+            Forwarding::default()
+        } else {
+            Forwarding::from_headers(head.headers)
+        };
+        let client = forwarding.client(&ctx.settings.trusted_proxies, (ctx.peer)());
+        debug!("session {}: connected from {client}", self.id);
+        if refused_token {
+            ctx.auth_log.failed(
+                ctx.now_ms,
+                &AuthFailure {
+                    kind: AuthFailureKind::UpgradeToken,
+                    connection: &format_args!("session {}", self.id),
+                    client,
+                    // The route refuses a token only on `--path`, so this is the server's own
+                    // path, byte for byte (the query, which may hold the token, is left out).
+                    path: head.path_and_query().0,
+                },
+            );
+        }
+        if awaiting_auth {
+            self.rare.get_or_insert_default().awaiting_auth_from = Some(Box::new(client));
+        }
+        route
+    }
+
+    /// Logs a failed `auth` message (or its absence), with the address kept at the upgrade.
+    fn log_auth_failure(
+        &mut self,
+        kind: AuthFailureKind,
+        auth_log: &mut AuthLog,
+        now_ms: u64,
+        peer: Option<&dyn Fn() -> Option<SocketAddr>>,
+    ) {
+        let kept = self
+            .rare
+            .as_mut()
+            .and_then(|rare| rare.awaiting_auth_from.take());
+        self.tidy_rare();
+        let client = kept.map_or_else(
+            || ClientAddr {
+                peer: peer.and_then(|peer| peer()),
+                forwarded: None,
+            },
+            |kept| *kept,
+        );
+        auth_log.failed(
+            now_ms,
+            &AuthFailure {
+                kind,
+                connection: &format_args!("session {}", self.id),
+                client,
+                path: "(first message)",
+            },
+        );
     }
 
     /// Queues the HTTP response that ends a connection which never became a WebSocket.
@@ -580,6 +662,12 @@ impl Session {
                 Ok(Message::Text(text)) => self.on_text(text, ctx),
                 Ok(Message::Binary(_)) if self.setup.awaiting_auth() => {
                     ctx.stats.auth_failures += 1;
+                    self.log_auth_failure(
+                        AuthFailureKind::MessageMissing,
+                        ctx.auth_log,
+                        ctx.now_ms,
+                        Some(ctx.peer),
+                    );
                     return self.close_with(Some(ws), CloseReason::AuthRequired, ctx.now_ms);
                 }
                 Ok(Message::Binary(data)) if ctx.settings.echo => {
@@ -674,7 +762,10 @@ impl Session {
             if matches!(e, RequestError::ClaimRefused { .. }) {
                 ctx.stats.claims_refused += 1;
             }
-            debug!("session {}: bad request: {e}", self.id);
+            // Client data (topic names, commands) only at trace; private-topic claim refusals
+            // are per-subscribe errors, at debug like the others.
+            debug!("session {}: bad request: {}", self.id, e.kind());
+            trace!("session {}: bad request: {e}", self.id);
             message::encode_request_error(&e)
         });
         self.send(frame, ctx);
@@ -688,12 +779,21 @@ impl Session {
             Ok(ClientMessage::Auth { token }) if ctx.routes.token_matches(&token) => {
                 debug!("session {}: authenticated", self.id);
                 self.setup.authenticated();
+                if let Some(rare) = &mut self.rare {
+                    rare.awaiting_auth_from = None;
+                    self.tidy_rare();
+                }
                 return self.send(message::authenticated_frame(), ctx);
             }
             Ok(ClientMessage::Auth { .. }) => CloseReason::WrongToken,
             _ => CloseReason::AuthRequired,
         };
         ctx.stats.auth_failures += 1;
+        let kind = match reason {
+            CloseReason::WrongToken => AuthFailureKind::MessageToken,
+            _ => AuthFailureKind::MessageMissing,
+        };
+        self.log_auth_failure(kind, ctx.auth_log, ctx.now_ms, Some(ctx.peer));
         // No frame context is held between messages, and this one is complete.
         self.close(reason, ctx.now_ms);
     }
@@ -872,7 +972,7 @@ impl Session {
         if rare.private.as_ref().is_some_and(|p| p.expiries.is_empty()) {
             rare.private = None;
         }
-        if rare.private.is_none() && rare.replays.is_empty() {
+        if rare.private.is_none() && rare.replays.is_empty() && rare.awaiting_auth_from.is_none() {
             self.rare = None;
         }
     }
@@ -906,7 +1006,8 @@ impl Session {
             self.forget_replay(topic);
         }
         stats.claim_expirations += expired.len() as u64;
-        debug!("session {}: claims expired: {expired:?}", self.id);
+        debug!("session {}: {} claims expired", self.id, expired.len());
+        trace!("session {}: claims expired: {expired:?}", self.id);
         self.queue_reply(
             message::encode_claims_expired(&expired),
             settings,
@@ -1155,7 +1256,14 @@ impl Connection for Session {
         deadline.min(self.stall.deadline(settings.write_timeout_ms))
     }
 
-    fn on_timer(&mut self, s: &Settings, stats: &mut Stats, hub: &mut Hub, now: u64) {
+    fn on_timer(
+        &mut self,
+        s: &Settings,
+        stats: &mut Stats,
+        hub: &mut Hub,
+        auth_log: &mut AuthLog,
+        now: u64,
+    ) {
         if self.stall.expired(now, s.write_timeout_ms) {
             stats.write_timeouts += 1;
             debug!("session {}: write timeout", self.id);
@@ -1172,6 +1280,7 @@ impl Connection for Session {
             }
             Phase::Open(_) if self.setup.awaiting_auth() && now >= self.setup.deadline_ms() => {
                 stats.auth_failures += 1;
+                self.log_auth_failure(AuthFailureKind::MessageTimeout, auth_log, now, None);
                 self.close(CloseReason::AuthTimeout, now);
             }
             Phase::Open(_) if now >= self.liveness.last_input_ms() + s.idle_limit_ms => {
@@ -1278,6 +1387,7 @@ mod tests {
         stats: Stats,
         settings: Settings,
         routes: &'static dyn WsRoutes,
+        auth_log: AuthLog,
     }
 
     impl Harness {
@@ -1318,6 +1428,7 @@ mod tests {
                 stats: Stats::default(),
                 settings,
                 routes,
+                auth_log: AuthLog::default(),
             };
             let key = handshake::client_key([7; 16]);
             harness.input(&handshake::client_request("x", "/ws", &key), 0);
@@ -1334,6 +1445,8 @@ mod tests {
                 access: &ClaimIsExpiry,
                 now_ms,
                 unix_ms: UNIX_AT_START_MS + now_ms,
+                auth_log: &mut self.auth_log,
+                peer: &|| None,
             };
             self.session
                 .on_input(Bytes::copy_from_slice(bytes), &mut ctx);
@@ -1348,8 +1461,13 @@ mod tests {
         }
 
         fn timer(&mut self, now_ms: u64) {
-            self.session
-                .on_timer(&self.settings, &mut self.stats, &mut self.hub, now_ms);
+            self.session.on_timer(
+                &self.settings,
+                &mut self.stats,
+                &mut self.hub,
+                &mut self.auth_log,
+                now_ms,
+            );
         }
 
         /// The bytes queued so far, as they would go out.
@@ -1744,5 +1862,10 @@ mod tests {
         assert_eq!(size_of::<Option<Box<Rare>>>(), 8);
         // 128 bytes before private topics existed.
         assert!(size_of::<Session>() <= 136, "{}", size_of::<Session>());
+        eprintln!(
+            "SIZES session={} rare={}",
+            size_of::<Session>(),
+            size_of::<Rare>()
+        );
     }
 }

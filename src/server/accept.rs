@@ -4,13 +4,14 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 
-use log::{debug, warn};
+use log::{debug, trace, warn};
 use mio::Interest;
 use mio::net::TcpStream;
 
 use super::{Conn, Kind, Loop, Timeout, interrupted, subscriber_id, sys, would_block};
 use crate::conn::http::HttpConn;
 use crate::conn::ws::Session;
+use crate::oplog::{LogLimiter, Suppressed};
 use crate::wire::http;
 
 /// Back-off before accepting again when the process is out of descriptors.
@@ -48,7 +49,7 @@ impl Accepting {
             paused: false,
             nodelay_inherited,
             deferred_accept,
-            log: LogLimiter::default(),
+            log: LogLimiter::new(10, 10_000),
         }
     }
 }
@@ -86,7 +87,7 @@ impl Loop {
     fn admit_ws(&mut self, socket: TcpStream, peer: SocketAddr) {
         if self.accepting.ws_count >= self.accepting.max_connections {
             self.app.stats.refused_over_capacity += 1;
-            if self.accepting.log.allow(self.now_ms) {
+            if self.accepting.log.allow(self.now_ms, report_suppressed) {
                 warn!(
                     "refusing {peer}: {} connections (--max-connections)",
                     self.accepting.ws_count
@@ -105,8 +106,10 @@ impl Loop {
         };
         self.accepting.ws_count += 1;
         self.app.stats.accepted += 1;
-        debug!(
-            "session #{}: connected from {peer}",
+        // At debug the session names its client once the upgrade request is read (behind a
+        // trusted proxy, the forwarded address).
+        trace!(
+            "session #{}: accepted from {peer}",
             self.conns[key].generation
         );
         if self.accepting.deferred_accept {
@@ -159,7 +162,7 @@ impl Loop {
     }
 
     fn accept_failed(&mut self, e: io::Error) {
-        if self.accepting.log.allow(self.now_ms) {
+        if self.accepting.log.allow(self.now_ms, report_suppressed) {
             warn!("accept failed: {e}");
         }
         if sys::out_of_resources(&e) && !self.accepting.paused {
@@ -224,33 +227,12 @@ fn refuse(mut socket: TcpStream) {
     let _ = socket.shutdown(Shutdown::Write);
 }
 
-/// Rate limits a class of log lines so a misbehaving peer cannot flood the log.
-#[derive(Default)]
-struct LogLimiter {
-    window_start_ms: u64,
-    in_window: u32,
-    suppressed: u32,
-}
-
-impl LogLimiter {
-    const WINDOW_MS: u64 = 10_000;
-    const PER_WINDOW: u32 = 10;
-
-    fn allow(&mut self, now_ms: u64) -> bool {
-        if now_ms >= self.window_start_ms + Self::WINDOW_MS {
-            if self.suppressed > 0 {
-                warn!("{} similar log lines suppressed", self.suppressed);
-            }
-            *self = LogLimiter {
-                window_start_ms: now_ms,
-                ..Default::default()
-            };
-        }
-        self.in_window += 1;
-        let allowed = self.in_window <= Self::PER_WINDOW;
-        if !allowed {
-            self.suppressed += 1;
-        }
-        allowed
-    }
+/// The line for accept-side warnings a peer can provoke over and over (over capacity, accept
+/// errors), which share one limiter.
+fn report_suppressed(suppressed: Suppressed) {
+    warn!(
+        "{} similar accept warnings suppressed in the last {}s",
+        suppressed.count,
+        suppressed.secs()
+    );
 }

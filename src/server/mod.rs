@@ -28,8 +28,9 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use crate::app::summary::{self, StatsLog};
 use crate::app::tick::{self, DemoTick};
-use crate::app::{Action, App, Gauges, Published};
+use crate::app::{Action, App, Gauges, Published, Requester};
 use crate::config::{Config, millis};
 use crate::conn::http::HttpConn;
 use crate::conn::ws::{CloseReason, Ctx, Push, Session};
@@ -86,6 +87,10 @@ enum Timeout {
     ReleaseMemory,
     /// The oldest held message's time to live passes.
     HistoryExpiry,
+    /// The authentication-failure log's window ends with lines suppressed.
+    AuthLogWindow,
+    /// The `--stats-log-interval` summary line is due.
+    StatsLog,
 }
 
 enum Kind {
@@ -284,6 +289,10 @@ impl Server {
             accepting: self.accepting,
             shutting_down: false,
             tick: self.config.tick.as_ref().map(|(t, i)| DemoTick::new(t, *i)),
+            stats_log: self
+                .config
+                .stats_log_interval
+                .map(|interval| StatsLog::new(millis(interval), 0)),
             memory: MemoryReturn::default(),
         };
         event_loop.run()
@@ -317,6 +326,8 @@ struct Loop {
     accepting: Accepting,
     shutting_down: bool,
     tick: Option<DemoTick>,
+    /// `--stats-log-interval`: its timer is armed only when it is on.
+    stats_log: Option<StatsLog>,
     memory: MemoryReturn,
     /// Armed at the oldest held message's expiry while the history holds any.
     history_timer: Option<TimerHandle>,
@@ -326,6 +337,9 @@ impl Loop {
     fn run(&mut self) -> Result<(), ServerError> {
         if let Some(tick) = &self.tick {
             self.timers.insert(tick.due_ms, Timeout::Tick);
+        }
+        if let Some(stats_log) = &self.stats_log {
+            self.timers.insert(stats_log.due_ms, Timeout::StatsLog);
         }
         let mut events = Events::with_capacity(1024);
         loop {
@@ -368,7 +382,11 @@ impl Loop {
             if let Some(at) = self.memory.schedule(self.now_ms, self.hub.ended()) {
                 self.timers.insert(at, Timeout::ReleaseMemory);
             }
+            if let Some(at) = self.app.auth_log.timer_wanted() {
+                self.timers.insert(at, Timeout::AuthLogWindow);
+            }
             if self.shutting_down && self.conns.is_empty() {
+                self.app.auth_log.flush(self.now_ms);
                 info!("shutdown complete");
                 return Ok(());
             }
@@ -435,7 +453,8 @@ impl Loop {
             }
             budget = budget.saturating_sub(n);
             let input = self.scratch.split_to(n).freeze();
-            match &mut conn.kind {
+            let Conn { socket, kind, .. } = conn;
+            match kind {
                 Kind::Ws(session) => {
                     let mut ctx = Ctx {
                         hub: &mut self.hub,
@@ -445,6 +464,8 @@ impl Loop {
                         access: &self.app.ws_port.subscribe,
                         now_ms: self.now_ms,
                         unix_ms: self.unix_ms,
+                        auth_log: &mut self.app.auth_log,
+                        peer: &|| socket.peer_addr().ok(),
                     };
                     session.on_input(input, &mut ctx);
                 }
@@ -462,14 +483,22 @@ impl Loop {
     fn api_input(&mut self, key: usize, input: &[u8]) {
         let Some(Conn {
             kind: Kind::Http(http),
+            generation,
             ..
         }) = self.conns.get_mut(key)
         else {
             return;
         };
         let requests = http.on_input(input, self.now_ms);
+        let generation = *generation;
         for request in &requests {
-            let response = match self.app.route(request) {
+            let from = Requester {
+                connection: &format_args!("API connection #{generation}"),
+                // Only a log line asks for it (a system call).
+                peer: &|| self.conns.get(key).and_then(|c| c.socket.peer_addr().ok()),
+                now_ms: self.now_ms,
+            };
+            let response = match self.app.route(request, &from) {
                 Action::Respond(response) => response,
                 Action::Publish(publish) => {
                     // One clock reading per publish: each one ends where the next starts.
@@ -748,6 +777,7 @@ impl Loop {
                         &self.settings,
                         &mut self.app.stats,
                         &mut self.hub,
+                        &mut self.app.auth_log,
                         now,
                     );
                     self.service(key);
@@ -774,6 +804,16 @@ impl Loop {
                     self.history_timer = None;
                     self.hub.expire_history(now);
                     self.arm_history_timer();
+                }
+                Timeout::AuthLogWindow => self.app.auth_log.on_timer(now),
+                Timeout::StatsLog => {
+                    let gauges = self.gauges();
+                    if let Some(stats_log) = &mut self.stats_log {
+                        let line =
+                            stats_log.summary(now, &self.app.stats, &gauges, procfs::rss_bytes());
+                        summary::log(&line);
+                        self.timers.insert(stats_log.due_ms, Timeout::StatsLog);
+                    }
                 }
                 Timeout::ReleaseMemory => {
                     sys::release_free_memory();

@@ -20,10 +20,7 @@ pub(super) fn read() -> Process {
         .ok()
         .and_then(|s| value_after(&s, "btime"));
     Process {
-        rss_bytes: fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| value_after(&s, "VmRSS:"))
-            .map(|kib| kib * 1024),
+        rss_bytes: rss_bytes(),
         open_fds: open_fds(),
         max_fds: fs::read_to_string("/proc/self/limits")
             .ok()
@@ -35,6 +32,14 @@ pub(super) fn read() -> Process {
             .zip(start_ticks)
             .map(|(boot, ticks)| boot as f64 + ticks as f64 / TICKS_PER_SECOND),
     }
+}
+
+/// The resident set size (`VmRSS`), for `/stats` and the summary line.
+pub(super) fn rss_bytes() -> Option<u64> {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| value_after(&s, "VmRSS:"))
+        .map(|kib| kib * 1024)
 }
 
 /// The space-separated fields of `/proc/self/stat` after the command name, which is in

@@ -13,6 +13,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::forwarded::Forwarding;
+
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
     /// Request line plus headers. Default 8 KiB.
@@ -53,6 +55,8 @@ pub struct Request {
     pub content_type: Option<String>,
     /// Set by browsers: the page that made the request.
     pub origin: Option<String>,
+    /// `X-Forwarded-For` and `X-Real-IP`, for log lines when the peer is a trusted proxy.
+    pub forwarding: Forwarding,
     pub keep_alive: bool,
     pub body: Bytes,
 }
@@ -90,6 +94,7 @@ struct PendingHead {
     authorization: Option<String>,
     content_type: Option<String>,
     origin: Option<String>,
+    forwarding: Forwarding,
     keep_alive: bool,
     framing: Framing,
     expect_continue: bool,
@@ -348,6 +353,7 @@ impl RequestParser {
             authorization: head.authorization,
             content_type: head.content_type,
             origin: head.origin,
+            forwarding: head.forwarding,
             keep_alive: head.keep_alive,
             body,
         }))
@@ -408,6 +414,7 @@ impl RequestParser {
         let mut keep_alive = version == 1;
         let (mut length, mut chunked, mut expect_continue) = (None::<usize>, false, false);
         let (mut authorization, mut content_type, mut origin) = (None, None, None);
+        let mut forwarding = Forwarding::default();
         let mut hosts = 0;
         for h in head.headers {
             // httparse already strips SP and HTAB around values; nothing else is whitespace.
@@ -463,6 +470,8 @@ impl RequestParser {
                     return Err(error(400, "repeated Origin"));
                 }
                 origin = Some(value.to_owned());
+            } else {
+                forwarding.take(name, value);
             }
         }
         // HTTP/1.1 requires exactly one Host; HTTP/1.0 allows none (RFC 9112 §3.2).
@@ -488,6 +497,7 @@ impl RequestParser {
             authorization,
             content_type,
             origin,
+            forwarding,
             keep_alive,
             framing,
             expect_continue: expect_continue && !body_complete,

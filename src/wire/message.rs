@@ -150,6 +150,20 @@ impl fmt::Display for RequestError {
     }
 }
 
+impl RequestError {
+    /// What went wrong without what the client sent (no topic names, commands or claims):
+    /// for log lines above trace.
+    pub fn kind(&self) -> Cow<'static, str> {
+        match self {
+            Self::InvalidJson(_) => "invalid JSON".into(),
+            Self::UnknownCommand(_) => "unknown command".into(),
+            Self::InvalidTopic { reason, .. } => format!("invalid topic: {reason}").into(),
+            Self::ClaimRefused { reason, .. } => format!("claim refused: {}", reason.code()).into(),
+            other => other.to_string().into(),
+        }
+    }
+}
+
 impl std::error::Error for RequestError {}
 
 #[derive(Deserialize)]
