@@ -105,6 +105,47 @@ fn reconnects_and_resubscribes_after_a_server_restart() {
 }
 
 #[test]
+fn after_a_server_restart_everything_published_since_arrives() {
+    let server = TestServer::start();
+    let addr = server.ws;
+    let mut config = fast_config(server.url());
+    // Long enough that the publishes below happen before the client is back.
+    config.backoff_initial = Duration::from_secs(2);
+    config.backoff_max = Duration::from_secs(2);
+    config.topics = vec!["t".into()];
+    let client = Client::connect(config).unwrap();
+    wait_connected(&client);
+    let epoch = server.publish("t", "1")["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(next_seen(&client), pushed("t", 1, &epoch));
+    drop(server);
+    let mut config = test_config();
+    config.listen = addr;
+    let server = TestServer::with(config);
+    let epoch = server.publish("t", "1")["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    server.publish("t", "2");
+    assert_eq!(
+        server.stats()["connections"],
+        0,
+        "the client came back before the publishes"
+    );
+    assert_eq!(
+        next_seen(&client),
+        lost("t", &epoch, 1, ContinuityReason::EpochChanged)
+    );
+    assert_eq!(next_seen(&client), pushed("t", 1, &epoch));
+    assert_eq!(next_seen(&client), pushed("t", 2, &epoch));
+    server.publish("t", "3");
+    assert_eq!(next_seen(&client), pushed("t", 3, &epoch));
+    client.stop();
+}
+
+#[test]
 fn a_server_that_never_answers_is_left_within_the_heartbeat_limit() {
     // Accepts the upgrade, then neither reads nor writes.
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();

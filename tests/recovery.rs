@@ -126,7 +126,7 @@ fn next_epoch(server: &TestServer, topic: &str) -> String {
 }
 
 #[test]
-fn another_epoch_is_not_recovered_and_starts_live() {
+fn another_epoch_is_not_recovered_and_replays_everything_held() {
     let server = TestServer::start();
     for n in 1..=3 {
         server.publish("t", &n.to_string());
@@ -140,13 +140,39 @@ fn another_epoch_is_not_recovered_and_starts_live() {
     let entry = &ack["streams"]["t"];
     assert_eq!(
         (entry["recovered"].clone(), entry["from"].clone()),
-        (json!(false), json!(4))
+        (json!(false), json!(1))
     );
     assert_eq!(entry["offset"], 3);
-    assert_nothing_pending(&mut ws);
+    // The current stream is newer than anything the client saw: all of it comes, then live.
+    assert_eq!(offsets(&read_pushes(&mut ws, 3)), [1, 2, 3]);
     server.publish("t", "4");
     assert_eq!(offsets(&read_pushes(&mut ws, 1)), [4]);
+    assert_nothing_pending(&mut ws);
     assert_eq!(server.stats()["resumes_lost"], 1);
+}
+
+#[test]
+fn another_epoch_with_an_evicted_start_replays_from_the_oldest_held() {
+    let server = TestServer::with(Config {
+        history_size: 2,
+        ..test_config()
+    });
+    for n in 1..=5 {
+        server.publish("t", &n.to_string());
+    }
+    let mut ws = connect(&server);
+    let ack = subscribe_with(
+        &mut ws,
+        &["t"],
+        json!({"since": {"t": {"offset": 9, "epoch": "previous"}}}),
+    );
+    let entry = &ack["streams"]["t"];
+    assert_eq!(
+        (entry["recovered"].clone(), entry["from"].clone()),
+        (json!(false), json!(4))
+    );
+    assert_eq!(offsets(&read_pushes(&mut ws, 2)), [4, 5]);
+    assert_nothing_pending(&mut ws);
 }
 
 #[test]

@@ -1075,9 +1075,11 @@ impl Plan {
             from: Some(from),
             replay_from: (from <= last).then_some(from),
         };
+        let oldest = stream.first_held().unwrap_or(last + 1);
         if resume.epoch != stream.epoch_text() || resume.offset > last {
-            // Another stream (or a position this one never had): start from the next live one.
-            return lost(last + 1);
+            // Another stream (or a position this one never had): every message it holds is newer
+            // than anything the client saw, so all of them are replayed.
+            return lost(oldest);
         }
         let wanted = resume.offset + 1;
         match stream.first_held() {
@@ -1091,8 +1093,7 @@ impl Plan {
                 from: None,
                 replay_from: Some(wanted),
             },
-            Some(first) => lost(first),
-            None => lost(last + 1),
+            _ => lost(oldest),
         }
     }
 

@@ -607,8 +607,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         411 => "Length Required",
         413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
         431 => "Request Header Fields Too Large",
         501 => "Not Implemented",
@@ -1119,5 +1121,15 @@ Content-Type: text/plain\r\nContent-Length: 1\r\n\r\n7";
             out,
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: keep-alive\r\nAllow: POST\r\n\r\n{}"
         );
+    }
+
+    #[test]
+    fn every_status_the_servers_send_has_its_phrase() {
+        for status in [
+            100, 200, 304, 400, 401, 403, 404, 405, 408, 411, 413, 415, 426, 431, 501, 503, 505,
+        ] {
+            assert_ne!(reason_phrase(status), "Error", "{status}");
+        }
+        assert_eq!(reason_phrase(415), "Unsupported Media Type");
     }
 }
