@@ -10,6 +10,9 @@
 //! timeout, is `silent_peer_is_closed_at_the_default_heartbeat_limit` here with the defaults,
 //! and `silent_client_is_closed_by_the_heartbeat` in tests/server.rs with short timers.
 //!
+//! The demo page end to end (through the `wspush.js` module, directly and through nginx, across
+//! a cut and a restart): `demo_page.rs`.
+//!
 //! Screenshots of the Chromium pages go to `target/browser-artifacts/`.
 
 mod common;

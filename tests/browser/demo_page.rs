@@ -172,8 +172,13 @@ impl DemoPage {
             .take()
             .expect("the server runs until the restart");
         let (ws, api) = (old.ws, old.api);
+        let closes = self.close_notices();
         old.terminate();
-        self.wait("document.getElementById('state').dataset.state === 'reconnecting'");
+        // The 1001, then an attempt that fails while the server is away.
+        self.wait(&format!(
+            "document.querySelectorAll('#notices li[data-kind=\"close\"]').length >= {}",
+            closes + 2
+        ));
         let server = ServerProcess::start_on(ws, api, &[]);
         self.browser
             .show_on_failure("restarted server log", &server.log);
@@ -240,6 +245,11 @@ impl DemoPage {
             })
             .map(|p| p.to_string())
             .collect();
+        eprintln!(
+            "{}: {} failed reconnect attempt(s) in the console, as caused",
+            self.browser.name,
+            problems.len() - unexpected.len()
+        );
         if !unexpected.is_empty() {
             self.fail(&format!("console problems:\n{}", unexpected.join("\n")));
         }
@@ -292,6 +302,16 @@ impl DemoPage {
             other => self.fail(&format!(
                 "#pushes of {TOPIC} (oldest first): {other:?}\nexpected {expected}"
             )),
+        }
+    }
+
+    /// How many close notices `#notices` shows (one per connection or attempt that ended).
+    fn close_notices(&mut self) -> u64 {
+        let count = "document.querySelectorAll('#notices li[data-kind=\"close\"]').length";
+        let shown = self.browser.page.evaluate(count);
+        match shown.as_ref().ok().and_then(serde_json::Value::as_u64) {
+            Some(n) => n,
+            None => self.fail(&format!("{count}: {shown:?}")),
         }
     }
 
