@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The browser and standard-client tests (tests/browser.rs): Python websockets, Node ws and
-# headless Chromium against the server, directly and through nginx with TLS. They need Debian's
+# headless Chromium against the server, directly and through nginx with TLS, and the demo page
+# resuming across a cut and a restart (tests/browser/demo_page.rs). They need Debian's
 # chromium, nginx-light, node-ws and python3-websockets (.ci/run installs them) and take about
 # WSPUSH_LIVENESS_SECS (default 300) plus a minute, the tests running in parallel.
 # Screenshots: target/browser-artifacts/.

@@ -10,6 +10,9 @@
 //! timeout, is `silent_peer_is_closed_at_the_default_heartbeat_limit` here with the defaults,
 //! and `silent_client_is_closed_by_the_heartbeat` in tests/server.rs with short timers.
 //!
+//! The demo page end to end (through the `wspush.js` module, directly and through nginx, across
+//! a cut and a restart): `demo_page.rs`.
+//!
 //! Screenshots of the Chromium pages go to `target/browser-artifacts/`.
 
 mod common;
@@ -17,8 +20,12 @@ mod common;
 // Helpers in tests/browser/ (a crate root finds modules next to itself, hence the paths).
 #[path = "browser/cdp.rs"]
 mod cdp;
+#[path = "browser/demo_page.rs"]
+mod demo_page;
 #[path = "browser/nginx.rs"]
 mod nginx;
+#[path = "browser/proxy.rs"]
+mod proxy;
 #[path = "browser/support.rs"]
 mod support;
 
@@ -179,35 +186,49 @@ fn pushed(topic: &str, data: &str) -> String {
     )
 }
 
-/// One Chromium with one page holding one WebSocket, and the logs to show when it fails.
+/// One Chromium with one page, and the logs to show when it fails.
 struct BrowserClient {
     name: String,
-    page_server: PageServer,
+    /// Serves the test page of [`BrowserClient::open`]; the demo page comes from the server.
+    _page_server: Option<PageServer>,
     chromium: Chromium,
     page: Page,
+    /// A JavaScript expression whose value a failure shows (the page's state).
+    state: &'static str,
     context: Vec<(String, LogTail)>,
 }
 
 impl BrowserClient {
-    fn open(name: &str, flags: &[&str], url: &str, first: Value) -> BrowserClient {
+    /// Chromium with a blank page; `state` is what a failure shows of the page.
+    fn launch(name: &str, flags: &[&str], state: &'static str) -> BrowserClient {
         let chromium = Chromium::launch(name, flags);
         let page = chromium.new_page();
-        let page_server = PageServer::start(PAGE);
-        let mut client = BrowserClient {
+        BrowserClient {
             name: name.to_owned(),
-            page_server,
+            _page_server: None,
             chromium,
             page,
+            state,
             context: Vec::new(),
-        };
-        let page_url = client.page_server.url();
-        if let Err(e) = client.page.navigate(&page_url) {
-            client.fail(&format!("navigate: {e}"), "");
         }
+    }
+
+    /// The test page holding one WebSocket to `url` that sends `first` once open.
+    fn open(name: &str, flags: &[&str], url: &str, first: Value) -> BrowserClient {
+        let mut client = BrowserClient::launch(name, flags, "JSON.stringify(window.wspushTest)");
+        let page_server = PageServer::start(PAGE);
+        client.navigate(&page_server.url());
+        client._page_server = Some(page_server);
         if let Err(e) = client.page.evaluate(&open_socket_script(url, &first)) {
             client.fail(&format!("open the WebSocket: {e}"), "");
         }
         client
+    }
+
+    fn navigate(&mut self, url: &str) {
+        if let Err(e) = self.page.navigate(url) {
+            self.fail(&format!("navigate to {url}: {e}"), "");
+        }
     }
 
     fn show_on_failure(&mut self, name: &str, log: &LogTail) {
@@ -253,7 +274,7 @@ impl BrowserClient {
     fn fail(&mut self, what: &str, more: &str) -> ! {
         let state = self
             .page
-            .evaluate("JSON.stringify(window.wspushTest)")
+            .evaluate(self.state)
             .map(|v| v.to_string())
             .unwrap_or_else(|e| format!("({e})"));
         let context: String = self

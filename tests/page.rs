@@ -124,6 +124,17 @@ fn the_page_is_served_with_its_policy_and_head_has_only_headers() {
     assert_eq!(server.stats()["handshake_failures"], 0);
 }
 
+/// The page's own parameters may hold a URL (`?url=ws://..`): still the page, not the endpoint.
+#[test]
+fn the_page_is_served_with_a_url_in_its_query() {
+    let server = TestServer::start();
+    let page = get(&server, "GET", "/?url=ws://127.0.0.1:9/ws&topic=a", "");
+    assert_eq!(page.status, 200, "{}", page.head);
+    assert!(page.text().contains("<!doctype html>"));
+    let endpoint = get(&server, "GET", "/ws?next=http://x/", "");
+    assert_eq!(endpoint.status, 426, "{}", endpoint.head);
+}
+
 #[test]
 fn the_module_is_javascript_and_revalidates_with_its_etag() {
     let server = TestServer::start();

@@ -507,6 +507,12 @@ Sec-WebSocket-Version: 13\r\nOrigin: https://app.example\r\n\r\n";
             ("ws://push.example:8091/ws?token=t", "/ws", Some("token=t")),
             ("http://push.example/ws", "/ws", None),
             ("ws://push.example", "/", None),
+            // The origin form with a URL in its query (the demo page's `?url=`).
+            (
+                "/ws?url=ws://push.example/ws",
+                "/ws",
+                Some("url=ws://push.example/ws"),
+            ),
         ] {
             let request = good.replacen("/ws?token=t", target, 1);
             let (parsed, _) = read_request(request.as_bytes()).unwrap().unwrap();

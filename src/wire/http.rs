@@ -129,10 +129,13 @@ pub struct Head<'h, 'b> {
 
 impl<'b> Head<'_, 'b> {
     /// The target's path and query (undecoded). The absolute form (`GET ws://host/ws?x`),
-    /// which servers must accept too, is reduced to its path.
+    /// which servers must accept too, is reduced to its path; an origin-form target (`/...`)
+    /// is taken as it is, even with a URL in its query (`/?url=ws://host/ws`).
     pub fn path_and_query(&self) -> (&'b str, Option<&'b str>) {
         let mut target = self.target;
-        if let Some((_, after_scheme)) = target.split_once("://") {
+        if !target.starts_with('/')
+            && let Some((_, after_scheme)) = target.split_once("://")
+        {
             target = after_scheme
                 .find(['/', '?'])
                 .map_or("/", |at| &after_scheme[at..]);

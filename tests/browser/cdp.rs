@@ -4,7 +4,8 @@
 //! (`{"id","method","params"}` in, the result with the same `id` back, events in between).
 //!
 //! Reusable by page tests: [`Chromium::launch`], [`Chromium::new_page`], then
-//! [`Page::navigate`], [`Page::evaluate`], [`Page::wait_for`] and [`Page::screenshot`].
+//! [`Page::navigate`], [`Page::evaluate`], [`Page::wait_for`], [`Page::type_into`],
+//! [`Page::click`], [`Page::screenshot`], and [`Page::problems`] for what the console reported.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -211,8 +212,27 @@ impl Drop for Chromium {
 pub struct Page {
     ws: WebSocket<TcpStream>,
     next_id: u64,
-    /// `console.*` output and uncaught exceptions, once `Runtime` is enabled.
-    console: Vec<String>,
+    /// `console.*` output, uncaught exceptions and the browser's own messages (network
+    /// failures, CSP violations), once `Runtime` and `Log` are enabled.
+    console: Vec<ConsoleEntry>,
+}
+
+/// One line of what the page's console showed.
+#[derive(Clone, Debug)]
+pub struct ConsoleEntry {
+    /// `console.error` and the like: the method (`log`, `error`, `warning`, ...); the
+    /// browser's messages: `log:` and their source (`network`, `security`, `violation`, ...);
+    /// an uncaught exception: `exception`.
+    pub origin: String,
+    /// `error`, `warning`, `info`, `verbose` (an exception is an `error`).
+    pub level: String,
+    pub text: String,
+}
+
+impl fmt::Display for ConsoleEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} [{}] {}", self.origin, self.level, self.text)
+    }
 }
 
 impl Page {
@@ -256,26 +276,76 @@ impl Page {
     }
 
     fn keep_event(&mut self, event: &Value) {
-        let line = match event["method"].as_str() {
-            Some("Runtime.consoleAPICalled") => format!("console: {}", event["params"]["args"]),
-            Some("Runtime.exceptionThrown") => {
-                format!("exception: {}", event["params"]["exceptionDetails"])
+        let params = &event["params"];
+        let text = |v: &Value| {
+            v.as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| v.to_string())
+        };
+        let entry = match event["method"].as_str() {
+            Some("Runtime.consoleAPICalled") => {
+                let kind = text(&params["type"]);
+                let level = match kind.as_str() {
+                    "error" | "assert" => "error",
+                    "warning" => "warning",
+                    _ => "info",
+                };
+                ConsoleEntry {
+                    origin: kind,
+                    level: level.to_owned(),
+                    text: params["args"].to_string(),
+                }
             }
+            Some("Runtime.exceptionThrown") => ConsoleEntry {
+                origin: "exception".to_owned(),
+                level: "error".to_owned(),
+                text: params["exceptionDetails"].to_string(),
+            },
+            Some("Log.entryAdded") => ConsoleEntry {
+                origin: format!("log:{}", text(&params["entry"]["source"])),
+                level: text(&params["entry"]["level"]),
+                text: text(&params["entry"]["text"]),
+            },
             _ => return,
         };
         if self.console.len() < 200 {
-            self.console.push(line);
+            self.console.push(entry);
         }
     }
 
-    /// Console lines and exceptions seen so far.
+    /// Console lines, exceptions and browser messages seen so far.
     pub fn console(&self) -> String {
-        self.console.join("\n")
+        let lines: Vec<String> = self.console.iter().map(|e| e.to_string()).collect();
+        lines.join("\n")
+    }
+
+    /// Errors and warnings the console showed so far, after a command has collected the
+    /// events that were waiting.
+    pub fn problems(&mut self) -> Result<Vec<ConsoleEntry>, CdpError> {
+        self.evaluate("true")?;
+        Ok(self
+            .console
+            .iter()
+            .filter(|e| e.level == "error" || e.level == "warning")
+            .cloned()
+            .collect())
+    }
+
+    /// Runs `source` in every document this page loads from now on, before the document's own
+    /// scripts (not subject to its Content-Security-Policy).
+    pub fn run_before_scripts(&mut self, source: &str) -> Result<(), CdpError> {
+        self.call("Page.enable", json!({}))?;
+        self.call(
+            "Page.addScriptToEvaluateOnNewDocument",
+            json!({ "source": source }),
+        )?;
+        Ok(())
     }
 
     /// Enables console events, then loads `url` and waits for its load event.
     pub fn navigate(&mut self, url: &str) -> Result<(), CdpError> {
         self.call("Runtime.enable", json!({}))?;
+        self.call("Log.enable", json!({}))?;
         self.call("Page.enable", json!({}))?;
         let result = self.call("Page.navigate", json!({ "url": url }))?;
         if let Some(error) = result.get("errorText") {
@@ -311,6 +381,47 @@ impl Page {
             }
             std::thread::sleep(Duration::from_millis(100)); // the poll period, bounded above
         }
+    }
+
+    /// The centre of the element `selector` names, scrolled into view, in CSS pixels of the
+    /// viewport.
+    fn centre_of(&mut self, selector: &str) -> Result<(f64, f64), CdpError> {
+        let script = format!(
+            "(() => {{ const e = document.querySelector({}); if (!e) return null;
+               e.scrollIntoView({{ block: 'center' }}); const r = e.getBoundingClientRect();
+               return [r.left + r.width / 2, r.top + r.height / 2]; }})()",
+            json!(selector)
+        );
+        let centre = self.evaluate(&script)?;
+        match (centre[0].as_f64(), centre[1].as_f64()) {
+            (Some(x), Some(y)) => Ok((x, y)),
+            _ => Err(CdpError::Script(json!(format!("no element {selector}")))),
+        }
+    }
+
+    /// Clicks the element `selector` names with the mouse, as a user would (press and release
+    /// at its centre), so the page sees real pointer events.
+    pub fn click(&mut self, selector: &str) -> Result<(), CdpError> {
+        let (x, y) = self.centre_of(selector)?;
+        for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({ "type": kind, "x": x, "y": y, "button": "left", "clickCount": 1 }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Clicks into the input `selector` names, selects what it holds and types `text` over it
+    /// (`Input.insertText`: the input events a keyboard would cause).
+    pub fn type_into(&mut self, selector: &str, text: &str) -> Result<(), CdpError> {
+        self.click(selector)?;
+        self.evaluate(&format!(
+            "document.querySelector({}).select()",
+            json!(selector)
+        ))?;
+        self.call("Input.insertText", json!({ "text": text }))?;
+        Ok(())
     }
 
     /// Saves a PNG of the page as `dir/name.png` and returns its path.

@@ -108,7 +108,7 @@ pub fn liveness_duration() -> Duration {
 
 /// The `wspush` binary on loopback ephemeral ports, its log kept.
 pub struct ServerProcess {
-    _child: KillOnDrop,
+    child: KillOnDrop,
     pub ws: SocketAddr,
     pub api: SocketAddr,
     pub log: LogTail,
@@ -118,9 +118,17 @@ impl ServerProcess {
     /// Starts the server with `extra` flags after the loopback listeners; the heartbeat stays
     /// at its defaults unless `extra` changes it.
     pub fn start(extra: &[&str]) -> ServerProcess {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        ServerProcess::start_on(any_port, any_port, extra)
+    }
+
+    /// Starts the server listening on `ws` and `api` (a restart on the ports of an earlier one,
+    /// or port 0 for any).
+    pub fn start_on(ws: SocketAddr, api: SocketAddr, extra: &[&str]) -> ServerProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_wspush"));
         command
-            .args(["--listen", "127.0.0.1:0", "--api-listen", "127.0.0.1:0"])
+            .args(["--listen", &ws.to_string()])
+            .args(["--api-listen", &api.to_string()])
             .args(extra);
         let (child, lines, ready) = start_until_listening(&mut command);
         let log = LogTail::default();
@@ -128,10 +136,41 @@ impl ServerProcess {
         std::thread::spawn(move || lines.map_while(Result::ok).for_each(|l| writer.push(l)));
         let (ws, api) = listening_addrs(&ready);
         ServerProcess {
-            _child: child,
+            child,
             ws,
             api: api.expect(&ready),
             log,
+        }
+    }
+
+    /// Stops the server as an operator does, with SIGTERM (it closes its sessions with 1001),
+    /// and waits for it to exit, successfully.
+    pub fn terminate(mut self) {
+        let pid = self.child.0.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(
+            sent.as_ref().is_ok_and(|s| s.success()),
+            "kill -TERM {pid}: {sent:?}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.0.try_wait() {
+                Ok(Some(status)) => {
+                    assert!(
+                        status.success(),
+                        "the server exited with {status} on SIGTERM\n{}",
+                        self.log.text()
+                    );
+                    return;
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20)); // awaiting an exit, bounded
+                }
+                other => panic!(
+                    "the server did not exit on SIGTERM: {other:?}\n{}",
+                    self.log.text()
+                ),
+            }
         }
     }
 
@@ -145,15 +184,18 @@ impl ServerProcess {
         serde_json::from_str(&body).expect("stats are JSON")
     }
 
-    pub fn publish(&self, topic: &str, data: &str) {
+    /// `POST /publish?topic=` with `Content-Type: application/json`; returns the reply
+    /// (`subscribers`, and with history on `offset` and `epoch`).
+    pub fn publish(&self, topic: &str, data: &str) -> Value {
         let (status, body) = http(
             self.api,
             "POST",
             &format!("/publish?topic={topic}"),
             data,
-            &[],
+            &[("Content-Type", "application/json")],
         );
         assert_eq!(status, 200, "publish: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("publish reply {body:?}: {e}"))
     }
 
     /// Asserts that no connection was closed for silence and that the server did ping.
