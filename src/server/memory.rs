@@ -1,6 +1,7 @@
 //! When to hand freed heap memory back to the OS: after a wave of departures (connections, or
-//! topics and subscriptions ended) that freed enough, at most once a second, and always after
-//! the last wave of a burst. The call itself is `sys::release_free_memory`.
+//! topics and subscriptions ended) that freed enough, at most once a second; a smaller wave a
+//! second after it, so what it freed does not stay mapped until the next one. The call itself
+//! is `sys::release_free_memory`.
 
 use crate::hub::Ended;
 
@@ -12,6 +13,9 @@ const AFTER_FREED_BYTES: u64 = 1 << 20;
 const CONNECTION_BYTES: u64 = 256;
 const TOPIC_BYTES: u64 = 96;
 const SUBSCRIPTION_BYTES: u64 = 24;
+/// A wave that freed less than [`AFTER_FREED_BYTES`] but at least this much is returned after
+/// [`MIN_INTERVAL_MS`]: the later departures of its burst are returned with it.
+const AFTER_FREED_BYTES_LATER: u64 = 64 << 10;
 const MIN_INTERVAL_MS: u64 = 1_000;
 
 #[derive(Debug, Default)]
@@ -37,11 +41,19 @@ impl MemoryReturn {
     /// The time to schedule a release for, if one is due and none is scheduled; `ended`: the
     /// hub's counts now.
     pub(super) fn schedule(&mut self, now_ms: u64, ended: Ended) -> Option<u64> {
-        if self.scheduled || self.freed_estimate(ended) < AFTER_FREED_BYTES {
+        if self.scheduled {
             return None;
         }
+        let freed = self.freed_estimate(ended);
+        let at = if freed >= AFTER_FREED_BYTES {
+            now_ms.max(self.last_ms + MIN_INTERVAL_MS)
+        } else if freed >= AFTER_FREED_BYTES_LATER {
+            (now_ms + MIN_INTERVAL_MS).max(self.last_ms + MIN_INTERVAL_MS)
+        } else {
+            return None;
+        };
         self.scheduled = true;
-        Some(now_ms.max(self.last_ms + MIN_INTERVAL_MS))
+        Some(at)
     }
 
     pub(super) fn released(&mut self, now_ms: u64, ended: Ended) {
@@ -62,11 +74,9 @@ mod tests {
         let mut m = MemoryReturn::default();
         let none = Ended::default();
         let wave = AFTER_FREED_BYTES / CONNECTION_BYTES;
-        for _ in 0..wave - 1 {
+        for _ in 0..wave {
             m.on_removed();
         }
-        assert_eq!(m.schedule(10, none), None);
-        m.on_removed();
         assert_eq!(m.schedule(10, none), Some(1_000));
         assert_eq!(m.schedule(20, none), None, "already scheduled");
         m.released(1_000, none);
@@ -90,5 +100,22 @@ mod tests {
         m.released(5_000, ended);
         // What was released before does not count again.
         assert_eq!(m.schedule(9_000, ended), None);
+    }
+
+    #[test]
+    fn a_smaller_wave_is_returned_a_second_later() {
+        let mut m = MemoryReturn::default();
+        let none = Ended::default();
+        for _ in 0..AFTER_FREED_BYTES_LATER / CONNECTION_BYTES - 1 {
+            m.on_removed();
+        }
+        assert_eq!(m.schedule(10, none), None, "too little to be worth a call");
+        m.on_removed();
+        assert_eq!(m.schedule(10, none), Some(1_010));
+        // The rest of the burst joins the scheduled release.
+        for _ in 0..AFTER_FREED_BYTES / CONNECTION_BYTES {
+            m.on_removed();
+        }
+        assert_eq!(m.schedule(500, none), None, "already scheduled");
     }
 }
