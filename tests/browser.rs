@@ -24,8 +24,6 @@ mod cdp;
 mod demo_page;
 #[path = "browser/nginx.rs"]
 mod nginx;
-#[path = "browser/proxy.rs"]
-mod proxy;
 #[path = "browser/support.rs"]
 mod support;
 

@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::proxy::CuttingProxy;
 use common::*;
 use serde_json::Value;
 
@@ -230,54 +230,6 @@ fn a_request_in_pieces_is_answered_and_a_pipelined_one_is_not() {
     );
 }
 
-/// A TCP proxy that can drop every connection at once, as a vanished peer does.
-struct Proxy {
-    addr: SocketAddr,
-    pairs: Arc<Mutex<Vec<(TcpStream, TcpStream)>>>,
-}
-
-impl Proxy {
-    fn to(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let pairs = Arc::new(Mutex::new(Vec::new()));
-        let list = pairs.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(upstream) else {
-                    continue; // the server is restarting: the client sees the connection fail
-                };
-                list.lock()
-                    .unwrap()
-                    .push((client.try_clone().unwrap(), server.try_clone().unwrap()));
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
-            }
-        });
-        Proxy { addr, pairs }
-    }
-
-    fn cut(&self) {
-        for (a, b) in self.pairs.lock().unwrap().drain(..) {
-            let _ = a.shutdown(Shutdown::Both);
-            let _ = b.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16 * 1024];
-        while let Ok(n @ 1..) = from.read(&mut buf) {
-            if to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown(Shutdown::Write);
-    });
-}
-
 /// The Node script's JSON lines, and every one seen so far.
 struct Script {
     lines: Receiver<Value>,
@@ -325,7 +277,7 @@ fn publish(api: SocketAddr, data: &str) {
 fn the_module_resumes_after_a_cut_and_reports_a_restart() {
     let server = TestServer::start();
     let (ws, api) = (server.ws, server.api);
-    let proxy = Proxy::to(ws);
+    let proxy = CuttingProxy::to(ws);
     let version = Command::new("node")
         .arg("--version")
         .output()

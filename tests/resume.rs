@@ -6,97 +6,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::proxy::CuttingProxy;
 use common::*;
 use wspush::client::{Client, ClientConfig, ContinuityReason, Event};
 use wspush::config::SlowConsumerPolicy;
 
 const TOPIC: &str = "numbers";
 const WAIT: Duration = Duration::from_secs(15);
-
-/// A TCP proxy between the client and the server that can drop every connection at once (as a
-/// vanished peer does, without a close frame) or stop forwarding the server's bytes (a client
-/// that stopped reading).
-struct Proxy {
-    addr: SocketAddr,
-    paused: Arc<AtomicBool>,
-    pairs: Arc<Mutex<Vec<(TcpStream, TcpStream)>>>,
-}
-
-impl Proxy {
-    fn to(upstream: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let paused = Arc::new(AtomicBool::new(false));
-        let pairs = Arc::new(Mutex::new(Vec::new()));
-        let (p, list) = (paused.clone(), pairs.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(upstream) else {
-                    continue;
-                };
-                list.lock()
-                    .unwrap()
-                    .push((client.try_clone().unwrap(), server.try_clone().unwrap()));
-                pipe(
-                    client.try_clone().unwrap(),
-                    server.try_clone().unwrap(),
-                    None,
-                );
-                pipe(server, client, Some(p.clone()));
-            }
-        });
-        Proxy {
-            addr,
-            paused,
-            pairs,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("ws://{}/ws", self.addr)
-    }
-
-    /// Drops every connection: both ends see the TCP connection end without a close frame.
-    fn cut(&self) {
-        for (a, b) in self.pairs.lock().unwrap().drain(..) {
-            let _ = a.shutdown(Shutdown::Both);
-            let _ = b.shutdown(Shutdown::Both);
-        }
-    }
-
-    fn pause_downstream(&self, paused: bool) {
-        self.paused.store(paused, Ordering::SeqCst);
-    }
-}
-
-/// Copies `from` to `to` on a thread of its own; `paused` holds the copy (not the reading
-/// end's kernel buffer) while set.
-fn pipe(mut from: TcpStream, mut to: TcpStream, paused: Option<Arc<AtomicBool>>) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            while paused.as_ref().is_some_and(|p| p.load(Ordering::SeqCst)) {
-                std::thread::sleep(Duration::from_millis(5)); // the paused reader
-            }
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(Shutdown::Write);
-    });
-}
 
 fn client_config(url: String) -> ClientConfig {
     ClientConfig {
@@ -166,14 +85,14 @@ fn publish_numbers(api: SocketAddr, from: u64, to: u64, every: Duration) {
 
 /// A subscriber behind a proxy that has stopped forwarding to it, on a server with a 16 KiB
 /// outbound cap and a history large enough for everything the tests publish.
-fn stalled_subscriber(policy: SlowConsumerPolicy) -> (TestServer, Proxy, Client, Received) {
+fn stalled_subscriber(policy: SlowConsumerPolicy) -> (TestServer, CuttingProxy, Client, Received) {
     let mut config = test_config();
     config.outbound_cap = 16 * 1024;
     config.slow_consumer = policy;
     config.history_size = 100_000;
     config.history_memory = 256 << 20;
     let server = TestServer::with(config);
-    let proxy = Proxy::to(server.ws);
+    let proxy = CuttingProxy::to(server.ws);
     let client = Client::connect(client_config(proxy.url())).unwrap();
     let mut got = Received::default();
     wait_connected(&client, &mut got);
@@ -213,7 +132,7 @@ fn assert_exactly_once_in_order(numbers: &[u64], from: u64, to: u64) {
 #[test]
 fn a_vanished_connection_resumes_without_loss() {
     let server = TestServer::start();
-    let proxy = Proxy::to(server.ws);
+    let proxy = CuttingProxy::to(server.ws);
     let client = Client::connect(client_config(proxy.url())).unwrap();
     let mut got = Received::default();
     wait_connected(&client, &mut got);
@@ -284,7 +203,7 @@ fn a_gap_longer_than_the_history_is_reported_with_its_position() {
     let mut config = test_config();
     config.history_size = 10;
     let server = TestServer::with(config);
-    let proxy = Proxy::to(server.ws);
+    let proxy = CuttingProxy::to(server.ws);
     let mut cfg = client_config(proxy.url());
     // Long enough for the whole outage to be published before it comes back.
     cfg.backoff_initial = Duration::from_millis(500);

@@ -491,9 +491,10 @@ impl Loop {
         };
         let requests = http.on_input(input, self.now_ms);
         let generation = *generation;
+        let name = ApiConnectionName(generation);
         for request in &requests {
             let from = Requester {
-                connection: &format_args!("API connection #{generation}"),
+                connection: &name,
                 // Only a log line asks for it (a system call).
                 peer: &|| self.conns.get(key).and_then(|c| c.socket.peer_addr().ok()),
                 now_ms: self.now_ms,
@@ -934,5 +935,14 @@ impl Loop {
             history_bytes: self.hub.history().map_or(0, |h| h.bytes()),
             history_evictions: self.hub.history().map_or(0, |h| h.evictions()),
         }
+    }
+}
+
+/// "API connection #N" in log lines, formatted only when a line is written.
+struct ApiConnectionName<T>(T);
+
+impl<T: std::fmt::Display> std::fmt::Display for ApiConnectionName<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "API connection #{}", self.0)
     }
 }

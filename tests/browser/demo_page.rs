@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::{BrowserClient, STEP};
+use crate::common::proxy::CuttingProxy;
 use crate::nginx::Nginx;
-use crate::proxy::CuttingProxy;
 use crate::support::ServerProcess;
 
 /// The topic the test subscribes by typing it into the page.

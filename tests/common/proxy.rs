@@ -1,16 +1,19 @@
 //! A TCP proxy in front of the server that the tests control: it drops every connection at once
-//! (a network cut: both ends see TCP end, no close frame), and while its gate is closed it
-//! closes each new connection as soon as it is accepted, so a reconnecting client cannot get
-//! through until the test has done what must happen while it is away.
+//! (a network cut: both ends see TCP end, no close frame); while its gate is closed it closes
+//! each new connection as soon as it is accepted, so a reconnecting client cannot get through
+//! until the test has done what must happen while it is away; and it can stop forwarding the
+//! server's bytes (a client that stopped reading).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub struct CuttingProxy {
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     pairs: Arc<Mutex<Vec<(TcpStream, TcpStream)>>>,
 }
 
@@ -20,8 +23,9 @@ impl CuttingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         let addr = listener.local_addr().expect("local_addr");
         let open = Arc::new(AtomicBool::new(true));
+        let paused = Arc::new(AtomicBool::new(false));
         let pairs = Arc::new(Mutex::new(Vec::new()));
-        let (gate, list) = (open.clone(), pairs.clone());
+        let (gate, pause, list) = (open.clone(), paused.clone(), pairs.clone());
         // The thread ends with the test process; a dropped proxy only cuts what it carries.
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -49,11 +53,20 @@ impl CuttingProxy {
                 list.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .push((client_kept, server_kept));
-                pipe(client_reader, server);
-                pipe(server_reader, client);
+                pipe(client_reader, server, None);
+                pipe(server_reader, client, Some(pause.clone()));
             }
         });
-        CuttingProxy { addr, open, pairs }
+        CuttingProxy {
+            addr,
+            open,
+            paused,
+            pairs,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
     }
 
     /// Drops every connection carried so far.
@@ -69,6 +82,12 @@ impl CuttingProxy {
     pub fn set_gate_open(&self, open: bool) {
         self.open.store(open, Ordering::SeqCst);
     }
+
+    /// Paused: the server's bytes are not forwarded (they wait in the proxy, not in the
+    /// client's kernel buffer).
+    pub fn pause_downstream(&self, paused: bool) {
+        self.paused.store(paused, Ordering::SeqCst);
+    }
 }
 
 impl Drop for CuttingProxy {
@@ -78,13 +97,22 @@ impl Drop for CuttingProxy {
     }
 }
 
-/// Copies `from` to `to` on a thread of its own until either side ends.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` on a thread of its own until either side ends; `paused` holds the copy
+/// while set.
+fn pipe(mut from: TcpStream, mut to: TcpStream, paused: Option<Arc<AtomicBool>>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 16 * 1024];
-        while let Ok(n @ 1..) = from.read(&mut buf) {
-            if to.write_all(&buf[..n]).is_err() {
-                break;
+        loop {
+            while paused.as_ref().is_some_and(|p| p.load(Ordering::SeqCst)) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
             }
         }
         let _ = to.shutdown(Shutdown::Write);
