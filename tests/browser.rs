@@ -275,11 +275,7 @@ impl BrowserClient {
             .evaluate(self.state)
             .map(|v| v.to_string())
             .unwrap_or_else(|e| format!("({e})"));
-        let context: String = self
-            .context
-            .iter()
-            .map(|(name, log)| format!("\n{name}:\n{}", log.text()))
-            .collect();
+        let context = support::logs_text(&self.context);
         panic!(
             "{}: {what}\npage state: {state}\nconsole:\n{}\nchromium stderr:\n{}{context}\n{more}",
             self.name,

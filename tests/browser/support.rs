@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{KillOnDrop, http, listening_addrs, start_until_listening};
+use crate::common::{KillOnDrop, listening_addrs, publish_to, start_until_listening, stats_of};
 
 /// The last lines of a process's output, shared with the thread that reads it.
 #[derive(Clone, Default)]
@@ -179,23 +179,12 @@ impl ServerProcess {
     }
 
     pub fn stats(&self) -> Value {
-        let (status, body) = http(self.api, "GET", "/stats", "", &[]);
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).expect("stats are JSON")
+        stats_of(self.api)
     }
 
-    /// `POST /publish?topic=` with `Content-Type: application/json`; returns the reply
-    /// (`subscribers`, and with history on `offset` and `epoch`).
+    /// `POST /publish?topic=`; returns the reply (`subscribers`, with history `offset`, `epoch`).
     pub fn publish(&self, topic: &str, data: &str) -> Value {
-        let (status, body) = http(
-            self.api,
-            "POST",
-            &format!("/publish?topic={topic}"),
-            data,
-            &[("Content-Type", "application/json")],
-        );
-        assert_eq!(status, 200, "publish: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("publish reply {body:?}: {e}"))
+        publish_to(self.api, topic, data)
     }
 
     /// Asserts that no connection was closed for silence and that the server did ping.
@@ -299,11 +288,7 @@ impl ScriptClient {
 
     fn fail(&mut self, what: &str) -> ! {
         let status = self.child.0.try_wait().ok().flatten();
-        let context: String = self
-            .context
-            .iter()
-            .map(|(name, log)| format!("\n{name}:\n{}", log.text()))
-            .collect();
+        let context = logs_text(&self.context);
         panic!(
             "{}: {what}; exit status {status:?}\nstdout:\n{}\nstderr:\n{}{context}",
             self.name,
@@ -393,4 +378,11 @@ impl Drop for PageServer {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// The attached logs of a failing test, each under its name.
+pub fn logs_text(logs: &[(String, LogTail)]) -> String {
+    logs.iter()
+        .map(|(name, log)| format!("\n{name}:\n{}", log.text()))
+        .collect()
 }

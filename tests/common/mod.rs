@@ -83,21 +83,11 @@ impl TestServer {
     }
 
     pub fn stats(&self) -> Value {
-        let (status, body) = http(self.api, "GET", "/stats", "", &[]);
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
+        stats_of(self.api)
     }
 
     pub fn publish(&self, topic: &str, data: &str) -> Value {
-        let (status, body) = http(
-            self.api,
-            "POST",
-            &format!("/publish?topic={topic}"),
-            data,
-            &[],
-        );
-        assert_eq!(status, 200, "{body}");
-        serde_json::from_str(&body).unwrap()
+        publish_to(self.api, topic, data)
     }
 }
 
@@ -174,6 +164,21 @@ pub fn publish_content_type(path: &str) -> &'static str {
     } else {
         "application/x-ndjson"
     }
+}
+
+/// `GET /stats` of the API at `api`.
+pub fn stats_of(api: SocketAddr) -> Value {
+    let (status, body) = http(api, "GET", "/stats", "", &[]);
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("stats are JSON")
+}
+
+/// `POST /publish?topic=` to the API at `api` (the Content-Type comes from [`http`]); returns
+/// the reply (`subscribers`, and with history on `offset` and `epoch`).
+pub fn publish_to(api: SocketAddr, topic: &str, data: &str) -> Value {
+    let (status, body) = http(api, "POST", &format!("/publish?topic={topic}"), data, &[]);
+    assert_eq!(status, 200, "publish: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("publish reply {body:?}: {e}"))
 }
 
 /// One HTTP/1.1 request on a fresh connection (`Connection: close`); returns status and body.
