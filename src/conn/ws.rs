@@ -33,6 +33,7 @@
 use std::borrow::Cow;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::rc::Rc;
 
 use bytes::Bytes;
 use log::{Level, debug, log_enabled, trace};
@@ -41,7 +42,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::frame::{CloseFrame, Utf8Bytes};
 use tungstenite::protocol::{Role, WebSocketContext};
 
-use super::outbound::FRAME_OVERHEAD;
+use super::outbound::{FRAME_OVERHEAD, Run};
 use super::{CONTROL_SLACK, Connection, OutQueue, Settings, Status, WriteStall};
 use crate::config::SlowConsumerPolicy;
 use crate::hub::{self, Epoch, Hub, SubscriberId, Subscriptions};
@@ -1089,6 +1090,43 @@ impl Session {
         }
     }
 
+    /// Queues a run of shared push frames of `topic` as one entry, when all of it fits.
+    /// `None`: it does not, and the caller offers the frames one by one to [`Session::push`],
+    /// whose slow-consumer policy decides for each.
+    pub fn push_run(
+        &mut self,
+        topic: &str,
+        run: &Rc<Run>,
+        settings: &Settings,
+        stats: &mut Stats,
+    ) -> Option<Push> {
+        if let Some(rare) = &self.rare
+            && rare.replays.iter().any(|cursor| &*cursor.topic == topic)
+        {
+            return Some(Push::Deferred);
+        }
+        let Phase::Open(open) = &mut self.phase else {
+            return Some(Push::NotOpen);
+        };
+        if !open.can_write() {
+            return Some(Push::NotOpen);
+        }
+        if !run_fits(&open.out, run, settings.outbound_cap) {
+            return None;
+        }
+        open.out.push(Rc::clone(run));
+        stats.deliveries += run.frames().len() as u64;
+        Some(Push::Queued)
+    }
+
+    /// Whether a run fits the queue now (see [`Session::has_room`]).
+    pub fn has_room_for_run(&self, run: &Run, settings: &Settings) -> bool {
+        match &self.phase {
+            Phase::Open(open) => run_fits(&open.out, run, settings.outbound_cap),
+            _ => true,
+        }
+    }
+
     /// Sends a close frame (after dropping queued frames that have not started, when the
     /// queue is what overflowed) and moves to `Finishing`.
     pub fn close(&mut self, reason: CloseReason, now_ms: u64) {
@@ -1214,6 +1252,12 @@ impl Plan {
 /// An empty queue takes any frame, so one large publish never closes everyone.
 fn fits(out: &OutQueue, len: usize, cap: usize) -> bool {
     out.is_empty() || out.charged_bytes() + len + FRAME_OVERHEAD <= cap
+}
+
+/// Unlike a single frame, a run is not let into an empty queue past the cap: frame by frame,
+/// the first one always is, and the policy decides for the rest.
+fn run_fits(out: &OutQueue, run: &Run, cap: usize) -> bool {
+    out.charged_bytes() + run.charge() <= cap
 }
 
 impl Connection for Session {

@@ -246,11 +246,30 @@ pub struct Delivery<'a> {
 impl Delivery<'_> {
     /// The subscribers, in id order.
     pub fn subscribers(&self) -> impl Iterator<Item = SubscriberId> + '_ {
-        self.members
-            .iter()
-            .filter(|&&id| id & LEFT == 0)
-            .map(|&id| SubscriberId(id))
+        live(self.members)
     }
+}
+
+/// Consecutive publishes to one topic resolved against the index: their frames and positions,
+/// in order, and who gets them.
+pub struct RunDelivery<'a> {
+    pub frames: Vec<Shared>,
+    pub positions: Vec<Option<Position>>,
+    members: &'a [u64],
+}
+
+impl RunDelivery<'_> {
+    /// The subscribers, in id order.
+    pub fn subscribers(&self) -> impl Iterator<Item = SubscriberId> + '_ {
+        live(self.members)
+    }
+}
+
+fn live(members: &[u64]) -> impl Iterator<Item = SubscriberId> + '_ {
+    members
+        .iter()
+        .filter(|&&id| id & LEFT == 0)
+        .map(|&id| SubscriberId(id))
 }
 
 #[derive(Debug, Default)]
@@ -399,7 +418,35 @@ impl Hub {
     /// Encodes a push of `data_json` (valid JSON) to `topic` once, for all its subscribers;
     /// with history on, at the stream's next position, and holds it (`now_ms`: for its TTL).
     pub fn publish(&mut self, topic: &str, data_json: &str, now_ms: u64) -> Delivery<'_> {
-        let (frame, position) = match &mut self.history {
+        let (frame, position) = self.frame(topic, data_json, now_ms);
+        Delivery {
+            frame,
+            position,
+            members: self.members(topic),
+        }
+    }
+
+    /// Publishes consecutive messages to one topic: each is framed and placed in the stream as
+    /// by [`Hub::publish`], and the subscribers are resolved once for all of them.
+    pub fn publish_run<'d>(
+        &mut self,
+        topic: &str,
+        messages: impl Iterator<Item = &'d str>,
+        now_ms: u64,
+    ) -> RunDelivery<'_> {
+        let (frames, positions) = messages
+            .map(|data_json| self.frame(topic, data_json, now_ms))
+            .unzip();
+        RunDelivery {
+            frames,
+            positions,
+            members: self.members(topic),
+        }
+    }
+
+    /// Frames one publish; with history on, gives it the stream's next position and holds it.
+    fn frame(&mut self, topic: &str, data_json: &str, now_ms: u64) -> (Shared, Option<Position>) {
+        match &mut self.history {
             Some(history) => {
                 let next = history.next_position(topic);
                 let position = next.position;
@@ -414,13 +461,11 @@ impl Hub {
                 (frame, Some(position))
             }
             None => (message::encode_push(topic, data_json), None),
-        };
-        let members = self.topics.get(topic).map_or(&[][..], Members::ids);
-        Delivery {
-            frame,
-            position,
-            members,
         }
+    }
+
+    fn members(&self, topic: &str) -> &[u64] {
+        self.topics.get(topic).map_or(&[][..], Members::ids)
     }
 
     pub fn subscriber_count(&self, topic: &str) -> usize {

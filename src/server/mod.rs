@@ -18,6 +18,7 @@ mod sys;
 
 use std::io::Read;
 use std::net::{Shutdown, SocketAddr};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -30,14 +31,17 @@ use slab::Slab;
 
 use crate::app::summary::{self, StatsLog};
 use crate::app::tick::{self, DemoTick};
-use crate::app::{Action, App, Gauges, Published, Requester};
+use crate::app::{Action, App, Gauges, Messages, Published, Requester};
 use crate::config::{Config, millis};
 use crate::conn::http::HttpConn;
+use crate::conn::outbound::Run;
 use crate::conn::ws::{CloseReason, Ctx, Push, Session};
 use crate::conn::{Connection, Settings, Status};
 use crate::error::ServerError;
 use crate::hub::{HistoryLimits, Hub, SubscriberId};
+use crate::stats::Stats;
 use crate::timer::{TimerHandle, TimerWheel};
+use crate::wire::frame::Shared;
 use accept::{Accepting, Port};
 use memory::MemoryReturn;
 use socket::{SocketWriter, interrupted, would_block};
@@ -130,6 +134,44 @@ struct Conn {
 }
 
 impl Conn {
+    /// Offers a push to a WebSocket session. A queue too full for it is written to the socket
+    /// first, so a fast reader is never mistaken for a slow one.
+    fn offer(
+        &mut self,
+        topic: &str,
+        frame: &Shared,
+        settings: &Settings,
+        stats: &mut Stats,
+        now_ms: u64,
+    ) -> Push {
+        if matches!(&self.kind, Kind::Ws(session) if !session.has_room(frame.len(), settings)) {
+            stats.bytes_written += self.flush(now_ms) as u64;
+        }
+        match &mut self.kind {
+            Kind::Ws(session) => session.push(topic, frame, settings, stats, now_ms),
+            Kind::Http(_) => Push::NotOpen,
+        }
+    }
+
+    /// Offers a run of pushes to a WebSocket session as one entry, writing a queue too full for
+    /// it first. `None`: it does not fit, and each push is to be offered on its own.
+    fn offer_run(
+        &mut self,
+        topic: &str,
+        run: &Rc<Run>,
+        settings: &Settings,
+        stats: &mut Stats,
+        now_ms: u64,
+    ) -> Option<Push> {
+        if matches!(&self.kind, Kind::Ws(session) if !session.has_room_for_run(run, settings)) {
+            stats.bytes_written += self.flush(now_ms) as u64;
+        }
+        match &mut self.kind {
+            Kind::Ws(session) => session.push_run(topic, run, settings, stats),
+            Kind::Http(_) => Some(Push::NotOpen),
+        }
+    }
+
     /// Writes what the queue holds and the socket takes; returns the bytes written.
     fn flush(&mut self, now_ms: u64) -> usize {
         let conn = self.kind.conn();
@@ -502,19 +544,7 @@ impl Loop {
             let response = match self.app.route(request, &from) {
                 Action::Respond(response) => response,
                 Action::Publish(publish) => {
-                    // One clock reading per publish: each one ends where the next starts.
-                    let mut start = Instant::now();
-                    let reached: Vec<Published> = publish
-                        .messages
-                        .iter()
-                        .map(|(topic, data)| {
-                            let reached = self.publish(topic, data.get());
-                            let end = Instant::now();
-                            self.app.stats.fanout.observe(end - start);
-                            start = end;
-                            reached
-                        })
-                        .collect();
+                    let reached = self.publish_messages(&publish.messages);
                     self.app.published(&publish, &reached)
                 }
                 Action::History(query) => self
@@ -558,6 +588,102 @@ impl Loop {
         }
     }
 
+    /// Publishes a request's messages in order. Consecutive messages to one topic go out as
+    /// one run (see [`Loop::publish_run`]); the others one by one.
+    fn publish_messages(&mut self, messages: &Messages<'_>) -> Vec<Published> {
+        let mut reached = Vec::with_capacity(messages.len());
+        // One clock reading per run: each one ends where the next starts.
+        let mut start = Instant::now();
+        for run in messages.chunk_by(|(a, _), (b, _)| a == b) {
+            let topic = &run[0].0;
+            if let [(_, data)] = run {
+                reached.push(self.publish(topic, data.get()));
+            } else {
+                let data = run.iter().map(|(_, data)| data.get());
+                reached.extend(self.publish_run(topic, data));
+            }
+            let end = Instant::now();
+            let per_message = (end - start) / run.len() as u32;
+            for _ in run {
+                self.app.stats.fanout.observe(per_message);
+            }
+            start = end;
+        }
+        reached
+    }
+
+    /// Publishes consecutive messages to one topic. Each subscriber gets them as one shared
+    /// [`Run`] entry in its queue, so a burst costs it one entry, not one per message; a queue
+    /// without room for all of them gets them one by one, under the slow-consumer policy.
+    fn publish_run<'d>(
+        &mut self,
+        topic: &str,
+        messages: impl Iterator<Item = &'d str>,
+    ) -> Vec<Published> {
+        let mut delivery = self.hub.publish_run(topic, messages, self.now_ms);
+        let count = delivery.frames.len();
+        self.app.stats.publishes += count as u64;
+        let run = Rc::new(Run::new(std::mem::take(&mut delivery.frames)));
+        // Subscribers that got the whole run, and per message those that got it on its own.
+        let mut got_all = 0;
+        let mut got_one: Vec<usize> = Vec::new();
+        for id in delivery.subscribers() {
+            let (key, generation) = split_id(id);
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.generation != generation {
+                continue;
+            }
+            let mut queued = false;
+            match conn.offer_run(
+                topic,
+                &run,
+                &self.settings,
+                &mut self.app.stats,
+                self.now_ms,
+            ) {
+                Some(outcome) => {
+                    got_all += usize::from(matches!(outcome, Push::Queued | Push::Deferred));
+                    queued = outcome == Push::Queued;
+                }
+                None => {
+                    got_one.resize(count, 0);
+                    for (i, frame) in run.frames().iter().enumerate() {
+                        let outcome = conn.offer(
+                            topic,
+                            frame,
+                            &self.settings,
+                            &mut self.app.stats,
+                            self.now_ms,
+                        );
+                        got_one[i] += usize::from(outcome == Push::Queued);
+                        queued |= matches!(outcome, Push::Queued | Push::Closed);
+                    }
+                }
+            }
+            if queued && !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push((key, generation));
+            }
+        }
+        let reached: Vec<Published> = (0..count)
+            .map(|i| Published {
+                subscribers: got_all + got_one.get(i).copied().unwrap_or(0),
+                position: delivery.positions[i],
+            })
+            .collect();
+        if !self.app.topic_prefixes.is_empty() {
+            for published in &reached {
+                self.app
+                    .topic_prefixes
+                    .on_publish(topic, published.subscribers);
+            }
+        }
+        self.arm_history_timer();
+        reached
+    }
+
     /// Publishes `data_json` to `topic`: the hub frames it once and names the subscribers,
     /// each gets the shared frame in its queue. Returns how many got it (a subscriber whose
     /// replay of the topic is running gets it from the history) and the publish's position.
@@ -577,15 +703,7 @@ impl Loop {
             if conn.generation != generation {
                 continue;
             }
-            let full = |s: &Session| !s.has_room(delivery.frame.len(), &self.settings);
-            if matches!(&conn.kind, Kind::Ws(session) if full(session)) {
-                let written = conn.flush(self.now_ms);
-                self.app.stats.bytes_written += written as u64;
-            }
-            let Kind::Ws(session) = &mut conn.kind else {
-                continue;
-            };
-            let outcome = session.push(
+            let outcome = conn.offer(
                 topic,
                 &delivery.frame,
                 &self.settings,

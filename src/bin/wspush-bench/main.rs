@@ -39,13 +39,17 @@ struct Opts {
     cycles: usize,
     warmup: usize,
     json: bool,
+    /// The yardstick's pushes carry no positions (as wspush's with `--history-size 0`).
+    no_positions: bool,
 }
 
 fn usage() -> &'static str {
     "usage: wspush-bench SCENARIO [--ws ADDR] [--api ADDR] [--server-pid PID] [-n N] [--concurrency C]
        [--messages M] [--rate R] [--duration 10s] [--payload 100] [--stuck K] [--cycles 5] [--warmup 20] [--json]
 scenarios: connect | fanout | flood | notify | slow | churn | storm | keepalive
-       wspush-bench yardstick [--ws ADDR] [--api ADDR]   (the minimal reference server; port 0 allowed)
+       wspush-bench yardstick [--ws ADDR] [--api ADDR] [--no-positions]
+                 (the minimal reference server; port 0 allowed; its pushes carry positions as
+                 wspush's do with history on, unless --no-positions: as with --history-size 0)
 defaults: --ws 127.0.0.1:8091 --api 127.0.0.1:8092 -n 1000 --concurrency 256 --messages 100
           --rate 10 --duration 10s --payload 100 --stuck 10 --cycles 5 --warmup 20
 --warmup: messages published at --rate before fanout and slow measure (reported separately):
@@ -77,6 +81,7 @@ fn parse_opts() -> Result<Opts, String> {
         cycles: 5,
         warmup: 20,
         json: false,
+        no_positions: false,
     };
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -95,6 +100,7 @@ fn parse_opts() -> Result<Opts, String> {
             "--warmup" => o.warmup = num(value()?)?,
             "--cycles" => o.cycles = num(value()?)?,
             "--json" => o.json = true,
+            "--no-positions" => o.no_positions = true,
             _ => return Err(format!("unknown flag {flag}\n{}", usage())),
         }
     }
@@ -1183,7 +1189,9 @@ fn main() -> ExitCode {
         "notify" => notify(&opts),
         "storm" => storm(&opts),
         "keepalive" => keepalive(&opts),
-        "yardstick" => yardstick::run(opts.ws, opts.api).map_err(|e| e.to_string()),
+        "yardstick" => {
+            yardstick::run(opts.ws, opts.api, !opts.no_positions).map_err(|e| e.to_string())
+        }
         other => Err(format!("unknown scenario {other}\n{}", usage())),
     };
     match result {

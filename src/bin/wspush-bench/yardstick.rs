@@ -2,7 +2,10 @@
 //! (BENCHMARKS.md). One thread, one mio loop, wspush's protocol for what the generator uses, and
 //! nothing else: no timers, limits, heartbeats, statistics or outbound queues.
 //!
-//! A publish is framed once with wspush's `encode_push` (byte-identical pushes) and its index
+//! A publish is framed once with wspush's encoder, byte-identical to wspush's pushes: by default
+//! with a position (`"offset":N,"epoch":"…"`, a counter per topic and a fixed 8-character
+//! epoch) as wspush sends with history on, its default; with `--no-positions` without, as
+//! wspush with `--history-size 0`. Its index is
 //! appended to each subscriber's batch of this poll iteration (subscribers in subscription
 //! order). At the end of the iteration each connection with a batch gets one syscall: `send` of
 //! the frame if the batch is one frame, else `sendmsg` with an iovec per frame (no copy), both
@@ -26,8 +29,11 @@ use slab::Slab;
 use wspush::wire::frame::Shared;
 use wspush::wire::handshake::{accept_response, read_request};
 use wspush::wire::message::{
-    ClientMessage, encode_ack, encode_push, parse_client_message, pong_frame,
+    ClientMessage, encode_ack, encode_push, encode_push_at, parse_client_message, pong_frame,
 };
+
+/// The epoch of every topic: as long as wspush's (`hub::Epoch`), so the frames are as long.
+const EPOCH: &str = "yardstck";
 
 const WS: Token = Token(usize::MAX - 1);
 const API: Token = Token(usize::MAX - 2);
@@ -64,6 +70,10 @@ struct Server {
     /// Connections with a non-empty batch.
     dirty: Vec<u32>,
     iov: Vec<libc::iovec>,
+    /// Pushes carry positions (wspush with history on).
+    positions: bool,
+    /// By topic id: the last offset given.
+    offsets: Vec<u64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -74,7 +84,7 @@ struct Line<'a> {
     data: &'a RawValue,
 }
 
-pub fn run(ws: SocketAddr, api: SocketAddr) -> io::Result<()> {
+pub fn run(ws: SocketAddr, api: SocketAddr, positions: bool) -> io::Result<()> {
     let (mut ws_listener, mut api_listener) = (TcpListener::bind(ws)?, TcpListener::bind(api)?);
     let mut poll = Poll::new()?;
     poll.registry()
@@ -84,7 +94,10 @@ pub fn run(ws: SocketAddr, api: SocketAddr) -> io::Result<()> {
     let (ws, api) = (ws_listener.local_addr()?, api_listener.local_addr()?);
     eprintln!("yardstick listening on ws://{ws} (api: {api})");
     let (mut s, mut events, mut scratch) = (
-        Server::default(),
+        Server {
+            positions,
+            ..Server::default()
+        },
         Events::with_capacity(1024),
         vec![0; 65536],
     );
@@ -230,6 +243,7 @@ impl Server {
         let id = *self.topic_ids.entry(topic.into()).or_insert(next);
         if id == next {
             self.subscribers.push(Vec::new());
+            self.offsets.push(0);
         }
         if let Some(conn) = self.conns.get_mut(key)
             && !conn.topics.contains(&id)
@@ -248,14 +262,22 @@ impl Server {
         (self.frames.len() - 1) as u32
     }
 
-    /// Appends one frame to the batch of every subscriber of `topic`; returns how many.
-    fn publish(&mut self, topic: &str, frame: Shared) -> usize {
+    /// Frames a push of `data` to `topic` and appends it to the batch of every subscriber;
+    /// returns how many, and the position given (with positions on).
+    fn publish(&mut self, topic: &str, data: &str) -> (usize, Option<u64>) {
         let Some(&id) = self.topic_ids.get(topic) else {
-            return 0;
+            return (0, None);
         };
         if self.subscribers[id as usize].is_empty() {
-            return 0;
+            return (0, None);
         }
+        let (frame, offset) = if self.positions {
+            let offset = &mut self.offsets[id as usize];
+            *offset += 1;
+            (encode_push_at(topic, data, *offset, EPOCH), Some(*offset))
+        } else {
+            (encode_push(topic, data), None)
+        };
         let frame = self.add_frame(frame);
         let subscribers = &self.subscribers[id as usize];
         for &key in subscribers {
@@ -265,7 +287,7 @@ impl Server {
             }
             conn.batch.push(frame);
         }
-        subscribers.len()
+        (subscribers.len(), offset)
     }
 
     /// Answers the complete requests at the start of `input` in one write; returns the bytes
@@ -311,8 +333,14 @@ impl Server {
                     json!({ "error": "the body must be one JSON value" }),
                 );
             };
-            let reached = self.publish(topic, encode_push(topic, data.get()));
-            return ("200 OK", json!({ "topic": topic, "subscribers": reached }));
+            let mut reply = json!({ "topic": topic });
+            let (reached, offset) = self.publish(topic, data.get());
+            reply["subscribers"] = json!(reached);
+            if let Some(offset) = offset {
+                reply["offset"] = json!(offset);
+                reply["epoch"] = json!(EPOCH);
+            }
+            return ("200 OK", reply);
         }
         let text = std::str::from_utf8(body).unwrap_or("\0");
         let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
@@ -324,15 +352,20 @@ impl Server {
                 json!({ "error": "one {\"topic\":..,\"data\":..} per line" }),
             ),
             Ok(lines) => {
-                let mut deliveries = 0;
+                let (mut deliveries, mut offsets) = (0, serde_json::Map::new());
                 for line in &lines {
-                    deliveries +=
-                        self.publish(&line.topic, encode_push(&line.topic, line.data.get()));
+                    let (reached, offset) = self.publish(&line.topic, line.data.get());
+                    deliveries += reached;
+                    if let Some(offset) = offset {
+                        let position = json!({ "offset": offset, "epoch": EPOCH });
+                        offsets.insert(line.topic.to_string(), position);
+                    }
                 }
-                (
-                    "200 OK",
-                    json!({ "published": lines.len(), "deliveries": deliveries }),
-                )
+                let mut reply = json!({ "published": lines.len(), "deliveries": deliveries });
+                if self.positions {
+                    reply["offsets"] = Value::Object(offsets);
+                }
+                ("200 OK", reply)
             }
         }
     }
