@@ -18,7 +18,7 @@ runs=0
 cleanup() { if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; server=; fi; }
 trap cleanup EXIT
 
-start() { # wspush|yardstick [extra wspush flags...]
+start() { # wspush|yardstick [extra flags of that server...]
   cleanup
   kind=$1; shift
   runs=$((runs + 1)); log=$out/$kind.$runs.log
@@ -26,7 +26,7 @@ start() { # wspush|yardstick [extra wspush flags...]
     taskset -c 0 target/release/wspush --listen 127.0.0.1:0 --api-listen 127.0.0.1:0 --no-tick --max-connections 19000 "$@" \
       >"$log" 2>&1 &
   else
-    taskset -c 0 target/release/wspush-bench yardstick --ws 127.0.0.1:0 --api 127.0.0.1:0 >"$log" 2>&1 &
+    taskset -c 0 target/release/wspush-bench yardstick --ws 127.0.0.1:0 --api 127.0.0.1:0 "$@" >"$log" 2>&1 &
   fi
   server=$!
   for _ in $(seq 100); do grep -aq 'listening on' "$log" && break; sleep 0.05; done
@@ -37,14 +37,15 @@ start_server() { start wspush "$@"; }
 bench() { # scenario args...   (one JSON line per run, tagged with the server)
   local s=$1; shift
   timeout 300 taskset -c 1 target/release/wspush-bench "$s" --ws "$ws" --api "$api" --server-pid "$server" --json "$@" \
-    | sed "s/^{/{\"server\":\"$kind\",/" | tee -a "$out/results.jsonl" | sed "s/^/  /"
+    | sed "s/^{/{\"server\":\"$kind\",\"variant\":\"${variant:-}\",/" | tee -a "$out/results.jsonl" | sed "s/^/  /"
 }
-both() { # label scenario args...   (RUNS x: wspush, then the yardstick, same flags)
+both() { # label scenario args...   (RUNS x: wspush, then the yardstick, same generator flags)
+  # WSPUSH_FLAGS / YARD_FLAGS: each server's own flags (history off: --history-size 0 against
+  # --no-positions, so both send the same bytes)
   local label=$1; shift
   for i in $(seq "$RUNS"); do
-    for k in wspush yardstick; do
-      start "$k"; echo "$label, $k, run $i:"; bench "$@"
-    done
+    start wspush ${WSPUSH_FLAGS:-}; echo "$label, wspush ${WSPUSH_FLAGS:-}, run $i:"; bench "$@"
+    start yardstick ${YARD_FLAGS:-}; echo "$label, yardstick ${YARD_FLAGS:-}, run $i:"; bench "$@"
   done
 }
 
@@ -61,8 +62,13 @@ for i in 1 2 3; do
 done
 both "fanout ($N subscribers, 10 msg/s, after 20 warm-up messages)" fanout -n "$N" --messages 50 --rate 10 --payload 100
 both "flood ($FLOOD_N subscribers, 10 s)" flood -n "$FLOOD_N" --duration 10s --payload 100
-# 12 s at 10,000/s: inside the 20 s heartbeat window (the clients never ping), ~1 s of server CPU
-both "notify ($N clients, a topic each, $NOTIFY_MSGS messages at 10000/s)" notify -n "$N" --messages "$NOTIFY_MSGS" --rate 10000 --payload 100
+variant=nohistory WSPUSH_FLAGS="--history-size 0" YARD_FLAGS=--no-positions \
+  both "flood, history off ($FLOOD_N subscribers, 10 s)" flood -n "$FLOOD_N" --duration 10s --payload 100
+# 12 s at 10,000/s, ~1 s of server CPU. The clients never send anything, so wspush would Ping
+# each of them after 10 s of silence (10,000 sends and reads that are no publish's cost, which
+# the yardstick does not make): its heartbeat is set past the run.
+WSPUSH_FLAGS="--heartbeat-interval 60s" \
+  both "notify ($N clients, a topic each, $NOTIFY_MSGS messages at 10000/s)" notify -n "$N" --messages "$NOTIFY_MSGS" --rate 10000 --payload 100
 start_server; echo "slow (baseline, $SLOW_N subscribers):"; bench slow -n "$SLOW_N" --stuck 0 --messages 200 --rate 50 --payload 1000
 start_server --outbound-cap 256KiB; echo "slow (10 stuck):"; bench slow -n "$SLOW_N" --stuck 10 --messages 200 --rate 50 --payload 1000
 start_server; echo "churn (5 x 2000):"; bench churn -n 2000 --cycles 5
@@ -74,8 +80,8 @@ cleanup
 python3 - "$out/results.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
-def runs(s, server="wspush"):
-    return [r["result"] for r in rows if r["scenario"] == s and r["server"] == server]
+def runs(s, server="wspush", variant=""):
+    return [r["result"] for r in rows if r["scenario"] == s and r["server"] == server and r.get("variant", "") == variant]
 get = lambda s, i=0: runs(s)[i]
 median = lambda xs: sorted(xs)[len(xs) // 2] if xs else float("nan")
 connects = runs("connect")
@@ -114,8 +120,9 @@ print()
 print("| scenario | wspush ns/delivery | yardstick ns/delivery | ratio | target | met |")
 print("|---|---|---|---|---|---|")
 notes = []
-for s, target in (("fanout", 1.10), ("flood", 1.05), ("notify", 1.10)):
-    w, y = runs(s), runs(s, "yardstick")
+for s, variant, target in (("fanout", "", 1.10), ("flood", "", 1.05), ("flood", "nohistory", 1.05), ("notify", "", 1.10)):
+    w, y = runs(s, variant=variant), runs(s, "yardstick", variant)
+    s = f"{s} ({variant})" if variant else s
     wn = [r["cpu_ns_per_delivery"] for r in w if r.get("cpu_ns_per_delivery")]
     yn = [r["cpu_ns_per_delivery"] for r in y if r.get("cpu_ns_per_delivery")]
     lost = sum(r["expected"] - r["delivered"] for r in w + y)
@@ -125,6 +132,12 @@ for s, target in (("fanout", 1.10), ("flood", 1.05), ("notify", 1.10)):
     pairs = ", ".join(f"x{a / b:.2f}" for a, b in zip(wn, yn))
     share = lambda rs: "/".join("%.0f" % (100 * r["cpu_user_share"]) for r in rs if r.get("cpu_user_share") is not None)
     notes.append(f"  {s}: wspush {', '.join('%.0f' % v for v in wn)} ns; yardstick {', '.join('%.0f' % v for v in yn)} ns; pairs {pairs}; user-space share % wspush {share(w)}, yardstick {share(y)}")
+# History on against off (issue #12), and the same bytes difference in the yardstick: pushes
+# with positions against without.
+cpu = lambda rs: median([r["cpu_ns_per_delivery"] for r in rs if r.get("cpu_ns_per_delivery")])
+hw = cpu(runs("flood")) / cpu(runs("flood", variant="nohistory"))
+hy = cpu(runs("flood", "yardstick")) / cpu(runs("flood", "yardstick", "nohistory"))
+notes.append(f"  flood, pushes with positions against without: wspush (history on / --history-size 0) x{hw:.2f}, yardstick (default / --no-positions) x{hy:.2f}")
 nw, ny = runs("notify"), runs("notify", "yardstick")
 bw, by = [r["bytes_per_conn"] for r in nw], [r["bytes_per_conn"] for r in ny]
 print(f"| notify: server RSS per connected client (own topic each, worst of {len(bw)}) | {max(bw):.0f} B | {max(by):.0f} B | x{max(bw) / max(by):.2f} | wspush <= 400 B | {'yes' if max(bw) <= 400 else 'no'} |")

@@ -28,7 +28,7 @@ use crate::stats::Stats;
 use crate::wire::forwarded::TrustedProxies;
 use crate::wire::handshake;
 use crate::wire::http::{Head, HttpError, HttpLimits, Method, Request, Response};
-use crate::wire::message::{self, TopicRules};
+use crate::wire::message::{self, ReplyPosition, TopicRules};
 pub use auth::{Admission, HandshakePolicy, SubscribePolicy};
 use metrics::{Figures, PrefixFigures, Process, TopicPrefixes};
 
@@ -425,37 +425,32 @@ impl App {
     /// The answer to a publish; `reached[i]`: what message `i` reached. With history on, a
     /// single publish names its position, a batch the last position per topic.
     pub fn published(&mut self, publish: &Publish<'_>, reached: &[Published]) -> Response {
-        let position_json =
-            |p: &Position| serde_json::json!({ "offset": p.offset, "epoch": p.epoch.as_str() });
-        let body = if publish.batch {
-            let mut body = serde_json::json!({
-                "published": publish.messages.len(),
-                "deliveries": reached.iter().map(|r| r.subscribers).sum::<usize>(),
-            });
-            let mut offsets = serde_json::Map::new();
-            for ((topic, _), result) in publish.messages.iter().zip(reached) {
-                if let Some(position) = &result.position {
-                    // Later lines of a topic overwrite earlier ones: the last offset wins.
-                    offsets.insert(topic.to_string(), position_json(position));
-                }
-            }
-            if !offsets.is_empty() {
-                body["offsets"] = offsets.into();
-            }
-            body
-        } else {
-            let topic = publish.messages.first().map_or("", |(t, _)| &**t);
-            let first = reached.first();
-            let mut body = serde_json::json!({
-                "topic": topic,
-                "subscribers": first.map_or(0, |r| r.subscribers),
-            });
-            if let Some(position) = first.and_then(|r| r.position) {
-                body["offset"] = position.offset.into();
-                body["epoch"] = position.epoch.as_str().into();
-            }
-            body
-        };
+        if publish.batch {
+            let deliveries = reached.iter().map(|r| r.subscribers).sum::<usize>();
+            let positions = publish
+                .messages
+                .iter()
+                .zip(reached)
+                .filter_map(|((topic, _), r)| {
+                    r.position.as_ref().map(|p| ReplyPosition {
+                        topic,
+                        offset: p.offset,
+                        epoch: p.epoch.as_str(),
+                    })
+                });
+            let body = message::encode_batch_reply(publish.messages.len(), deliveries, positions);
+            return Response::json_text(200, body, publish.keep_alive);
+        }
+        let topic = publish.messages.first().map_or("", |(t, _)| &**t);
+        let first = reached.first();
+        let mut body = serde_json::json!({
+            "topic": topic,
+            "subscribers": first.map_or(0, |r| r.subscribers),
+        });
+        if let Some(position) = first.and_then(|r| r.position) {
+            body["offset"] = position.offset.into();
+            body["epoch"] = position.epoch.as_str().into();
+        }
         Response::json(200, &body, publish.keep_alive)
     }
 

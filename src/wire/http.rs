@@ -671,9 +671,14 @@ pub struct Response {
 
 impl Response {
     pub fn json(status: u16, body: &serde_json::Value, keep_alive: bool) -> Self {
+        Self::json_text(status, body.to_string(), keep_alive)
+    }
+
+    /// A JSON body written by the caller.
+    pub fn json_text(status: u16, body: String, keep_alive: bool) -> Self {
         Response {
             status,
-            body: body.to_string(),
+            body,
             keep_alive,
             extra_headers: &[],
             head_only: false,

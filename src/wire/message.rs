@@ -436,6 +436,58 @@ pub fn encode_request_error(error: &RequestError) -> Bytes {
 }
 
 /// Writes `s` as a JSON string literal.
+/// One message's place in its topic's stream, as a batch reply names it.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplyPosition<'a> {
+    pub topic: &'a str,
+    pub offset: u64,
+    pub epoch: &'a str,
+}
+
+/// The reply to a batch publish: `{"deliveries":N,"offsets":{"T":{"epoch":"E","offset":O},..},
+/// "published":K}`, keys sorted as serde_json writes a map. `offsets` has each topic's last
+/// position (of several lines to one topic the last wins) and is left out when there are none.
+/// Written directly: a batch to many topics would otherwise build a map and strings per topic.
+pub fn encode_batch_reply<'a>(
+    published: usize,
+    deliveries: usize,
+    positions: impl Iterator<Item = ReplyPosition<'a>>,
+) -> String {
+    let mut last: Vec<ReplyPosition<'a>> = positions.collect();
+    // Stable, so a topic's lines stay in publish order; then keep the last of each.
+    last.sort_by(|a, b| a.topic.cmp(b.topic));
+    last.dedup_by(|later, kept| {
+        let same = later.topic == kept.topic;
+        if same {
+            *kept = *later;
+        }
+        same
+    });
+    let mut buf = Vec::with_capacity(48 + last.len() * 48);
+    buf.put_slice(br#"{"deliveries":"#);
+    buf.put_slice(deliveries.to_string().as_bytes());
+    if !last.is_empty() {
+        buf.put_slice(br#","offsets":{"#);
+        for (i, position) in last.iter().enumerate() {
+            if i > 0 {
+                buf.put_u8(b',');
+            }
+            put_json_string(&mut buf, position.topic);
+            buf.put_slice(br#":{"epoch":"#);
+            put_json_string(&mut buf, position.epoch);
+            buf.put_slice(br#","offset":"#);
+            buf.put_slice(position.offset.to_string().as_bytes());
+            buf.put_u8(b'}');
+        }
+        buf.put_u8(b'}');
+    }
+    buf.put_slice(br#","published":"#);
+    buf.put_slice(published.to_string().as_bytes());
+    buf.put_u8(b'}');
+    // Only `&str`s and ASCII went in.
+    String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 fn put_json_string(buf: &mut impl BufMut, s: &str) {
     buf.put_u8(b'"');
     for &b in s.as_bytes() {
@@ -767,5 +819,40 @@ mod tests {
         let err = encode_error("bad \"thing\"");
         let v: serde_json::Value = serde_json::from_slice(payload(&err)).unwrap();
         assert_eq!(v["error"], "bad \"thing\"");
+    }
+
+    #[test]
+    fn the_batch_reply_is_what_serde_json_writes_for_the_same_map() {
+        let positions = [
+            ("b", 1, "e1"),
+            ("a\"x", 7, "e2"),
+            ("b", 2, "e1"),
+            ("c", 3, "e3"),
+        ];
+        let reply = encode_batch_reply(
+            4,
+            9,
+            positions
+                .iter()
+                .map(|&(topic, offset, epoch)| ReplyPosition {
+                    topic,
+                    offset,
+                    epoch,
+                }),
+        );
+        let mut offsets = serde_json::Map::new();
+        for (topic, offset, epoch) in positions {
+            offsets.insert(
+                topic.into(),
+                serde_json::json!({"offset": offset, "epoch": epoch}),
+            );
+        }
+        let expected =
+            serde_json::json!({"published": 4, "deliveries": 9, "offsets": offsets}).to_string();
+        assert_eq!(reply, expected);
+        assert_eq!(
+            encode_batch_reply(2, 0, std::iter::empty()),
+            serde_json::json!({"published": 2, "deliveries": 0}).to_string()
+        );
     }
 }

@@ -24,12 +24,13 @@ use std::os::fd::AsRawFd;
 
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use serde_json::{Value, json, value::RawValue};
+use serde_json::{json, value::RawValue};
 use slab::Slab;
 use wspush::wire::frame::Shared;
 use wspush::wire::handshake::{accept_response, read_request};
 use wspush::wire::message::{
-    ClientMessage, encode_ack, encode_push, encode_push_at, parse_client_message, pong_frame,
+    ClientMessage, ReplyPosition, encode_ack, encode_batch_reply, encode_push, encode_push_at,
+    parse_client_message, pong_frame,
 };
 
 /// The epoch of every topic: as long as wspush's (`hub::Epoch`), so the frames are as long.
@@ -313,7 +314,6 @@ impl Server {
             };
             // The method is not checked: any request to a publish path publishes.
             let (status, reply) = self.publish_request(request.path.unwrap_or(""), body);
-            let reply = reply.to_string();
             let _ = write!(
                 out,
                 "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: keep-alive\r\n\r\n{reply}",
@@ -325,12 +325,12 @@ impl Server {
         (out.is_empty() || conn.stream.write(&out).ok()? == out.len()).then_some(at)
     }
 
-    fn publish_request(&mut self, path: &str, body: &[u8]) -> (&'static str, Value) {
+    fn publish_request(&mut self, path: &str, body: &[u8]) -> (&'static str, String) {
         if let Some(topic) = path.strip_prefix("/publish?topic=") {
             let Ok(data) = serde_json::from_slice::<&RawValue>(body) else {
                 return (
                     "400 Bad Request",
-                    json!({ "error": "the body must be one JSON value" }),
+                    json!({ "error": "the body must be one JSON value" }).to_string(),
                 );
             };
             let mut reply = json!({ "topic": topic });
@@ -340,31 +340,34 @@ impl Server {
                 reply["offset"] = json!(offset);
                 reply["epoch"] = json!(EPOCH);
             }
-            return ("200 OK", reply);
+            return ("200 OK", reply.to_string());
         }
         let text = std::str::from_utf8(body).unwrap_or("\0");
         let lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
         let lines: Result<Vec<Line<'_>>, _> = lines.map(serde_json::from_str).collect();
         match lines {
-            _ if path != "/publish" => ("404 Not Found", json!({ "error": "no such endpoint" })),
+            _ if path != "/publish" => (
+                "404 Not Found",
+                json!({ "error": "no such endpoint" }).to_string(),
+            ),
             Err(_) => (
                 "400 Bad Request",
-                json!({ "error": "one {\"topic\":..,\"data\":..} per line" }),
+                json!({ "error": "one {\"topic\":..,\"data\":..} per line" }).to_string(),
             ),
             Ok(lines) => {
-                let (mut deliveries, mut offsets) = (0, serde_json::Map::new());
+                let (mut deliveries, mut positions) = (0, Vec::new());
                 for line in &lines {
                     let (reached, offset) = self.publish(&line.topic, line.data.get());
                     deliveries += reached;
                     if let Some(offset) = offset {
-                        let position = json!({ "offset": offset, "epoch": EPOCH });
-                        offsets.insert(line.topic.to_string(), position);
+                        positions.push(ReplyPosition {
+                            topic: &line.topic,
+                            offset,
+                            epoch: EPOCH,
+                        });
                     }
                 }
-                let mut reply = json!({ "published": lines.len(), "deliveries": deliveries });
-                if self.positions {
-                    reply["offsets"] = Value::Object(offsets);
-                }
+                let reply = encode_batch_reply(lines.len(), deliveries, positions.into_iter());
                 ("200 OK", reply)
             }
         }
