@@ -218,6 +218,15 @@ fn split_id(id: SubscriberId) -> (usize, u32) {
     (id.slot() as usize, id.sequence())
 }
 
+/// The connection a subscriber id names, with its key, unless it has gone.
+fn subscriber_conn(conns: &mut Slab<Conn>, id: SubscriberId) -> Option<(usize, &mut Conn)> {
+    let (key, generation) = split_id(id);
+    conns
+        .get_mut(key)
+        .filter(|conn| conn.generation == generation)
+        .map(|conn| (key, conn))
+}
+
 pub struct Server {
     poll: Poll,
     ws_listener: TcpListener,
@@ -628,13 +637,9 @@ impl Loop {
         let mut got_all = 0;
         let mut got_one: Vec<usize> = Vec::new();
         for id in delivery.subscribers() {
-            let (key, generation) = split_id(id);
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some((key, conn)) = subscriber_conn(&mut self.conns, id) else {
                 continue;
             };
-            if conn.generation != generation {
-                continue;
-            }
             let mut queued = false;
             match conn.offer_run(
                 topic,
@@ -664,7 +669,7 @@ impl Loop {
             }
             if queued && !conn.dirty {
                 conn.dirty = true;
-                self.dirty.push((key, generation));
+                self.dirty.push((key, conn.generation));
             }
         }
         let reached: Vec<Published> = (0..count)
@@ -696,13 +701,9 @@ impl Loop {
         let delivery = self.hub.publish(topic, data_json, self.now_ms);
         let mut reached = 0;
         for id in delivery.subscribers() {
-            let (key, generation) = split_id(id);
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some((key, conn)) = subscriber_conn(&mut self.conns, id) else {
                 continue;
             };
-            if conn.generation != generation {
-                continue;
-            }
             let outcome = conn.offer(
                 topic,
                 &delivery.frame,
@@ -713,7 +714,7 @@ impl Loop {
             reached += usize::from(matches!(outcome, Push::Queued | Push::Deferred));
             if matches!(outcome, Push::Queued | Push::Closed) && !conn.dirty {
                 conn.dirty = true;
-                self.dirty.push((key, generation));
+                self.dirty.push((key, conn.generation));
             }
         }
         let position = delivery.position;
