@@ -33,7 +33,9 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn new(frames: Vec<Shared>) -> Self {
+    /// Empty frames are left out.
+    pub fn new(mut frames: Vec<Shared>) -> Self {
+        frames.retain(|f| !f.is_empty());
         let bytes = frames.iter().map(|f| f.len()).sum();
         Run { frames, bytes }
     }
@@ -132,11 +134,8 @@ impl OutQueue {
 
     pub fn push(&mut self, entry: impl Into<Chunk>) {
         let entry = entry.into();
-        if entry.frames().iter().any(|f| f.is_empty()) {
-            // An empty frame would stall the write loop; skip it (runs are pushes, never empty).
-            for frame in entry.frames().iter().filter(|f| !f.is_empty()) {
-                self.push(Shared::clone(frame));
-            }
+        // An empty frame would make a write of nothing; runs hold none (see `Run::new`).
+        if entry.bytes() == 0 {
             return;
         }
         self.pong_at_tail = false;
