@@ -456,7 +456,11 @@ impl App {
 
     /// `GET /history`: the held messages of `stream` after `query.since`, and whether they are
     /// every message after it; 404 when the topic has no stream.
-    pub fn history_response(&self, query: &HistoryQuery<'_>, stream: Option<&Stream>) -> Response {
+    pub fn history_response(
+        &self,
+        query: &HistoryQuery<'_>,
+        stream: Option<Stream<'_>>,
+    ) -> Response {
         let ka = query.keep_alive;
         let Some(stream) = stream else {
             return Response {
@@ -479,9 +483,10 @@ impl App {
             messages: Vec<Held<'a>>,
         }
         let first = stream.first_held().unwrap_or(stream.last() + 1);
+        let epoch = stream.epoch();
         let body = Body {
             topic: query.topic,
-            epoch: stream.epoch_text(),
+            epoch: epoch.as_str(),
             offset: stream.last(),
             complete: query.since.saturating_add(1) >= first,
             messages: stream

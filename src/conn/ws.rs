@@ -858,9 +858,10 @@ impl Session {
         recent: Option<u64>,
         ctx: &mut Ctx<'_>,
     ) -> Bytes {
-        let mut acks: Vec<StreamAck<'_>> = Vec::with_capacity(topics.len());
+        // Each ack's epoch beside it: the stream views that give them do not outlive the loop.
+        let mut acks: Vec<(Epoch, StreamAck<'_>)> = Vec::with_capacity(topics.len());
         for topic in topics {
-            if acks.iter().any(|a| a.topic == &**topic) {
+            if acks.iter().any(|(_, a)| a.topic == &**topic) {
                 continue;
             }
             // Every subscribed topic has a stream while history is on.
@@ -872,9 +873,9 @@ impl Session {
                 // Already subscribed on this connection: `since` and `recent` are ignored.
                 Plan::live()
             } else if let Some(resume) = resume {
-                Plan::resume(stream, resume)
+                Plan::resume(&stream, resume)
             } else if let Some(count) = recent {
-                Plan::recent(stream, count)
+                Plan::recent(&stream, count)
             } else {
                 Plan::live()
             };
@@ -891,14 +892,24 @@ impl Session {
                     next,
                 });
             }
-            acks.push(StreamAck {
-                topic,
-                epoch: stream.epoch_text(),
-                offset: stream.last(),
-                recovered: plan.recovered,
-                from: plan.from,
-            });
+            acks.push((
+                stream.epoch(),
+                StreamAck {
+                    topic,
+                    epoch: "",
+                    offset: stream.last(),
+                    recovered: plan.recovered,
+                    from: plan.from,
+                },
+            ));
         }
+        let acks: Vec<StreamAck<'_>> = acks
+            .iter()
+            .map(|(epoch, ack)| StreamAck {
+                epoch: epoch.as_str(),
+                ..*ack
+            })
+            .collect();
         message::encode_subscribed_streams(topics, &acks)
     }
 
@@ -1207,7 +1218,7 @@ impl Plan {
     }
 
     /// `since`: everything after it, when the stream is the same and still holds it all.
-    fn resume(stream: &hub::Stream, resume: &Resume<'_>) -> Plan {
+    fn resume(stream: &hub::Stream<'_>, resume: &Resume<'_>) -> Plan {
         let last = stream.last();
         let lost = |from: u64| Plan {
             recovered: Some(false),
@@ -1215,7 +1226,7 @@ impl Plan {
             replay_from: (from <= last).then_some(from),
         };
         let oldest = stream.first_held().unwrap_or(last + 1);
-        if resume.epoch != stream.epoch_text() || resume.offset > last {
+        if resume.epoch != stream.epoch().as_str() || resume.offset > last {
             // Another stream (or a position this one never had): every message it holds is newer
             // than anything the client saw, so all of them are replayed.
             return lost(oldest);
@@ -1237,7 +1248,7 @@ impl Plan {
     }
 
     /// `recent: count`: the last `count` held messages, then live.
-    fn recent(stream: &hub::Stream, count: u64) -> Plan {
+    fn recent(stream: &hub::Stream<'_>, count: u64) -> Plan {
         let last = stream.last();
         let first = stream.first_held().unwrap_or(last + 1);
         let from = (last + 1).saturating_sub(count).max(first);

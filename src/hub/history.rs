@@ -3,20 +3,25 @@
 //! A stream gives every publish to its topic a position: the stream's `epoch` and an `offset`
 //! that starts at 1 and grows by one per publish. It keeps the last messages' push frames (the
 //! same [`Shared`] allocation the subscribers' queues hold) within three bounds: messages per
-//! topic, a time to live, and one memory cap over all topics. TTL and the memory cap both evict
-//! the oldest message of all topics: a global age queue in publish order gives it in O(1), and
-//! since time only moves forward its front is also the next message to expire (one timer, no
-//! scans). Evicting a topic's oldest for the per-topic bound leaves its age entry behind; such
-//! stale entries are skipped at the front and compacted away when they are the majority.
+//! topic, a time to live, and one memory cap over all topics.
+//!
+//! A stream lives in its topic's entry of the hub's index, so a publish finds the subscribers
+//! and the stream with one lookup. A topic that is only subscribed keeps just its stream's
+//! number (the epoch derives from it); the rest ([`Held`]) is allocated at its first publish.
+//! TTL and the memory cap both evict the oldest message of all topics: a global age queue in
+//! publish order ([`History`]) gives it in O(1), and since time only moves forward its front is
+//! also the next message to expire (one timer, no scans). The per-topic bound evicts a topic's
+//! oldest and leaves its age entry behind: a topic counts its entries in the queue, and since
+//! a topic's stale entries are older than its live ones, an entry is stale exactly when its
+//! topic has more entries than frames. Stale entries are dropped at the front and compacted
+//! away when they are the majority.
 //!
 //! A stream ends when it holds nothing and its topic has no subscribers; the next publish or
 //! subscribe opens a new one with a new epoch, so a client never mistakes the new offsets for
 //! the old ones.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
-
-use slab::Slab;
 
 use crate::wire::frame::Shared;
 
@@ -42,15 +47,17 @@ pub struct HistoryLimits {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Epoch([u8; 8]);
 
-const EPOCH_SPACE: u128 = 36u128.pow(8);
+const EPOCH_SPACE: u64 = 36u64.pow(8);
 /// Coprime to 36, so `serial * EPOCH_STRIDE mod 36^8` visits every epoch once before repeating.
-const EPOCH_STRIDE: u128 = 1_779_033_703;
+const EPOCH_STRIDE: u64 = 1_779_033_703;
 
 impl Epoch {
     /// The epoch of the stream numbered `serial`, offset by the process's random `seed` so
     /// epochs of an earlier run of the server do not come back.
     fn derive(seed: u64, serial: u32) -> Epoch {
-        let mut value = (u128::from(seed) + u128::from(serial) * EPOCH_STRIDE) % EPOCH_SPACE;
+        // Both terms are below 2^42 and 2^63: no overflow in u64.
+        let mut value =
+            (seed % EPOCH_SPACE + u64::from(serial) * EPOCH_STRIDE % EPOCH_SPACE) % EPOCH_SPACE;
         let mut text = [b'0'; 8];
         for slot in text.iter_mut().rev() {
             let digit = (value % 36) as u8;
@@ -77,86 +84,149 @@ pub struct Position {
     pub offset: u64,
 }
 
-/// The position of a publish about to be appended, with its stream's key (one index lookup
-/// per publish, not two).
+/// One topic's stream as readers see it: its position and the frames it still holds.
 #[derive(Clone, Copy, Debug)]
-pub struct NextPosition {
-    key: u32,
-    pub position: Position,
-}
-
-/// One topic's stream: its position and the frames it still holds.
-#[derive(Debug)]
-pub struct Stream {
-    name: Rc<str>,
-    /// Which stream of the process this is; tells a reused slab key's age entries apart.
-    serial: u32,
+pub struct Stream<'a> {
+    name: &'a Rc<str>,
     epoch: Epoch,
     /// The offset of the last publish (0: none yet).
     last: u64,
-    /// The frames of offsets `last - held.len() + 1 ..= last`.
-    held: VecDeque<Shared>,
-    /// The topic has subscribers: the stream lives on when its history empties.
-    subscribed: bool,
+    /// The frames of offsets `last - frames.len() + 1 ..= last`; `None` before any publish.
+    frames: Option<&'a VecDeque<Shared>>,
 }
 
-impl Stream {
-    pub fn name(&self) -> &Rc<str> {
-        &self.name
+impl<'a> Stream<'a> {
+    /// The stream of the topic `name`, given its number and, once published to, its held part.
+    pub(super) fn view(name: &'a Rc<str>, epoch: Epoch, held: Option<&'a Held>) -> Stream<'a> {
+        Stream {
+            name,
+            epoch,
+            last: held.map_or(0, |h| h.last),
+            frames: held.map(|h| &h.frames),
+        }
+    }
+
+    pub fn name(&self) -> &'a Rc<str> {
+        self.name
     }
 
     pub fn epoch(&self) -> Epoch {
         self.epoch
     }
 
-    pub fn epoch_text(&self) -> &str {
-        self.epoch.as_str()
-    }
-
     pub fn last(&self) -> u64 {
         self.last
     }
 
-    /// The oldest offset still held, if any.
-    pub fn first_held(&self) -> Option<u64> {
-        (!self.held.is_empty()).then(|| self.last + 1 - self.held.len() as u64)
+    fn held_count(&self) -> usize {
+        self.frames.map_or(0, VecDeque::len)
     }
 
-    pub fn frame(&self, offset: u64) -> Option<&Shared> {
+    /// The oldest offset still held, if any.
+    pub fn first_held(&self) -> Option<u64> {
+        let count = self.held_count();
+        (count > 0).then(|| self.last + 1 - count as u64)
+    }
+
+    pub fn frame(&self, offset: u64) -> Option<&'a Shared> {
         let first = self.first_held()?;
         let index = usize::try_from(offset.checked_sub(first)?).ok()?;
-        self.held.get(index)
+        self.frames?.get(index)
     }
 
     /// The held messages after `offset`, oldest first.
-    pub fn after(&self, offset: u64) -> impl Iterator<Item = (u64, &Shared)> {
+    pub fn after(&self, offset: u64) -> impl Iterator<Item = (u64, &'a Shared)> + use<'a> {
         let first = self.first_held().unwrap_or(self.last + 1);
         let skip =
             usize::try_from(offset.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
-        self.held
-            .iter()
+        self.frames
+            .into_iter()
+            .flatten()
             .enumerate()
             .skip(skip)
             .map(move |(i, frame)| (first + i as u64, frame))
     }
 }
 
+/// What a topic's stream holds once published to (a topic that is only subscribed has none).
+#[derive(Debug)]
+pub(super) struct Held {
+    /// The topic's name, as its age entries name it.
+    name: Rc<str>,
+    epoch: Epoch,
+    last: u64,
+    frames: VecDeque<Shared>,
+    /// Age-queue entries naming this topic: one per held frame, plus one per frame the
+    /// per-topic bound evicted (those are older, so they reach the front first).
+    aged: u32,
+}
+
+impl Held {
+    pub(super) fn new(name: Rc<str>, epoch: Epoch) -> Held {
+        Held {
+            name,
+            epoch,
+            last: 0,
+            frames: VecDeque::new(),
+            aged: 0,
+        }
+    }
+
+    pub(super) fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The position the next publish gets.
+    pub(super) fn next_position(&self) -> Position {
+        Position {
+            epoch: self.epoch,
+            offset: self.last + 1,
+        }
+    }
+
+    /// Whether the topic has stale age entries (the oldest of its entries is one).
+    pub(super) fn has_stale(&self) -> bool {
+        self.aged as usize > self.frames.len()
+    }
+
+    /// Whether the oldest of this topic's age entries is stale (more entries than frames: the
+    /// per-topic bound evicted its frame); if so, it is no longer counted.
+    pub(super) fn take_stale(&mut self) -> bool {
+        let stale = self.has_stale();
+        if stale {
+            self.aged -= 1;
+        }
+        stale
+    }
+
+    /// Nothing held and no age entry left: the stream may end.
+    pub(super) fn is_spent(&self) -> bool {
+        self.frames.is_empty() && self.aged == 0
+    }
+}
+
 /// A held message in publish order (over all topics): what TTL and the memory cap evict.
 #[derive(Debug)]
 struct Aged {
-    stream: u32,
-    serial: u32,
-    offset: u64,
+    topic: Rc<str>,
     expires_ms: u64,
 }
 
+/// What the age queue's front entry is to its topic.
+pub(super) enum Front {
+    /// Its frame is the topic's oldest held: evict it with [`History::evict_front`].
+    Live,
+    /// The per-topic bound already evicted its frame: it was dropped.
+    Stale,
+}
+
+/// The history's bounds, its age queue and its accounting; the streams themselves live in the
+/// hub's topics, which pass them in.
 #[derive(Debug)]
 pub struct History {
     limits: HistoryLimits,
     epoch_seed: u64,
     next_serial: u32,
-    streams: Slab<Stream>,
-    index: HashMap<Rc<str>, u32>,
     aged: VecDeque<Aged>,
     /// Age entries whose message the per-topic bound already evicted.
     stale: usize,
@@ -171,8 +241,6 @@ impl History {
             limits,
             epoch_seed,
             next_serial: 0,
-            streams: Slab::new(),
-            index: HashMap::new(),
             aged: VecDeque::new(),
             stale: 0,
             messages: 0,
@@ -181,117 +249,100 @@ impl History {
         }
     }
 
-    pub fn stream(&self, topic: &str) -> Option<&Stream> {
-        let key = *self.index.get(topic)?;
-        self.streams.get(key as usize)
-    }
-
-    /// The stream of `topic`, opened (new epoch, offset 0) if it has none.
-    fn open(&mut self, topic: &str) -> u32 {
-        self.open_named(topic, None)
-    }
-
-    /// [`History::open`], sharing the index's name of the topic when the caller has one.
-    fn open_named(&mut self, topic: &str, shared_name: Option<&Rc<str>>) -> u32 {
-        if let Some(&key) = self.index.get(topic) {
-            return key;
-        }
+    /// Numbers a new stream.
+    pub(super) fn open(&mut self) -> u32 {
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);
-        let name: Rc<str> = shared_name.map_or_else(|| Rc::from(topic), Rc::clone);
-        let key = self.streams.insert(Stream {
-            name: Rc::clone(&name),
-            serial,
-            epoch: Epoch::derive(self.epoch_seed, serial),
-            last: 0,
-            held: VecDeque::new(),
-            subscribed: false,
-        }) as u32;
-        self.index.insert(name, key);
-        key
+        serial
     }
 
-    /// The topic `name` got its first subscriber: its stream (opened now if absent) stays
-    /// while it has subscribers.
-    pub fn on_first_member(&mut self, name: &Rc<str>) {
-        let key = self.open_named(name, Some(name));
-        if let Some(stream) = self.streams.get_mut(key as usize) {
-            stream.subscribed = true;
-        }
+    pub(super) fn epoch(&self, serial: u32) -> Epoch {
+        Epoch::derive(self.epoch_seed, serial)
     }
 
-    /// The topic lost its last subscriber: its stream ends now if it holds nothing, else when
-    /// its history is gone.
-    pub fn on_last_member(&mut self, topic: &str) {
-        let Some(&key) = self.index.get(topic) else {
-            return;
-        };
-        if let Some(stream) = self.streams.get_mut(key as usize) {
-            stream.subscribed = false;
-        }
-        self.end_if_unused(key);
-    }
-
-    /// The position the next publish to `topic` gets (opening its stream if needed), to be
-    /// passed to [`History::append`] with its frame.
-    pub fn next_position(&mut self, topic: &str) -> NextPosition {
-        let key = self.open(topic);
-        let position = match self.streams.get(key as usize) {
-            Some(stream) => Position {
-                epoch: stream.epoch,
-                offset: stream.last + 1,
-            },
-            // `open` just returned the key: unreachable, and harmless if it were.
-            None => Position {
-                epoch: Epoch::derive(self.epoch_seed, 0),
-                offset: 1,
-            },
-        };
-        NextPosition { key, position }
-    }
-
-    /// Holds `frame` as the message at `next` (from [`History::next_position`]), then evicts
-    /// what the bounds no longer allow.
-    pub fn append(&mut self, next: NextPosition, frame: Shared, now_ms: u64) {
-        let key = next.key;
-        let Some(stream) = self.streams.get_mut(key as usize) else {
-            return;
-        };
-        stream.last += 1;
+    /// Holds `frame` as the message at `held.next_position()`, evicting the topic's oldest
+    /// past the per-topic bound. The memory cap is the caller's to apply next
+    /// ([`History::over_memory`]), since it may evict other topics' messages.
+    pub(super) fn append(&mut self, held: &mut Held, frame: Shared, now_ms: u64) {
+        held.last += 1;
         self.bytes += frame.len() + ENTRY_OVERHEAD;
         self.messages += 1;
-        stream.held.push_back(frame);
+        held.frames.push_back(frame);
+        held.aged += 1;
         self.aged.push_back(Aged {
-            stream: key,
-            serial: stream.serial,
-            offset: stream.last,
+            topic: Rc::clone(&held.name),
             expires_ms: now_ms.saturating_add(self.limits.ttl_ms),
         });
-        if stream.held.len() > self.limits.size {
-            self.evict_front(key);
+        if held.frames.len() > self.limits.size {
+            self.evict_front(held);
+            // Its age entry stays until it reaches the front or a compaction.
+            held.aged += 1;
             self.stale += 1;
         }
-        while self.bytes > self.limits.memory && self.evict_oldest() {}
-        self.trim_stale_front();
-        self.compact();
     }
 
-    /// Evicts every message whose time to live has passed at `now_ms`.
-    pub fn expire(&mut self, now_ms: u64) {
-        loop {
-            self.trim_stale_front();
-            match self.aged.front() {
-                Some(aged) if aged.expires_ms <= now_ms => {
-                    self.evict_oldest();
-                }
-                _ => return,
-            }
+    pub(super) fn over_memory(&self) -> bool {
+        self.bytes > self.limits.memory
+    }
+
+    /// The topic of the oldest age entry, while it has one.
+    pub(super) fn front_topic(&self) -> Option<&Rc<str>> {
+        self.aged.front().map(|aged| &aged.topic)
+    }
+
+    /// Whether the oldest age entry expired at `now_ms`.
+    pub(super) fn front_expired(&self, now_ms: u64) -> bool {
+        self.aged
+            .front()
+            .is_some_and(|aged| aged.expires_ms <= now_ms)
+    }
+
+    /// Pops the oldest age entry, whose topic's held part is `held` (from
+    /// [`History::front_topic`]); a live one evicts the topic's oldest frame.
+    pub(super) fn pop_front(&mut self, held: &mut Held) -> Front {
+        self.aged.pop_front();
+        if held.take_stale() {
+            self.stale = self.stale.saturating_sub(1);
+            return Front::Stale;
+        }
+        self.evict_front(held);
+        Front::Live
+    }
+
+    /// Drops an age entry whose topic is gone (cannot happen: a topic lives while it has age
+    /// entries; harmless if it did).
+    pub(super) fn drop_orphan_front(&mut self) {
+        self.aged.pop_front();
+    }
+
+    /// Drops the oldest held frame of `held` and its age count.
+    fn evict_front(&mut self, held: &mut Held) {
+        let Some(frame) = held.frames.pop_front() else {
+            return;
+        };
+        held.aged = held.aged.saturating_sub(1);
+        self.bytes -= frame.len() + ENTRY_OVERHEAD;
+        self.messages -= 1;
+        self.evictions += 1;
+    }
+
+    /// Whether stale entries are numerous enough to compact the age queue now.
+    pub(super) fn wants_compaction(&self) -> bool {
+        self.stale > COMPACT_MIN_STALE && self.stale * 2 > self.aged.len()
+    }
+
+    /// Keeps the age entries for which `live` (given the entry's topic; it calls
+    /// [`Held::take_stale`]) says so: every stale one goes.
+    pub(super) fn compact(&mut self, mut live: impl FnMut(&str) -> bool) {
+        self.aged.retain(|aged| live(&aged.topic));
+        self.stale = 0;
+        if self.aged.capacity() > 2 * self.aged.len() + 64 {
+            self.aged.shrink_to(self.aged.len() * 3 / 2);
         }
     }
 
-    /// When the oldest held message expires.
+    /// When the oldest age entry expires (the hub keeps the front live).
     pub fn next_expiry(&self) -> Option<u64> {
-        // The front is kept live by every mutation.
         self.aged.front().map(|aged| aged.expires_ms)
     }
 
@@ -309,87 +360,19 @@ impl History {
         self.evictions
     }
 
-    pub fn stream_count(&self) -> usize {
-        self.streams.len()
-    }
-
-    /// Evicts the oldest message of all topics; false when nothing is held.
-    fn evict_oldest(&mut self) -> bool {
-        self.trim_stale_front();
-        let Some(aged) = self.aged.pop_front() else {
-            return false;
-        };
-        self.evict_front(aged.stream);
-        true
-    }
-
-    /// Drops the oldest held message of the stream `key`.
-    fn evict_front(&mut self, key: u32) {
-        let Some(stream) = self.streams.get_mut(key as usize) else {
-            return;
-        };
-        let Some(frame) = stream.held.pop_front() else {
-            return;
-        };
-        self.bytes -= frame.len() + ENTRY_OVERHEAD;
-        self.messages -= 1;
-        self.evictions += 1;
-        self.end_if_unused(key);
-    }
-
-    fn end_if_unused(&mut self, key: u32) {
-        let unused = self
-            .streams
-            .get(key as usize)
-            .is_some_and(|s| s.held.is_empty() && !s.subscribed);
-        if unused {
-            let stream = self.streams.remove(key as usize);
-            self.index.remove(&stream.name);
-            if self.streams.capacity() > 64 && self.streams.len() * 4 < self.streams.capacity() {
-                self.streams.shrink_to_fit();
-                self.index.shrink_to(self.index.len() * 2);
-            }
-        }
-    }
-
-    fn is_live(streams: &Slab<Stream>, aged: &Aged) -> bool {
-        streams.get(aged.stream as usize).is_some_and(|s| {
-            s.serial == aged.serial && s.first_held().is_some_and(|first| aged.offset >= first)
-        })
-    }
-
-    fn trim_stale_front(&mut self) {
-        while let Some(aged) = self.aged.front() {
-            if Self::is_live(&self.streams, aged) {
-                return;
-            }
-            self.aged.pop_front();
-            self.stale = self.stale.saturating_sub(1);
-        }
-    }
-
-    fn compact(&mut self) {
-        if self.stale > COMPACT_MIN_STALE && self.stale * 2 > self.aged.len() {
-            let streams = &self.streams;
-            self.aged.retain(|aged| Self::is_live(streams, aged));
-            self.stale = 0;
-            if self.aged.capacity() > 2 * self.aged.len() + 64 {
-                self.aged.shrink_to(self.aged.len() * 3 / 2);
-            }
-        }
+    #[cfg(test)]
+    pub(super) fn age_entries(&self) -> usize {
+        self.aged.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::{Hub, SubscriberId, Subscriptions};
 
-    fn frame(bytes: usize) -> Shared {
-        Shared::new(vec![b'x'; bytes].into_boxed_slice())
-    }
-
-    fn history(size: usize, ttl_ms: u64, memory: usize) -> History {
-        History::new(
+    fn hub(size: usize, ttl_ms: u64, memory: usize) -> Hub {
+        Hub::with_history(
             HistoryLimits {
                 size,
                 ttl_ms,
@@ -399,16 +382,38 @@ mod tests {
         )
     }
 
-    fn publish(h: &mut History, topic: &str, bytes: usize, now_ms: u64) -> Position {
-        let next = h.next_position(topic);
-        h.append(next, frame(bytes), now_ms);
-        next.position
+    /// A push of `bytes` bytes of frame in all (the framing of `topic` and its position
+    /// included), so the accounting below is exact.
+    fn publish(h: &mut Hub, topic: &str, bytes: usize, now_ms: u64) -> Position {
+        let mut extra = bytes.saturating_sub(frame_len(h, topic, 0));
+        // A longer frame may need a longer header.
+        extra -= frame_len(h, topic, extra).saturating_sub(bytes);
+        let data = format!("\"{}\"", "x".repeat(extra));
+        let delivery = h.publish(topic, &data, now_ms);
+        assert!(
+            bytes < 60 || delivery.frame.len() == bytes,
+            "{}",
+            delivery.frame.len()
+        );
+        delivery.position.expect("history on")
     }
 
-    fn held(h: &History, topic: &str) -> Vec<u64> {
+    /// The frame length of a push of `extra` bytes of string to `topic` at its next offset.
+    fn frame_len(h: &Hub, topic: &str, extra: usize) -> usize {
+        let next = h.stream(topic).map_or(1, |s| s.last() + 1);
+        let data = format!("\"{}\"", "x".repeat(extra));
+        crate::wire::message::encode_push_at(topic, &data, next, "00000000").len()
+    }
+
+    fn held(h: &Hub, topic: &str) -> Vec<u64> {
         h.stream(topic)
             .map(|s| s.after(0).map(|(o, _)| o).collect())
             .unwrap_or_default()
+    }
+
+    fn charged(h: &Hub) -> (usize, usize, u64) {
+        let history = h.history().expect("history on");
+        (history.messages(), history.bytes(), history.evictions())
     }
 
     #[test]
@@ -423,54 +428,57 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase())
         );
+        assert_eq!(Epoch::derive(0, 0).as_str(), "00000000");
+        // The last serial is still in range.
+        assert_eq!(Epoch::derive(u64::MAX, u32::MAX).as_str().len(), 8);
     }
 
     #[test]
     fn offsets_grow_per_topic_and_the_size_bound_keeps_the_newest() {
-        let mut h = history(3, 60_000, 1 << 20);
-        let a1 = publish(&mut h, "a", 10, 0);
-        let b1 = publish(&mut h, "b", 10, 0);
+        let mut h = hub(3, 60_000, 1 << 20);
+        let a1 = publish(&mut h, "a", 80, 0);
+        let b1 = publish(&mut h, "b", 80, 0);
         assert_eq!((a1.offset, b1.offset), (1, 1));
         assert_ne!(a1.epoch, b1.epoch);
         for _ in 0..4 {
-            publish(&mut h, "a", 10, 0);
+            publish(&mut h, "a", 80, 0);
         }
         let stream = h.stream("a").unwrap();
         assert_eq!((stream.last(), stream.first_held()), (5, Some(3)));
         assert_eq!(held(&h, "a"), [3, 4, 5]);
         assert_eq!(stream.after(3).map(|(o, _)| o).collect::<Vec<_>>(), [4, 5]);
         assert!(stream.frame(2).is_none() && stream.frame(5).is_some());
-        assert_eq!((h.messages(), h.evictions()), (4, 2));
-        assert_eq!(h.bytes(), 4 * (10 + ENTRY_OVERHEAD));
+        assert_eq!(charged(&h), (4, 4 * (80 + ENTRY_OVERHEAD), 2));
     }
 
     #[test]
     fn ttl_expires_oldest_first_and_ends_unsubscribed_streams() {
-        let mut h = history(100, 1_000, 1 << 20);
-        h.on_first_member(&Rc::from("kept"));
-        let first = publish(&mut h, "gone", 10, 0);
-        publish(&mut h, "kept", 10, 500);
-        publish(&mut h, "gone", 10, 700);
-        assert_eq!(h.next_expiry(), Some(1_000));
-        h.expire(999);
-        assert_eq!(h.messages(), 3);
-        h.expire(1_000);
+        let mut h = hub(100, 1_000, 1 << 20);
+        let mut kept = Subscriptions::default();
+        h.subscribe(&mut kept, SubscriberId(1), "kept");
+        let first = publish(&mut h, "gone", 80, 0);
+        publish(&mut h, "kept", 80, 500);
+        publish(&mut h, "gone", 80, 700);
+        assert_eq!(h.next_history_expiry(), Some(1_000));
+        h.expire_history(999);
+        assert_eq!(charged(&h).0, 3);
+        h.expire_history(1_000);
         assert_eq!(held(&h, "gone"), [2]);
-        assert_eq!(h.next_expiry(), Some(1_500));
-        h.expire(1_700);
-        assert_eq!(h.messages(), 0);
-        assert_eq!(h.next_expiry(), None);
+        assert_eq!(h.next_history_expiry(), Some(1_500));
+        h.expire_history(1_700);
+        assert_eq!(charged(&h).0, 0);
+        assert_eq!(h.next_history_expiry(), None);
         assert!(
             h.stream("gone").is_none(),
             "no history, no subscribers: ended"
         );
-        let kept = h.stream("kept").unwrap();
-        assert_eq!((kept.last(), kept.first_held()), (1, None));
+        let stream = h.stream("kept").unwrap();
+        assert_eq!((stream.last(), stream.first_held()), (1, None));
         // A new stream for the ended topic: a new epoch, offsets from 1.
-        let again = publish(&mut h, "gone", 10, 2_000);
+        let again = publish(&mut h, "gone", 80, 2_000);
         assert_eq!(again.offset, 1);
         assert_ne!(again.epoch, first.epoch);
-        h.on_last_member("kept");
+        h.unsubscribe(&mut kept, SubscriberId(1), "kept");
         assert!(h.stream("kept").is_none());
         assert_eq!(h.stream_count(), 1);
     }
@@ -478,11 +486,11 @@ mod tests {
     #[test]
     fn the_memory_cap_evicts_the_oldest_of_all_topics() {
         let per = 100 + ENTRY_OVERHEAD;
-        let mut h = history(100, 60_000, 3 * per);
+        let mut h = hub(100, 60_000, 3 * per);
         publish(&mut h, "a", 100, 0);
         publish(&mut h, "b", 100, 1);
         publish(&mut h, "a", 100, 2);
-        assert_eq!(h.bytes(), 3 * per);
+        assert_eq!(charged(&h).1, 3 * per);
         publish(&mut h, "c", 100, 3);
         assert_eq!(held(&h, "a"), [2]);
         assert_eq!(held(&h, "b"), [1]);
@@ -490,34 +498,65 @@ mod tests {
         assert!(h.stream("b").is_none(), "b's only message went first");
         assert_eq!(held(&h, "a"), [2]);
         assert_eq!(held(&h, "c"), [1, 2]);
-        assert_eq!((h.messages(), h.bytes(), h.evictions()), (3, 3 * per, 2));
+        assert_eq!(charged(&h), (3, 3 * per, 2));
         // A message over the whole cap is not held at all.
         publish(&mut h, "a", 10 * per, 5);
-        assert_eq!(h.messages(), 0);
+        assert_eq!(charged(&h).0, 0);
+        assert_eq!(h.stream_count(), 0, "nothing held, nobody subscribed");
     }
 
     #[test]
     fn stale_age_entries_do_not_accumulate() {
-        let mut h = history(2, 60_000, usize::MAX);
+        let mut h = hub(2, 60_000, usize::MAX);
+        // A cold topic's message at the front keeps the hot topic's stale entries from
+        // being dropped there: only compaction bounds them.
+        publish(&mut h, "cold", 80, 0);
         for n in 0..100_000 {
-            publish(&mut h, "hot", 1, n);
+            publish(&mut h, "hot", 80, n);
         }
-        assert_eq!(h.messages(), 2);
-        assert!(
-            h.aged.len() <= 2 * COMPACT_MIN_STALE + 4,
-            "{}",
-            h.aged.len()
-        );
-        assert_eq!(h.next_expiry(), Some(99_998 + 60_000));
+        assert_eq!(charged(&h).0, 3);
+        let entries = h.history().map_or(0, History::age_entries);
+        assert!(entries <= 2 * COMPACT_MIN_STALE + 4, "{entries}");
+        assert_eq!(h.next_history_expiry(), Some(60_000));
+        h.expire_history(60_000);
+        assert_eq!(held(&h, "cold"), Vec::<u64>::new());
+        assert_eq!(held(&h, "hot"), [99_999, 100_000]);
+        assert_eq!(h.next_history_expiry(), Some(99_998 + 60_000));
+        assert_eq!(h.history().map_or(0, History::age_entries), 2);
+        // Without a cold front, stale entries go at the front as they appear.
+        let mut h = hub(2, 60_000, usize::MAX);
+        for n in 0..10_000 {
+            publish(&mut h, "hot", 80, n);
+        }
+        assert_eq!(h.history().map_or(0, History::age_entries), 2);
     }
 
     #[test]
     fn a_held_message_costs_its_frame_plus_32_bytes() {
         assert_eq!(ENTRY_OVERHEAD, 32);
-        // A topic's stream, held even before its first publish (the ack names its epoch).
-        assert!(size_of::<Stream>() <= 72, "{}", size_of::<Stream>());
-        let mut h = history(10, 60_000, usize::MAX);
-        publish(&mut h, "t", 57, 0);
-        assert_eq!(h.bytes(), 57 + 32);
+        assert!(size_of::<Held>() <= 72, "{}", size_of::<Held>());
+        let mut h = hub(10, 60_000, usize::MAX);
+        publish(&mut h, "t", 80, 0);
+        assert_eq!(charged(&h).1, 80 + 32);
+    }
+
+    #[test]
+    fn a_subscribed_topic_keeps_its_epoch_until_it_ends() {
+        let mut h = hub(10, 1_000, usize::MAX);
+        let mut a = Subscriptions::default();
+        h.subscribe(&mut a, SubscriberId(1), "t");
+        let acked = h.stream("t").map(|s| (s.epoch(), s.last(), s.first_held()));
+        let position = publish(&mut h, "t", 80, 0);
+        assert_eq!(acked, Some((position.epoch, 0, None)));
+        // Unsubscribed with history: the stream stays, then ends with its last message.
+        h.unsubscribe(&mut a, SubscriberId(1), "t");
+        assert_eq!((h.topic_count(), h.stream_count()), (0, 1));
+        h.subscribe(&mut a, SubscriberId(1), "t");
+        assert_eq!(h.stream("t").map(|s| s.epoch()), Some(position.epoch));
+        h.unsubscribe(&mut a, SubscriberId(1), "t");
+        h.expire_history(1_000);
+        assert_eq!(h.stream_count(), 0);
+        h.subscribe(&mut a, SubscriberId(1), "t");
+        assert_ne!(h.stream("t").map(|s| s.epoch()), Some(position.epoch));
     }
 }

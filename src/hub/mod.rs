@@ -2,15 +2,18 @@
 //! delivers. It knows [`crate::wire`] (to frame a push once) and nothing of sockets, sessions or
 //! time; the server moves each [`Delivery`] into the subscribers' queues.
 //!
-//! Topics exist only while they have subscribers; the last one leaving removes the topic, so a
-//! client that subscribes to many throwaway names cannot grow the index beyond the live
-//! subscriptions. Joining and leaving report the topic's lifecycle ([`Joined::FirstMember`],
+//! A topic is in the index while it has subscribers or, with history on, holds history; the
+//! last subscriber leaving a topic without history removes it, so a client that subscribes to
+//! many throwaway names cannot grow the index beyond the live subscriptions and the bounded
+//! history. Joining and leaving report the topic's lifecycle ([`Joined::FirstMember`],
 //! [`Left::LastMember`]) to whoever will mirror topics elsewhere (metrics, a link between nodes).
 //!
 //! With history on ([`history`]), every topic published to or subscribed has a stream: each
 //! publish gets a position (epoch, offset) carried in its push frame, and the frame is held for
-//! replays. The index and the history are separate: a topic's history outlives its last
-//! subscriber until it expires, and a topic without history costs the index nothing more.
+//! replays. The stream lives in the topic's index entry (one lookup per publish finds both the
+//! subscribers and the stream); a topic's history outlives its last subscriber until it
+//! expires, and a topic that is subscribed but never published to costs nothing beyond its
+//! 24-byte entry.
 //!
 //! A topic's members are kept sorted by id. The server hands out ids in connection order, so a
 //! fan-out visits sockets in the order they were created, and memory in the order it was
@@ -25,7 +28,8 @@ use std::rc::Rc;
 
 use crate::wire::frame::Shared;
 use crate::wire::message;
-pub use history::{Epoch, History, HistoryLimits, NextPosition, Position, Stream};
+pub use history::{Epoch, History, HistoryLimits, Position, Stream};
+use history::{Front, Held};
 
 /// Opaque subscriber identity chosen by the caller, unique for the life of the process. Ids
 /// should grow in connection order (see the module doc); the top bit is reserved.
@@ -149,12 +153,24 @@ impl Subscriptions {
     }
 }
 
-/// A topic's members, sorted by id (marked ones have left). A topic with one subscriber (a
-/// topic per user, the common notification case) holds it inline: 16 bytes in the index.
+/// A topic's members, sorted by id (marked ones have left), and the number of its stream
+/// (history on; it names the epoch). A topic with one subscriber (a topic per user, the common
+/// notification case) holds it inline; the stream number fits beside the variant's tag, so
+/// this is 16 bytes.
 #[derive(Debug)]
 enum Members {
-    One(SubscriberId),
-    Many(Box<Many>),
+    /// No subscribers: the topic lives on for its history.
+    None {
+        stream: u32,
+    },
+    One {
+        stream: u32,
+        id: SubscriberId,
+    },
+    Many {
+        stream: u32,
+        list: Box<Many>,
+    },
 }
 
 #[derive(Debug)]
@@ -164,17 +180,27 @@ struct Many {
 }
 
 impl Members {
+    fn stream(&self) -> u32 {
+        match *self {
+            Members::None { stream }
+            | Members::One { stream, .. }
+            | Members::Many { stream, .. } => stream,
+        }
+    }
+
     fn live(&self) -> usize {
         match self {
-            Members::One(_) => 1,
-            Members::Many(many) => many.ids.len() - many.left,
+            Members::None { .. } => 0,
+            Members::One { .. } => 1,
+            Members::Many { list, .. } => list.ids.len() - list.left,
         }
     }
 
     fn ids(&self) -> &[u64] {
         match self {
-            Members::One(id) => std::slice::from_ref(&id.0),
-            Members::Many(many) => &many.ids,
+            Members::None { .. } => &[],
+            Members::One { id, .. } => std::slice::from_ref(&id.0),
+            Members::Many { list, .. } => &list.ids,
         }
     }
 
@@ -184,47 +210,69 @@ impl Members {
     }
 
     fn insert(&mut self, id: SubscriberId) -> bool {
+        let stream = self.stream();
         match self {
-            Members::One(only) if *only == id => false,
-            Members::One(only) => {
-                let mut ids = vec![only.0, id.0];
-                ids.sort_unstable();
-                *self = Members::Many(Box::new(Many { ids, left: 0 }));
+            Members::None { .. } => {
+                *self = Members::One { stream, id };
                 true
             }
-            Members::Many(many) => match Self::search(&many.ids, id.0) {
-                Ok(at) if many.ids[at] & LEFT != 0 => {
-                    many.ids[at] = id.0;
-                    many.left -= 1;
+            Members::One { id: only, .. } if *only == id => false,
+            Members::One { id: only, .. } => {
+                let mut ids = vec![only.0, id.0];
+                ids.sort_unstable();
+                let list = Box::new(Many { ids, left: 0 });
+                *self = Members::Many { stream, list };
+                true
+            }
+            Members::Many { list, .. } => match Self::search(&list.ids, id.0) {
+                Ok(at) if list.ids[at] & LEFT != 0 => {
+                    list.ids[at] = id.0;
+                    list.left -= 1;
                     true
                 }
                 Ok(_) => false,
                 Err(at) => {
                     // New connections have the largest ids: this is nearly always a push.
-                    many.ids.insert(at, id.0);
+                    list.ids.insert(at, id.0);
                     true
                 }
             },
         }
     }
 
-    /// Removes `id`; an emptied list is the caller's to drop.
+    /// Removes `id`; the last one leaving makes the list [`Members::None`].
     fn remove(&mut self, id: SubscriberId) -> bool {
+        let stream = self.stream();
         match self {
-            Members::One(only) => *only == id,
-            Members::Many(many) => match Self::search(&many.ids, id.0) {
-                Ok(at) if many.ids[at] & LEFT == 0 => {
+            Members::None { .. } => false,
+            Members::One { id: only, .. } => {
+                let removed = *only == id;
+                if removed {
+                    *self = Members::None { stream };
+                }
+                removed
+            }
+            Members::Many { list, .. } => match Self::search(&list.ids, id.0) {
+                Ok(at) if list.ids[at] & LEFT == 0 => {
                     // Marked, not shifted: a wave of departures from a big topic stays linear.
-                    many.ids[at] |= LEFT;
-                    many.left += 1;
-                    if many.left * 2 > many.ids.len() {
-                        many.ids.retain(|id| id & LEFT == 0);
-                        many.left = 0;
-                        if let [only] = many.ids[..] {
-                            *self = Members::One(SubscriberId(only));
-                        } else if many.ids.capacity() > 2 * many.ids.len() {
-                            let len = many.ids.len();
-                            many.ids.shrink_to(len * 3 / 2);
+                    list.ids[at] |= LEFT;
+                    list.left += 1;
+                    if list.left * 2 > list.ids.len() {
+                        list.ids.retain(|id| id & LEFT == 0);
+                        list.left = 0;
+                        match list.ids[..] {
+                            [] => *self = Members::None { stream },
+                            [only] => {
+                                *self = Members::One {
+                                    stream,
+                                    id: SubscriberId(only),
+                                }
+                            }
+                            _ if list.ids.capacity() > 2 * list.ids.len() => {
+                                let len = list.ids.len();
+                                list.ids.shrink_to(len * 3 / 2);
+                            }
+                            _ => {}
                         }
                     }
                     true
@@ -232,6 +280,23 @@ impl Members {
                 _ => false,
             },
         }
+    }
+}
+
+/// One entry of the index: who listens, and (history on) what the topic's stream holds.
+/// 24 bytes; a topic that is only subscribed allocates nothing beyond its name.
+#[derive(Debug)]
+struct Topic {
+    members: Members,
+    /// Allocated at the topic's first publish with history on.
+    held: Option<Box<Held>>,
+}
+
+impl Topic {
+    /// No subscribers and nothing held: the entry goes, and with it the stream.
+    fn is_unused(&self) -> bool {
+        matches!(self.members, Members::None { .. })
+            && self.held.as_deref().is_none_or(Held::is_spent)
     }
 }
 
@@ -274,12 +339,14 @@ fn live(members: &[u64]) -> impl Iterator<Item = SubscriberId> + '_ {
 
 #[derive(Debug, Default)]
 pub struct Hub {
-    topics: HashMap<Rc<str>, Members>,
+    topics: HashMap<Rc<str>, Topic>,
+    /// Topics with at least one subscriber (the index also holds topics kept for history).
+    subscribed_topics: usize,
     subscription_count: usize,
     /// Topics and subscriptions that have ended since the start: how much the index has
     /// released, for the server's decision to hand memory back to the OS.
     ended: Ended,
-    /// Streams and their held messages; `None` with history off.
+    /// The history's bounds, age queue and accounting; `None` with history off.
     history: Option<History>,
 }
 
@@ -310,15 +377,26 @@ impl Hub {
     }
 
     /// The stream of `topic`, with history on and while it lives.
-    pub fn stream(&self, topic: &str) -> Option<&Stream> {
-        self.history.as_ref()?.stream(topic)
+    pub fn stream(&self, topic: &str) -> Option<Stream<'_>> {
+        let history = self.history.as_ref()?;
+        let (name, entry) = self.topics.get_key_value(topic)?;
+        let epoch = match entry.held.as_deref() {
+            Some(held) => held.epoch(),
+            None => history.epoch(entry.members.stream()),
+        };
+        Some(Stream::view(name, epoch, entry.held.as_deref()))
     }
 
     /// Evicts the messages whose time to live passed at `now_ms`.
     pub fn expire_history(&mut self, now_ms: u64) {
-        if let Some(history) = &mut self.history {
-            history.expire(now_ms);
+        while self
+            .history
+            .as_ref()
+            .is_some_and(|h| h.front_expired(now_ms))
+        {
+            self.evict_oldest();
         }
+        self.trim_stale_front();
     }
 
     /// When [`Hub::expire_history`] next has something to do.
@@ -340,20 +418,31 @@ impl Hub {
         let joined = match self.topics.get_key_value(topic) {
             Some((name, _)) => {
                 let name = Rc::clone(name);
-                if let Some(members) = self.topics.get_mut(topic) {
-                    members.insert(id);
+                let mut first = false;
+                if let Some(entry) = self.topics.get_mut(topic) {
+                    first = entry.members.live() == 0;
+                    entry.members.insert(id);
                 }
                 subscriptions.push(name);
-                Joined::Member
+                if first {
+                    self.subscribed_topics += 1;
+                    Joined::FirstMember
+                } else {
+                    Joined::Member
+                }
             }
             None => {
                 let name: Rc<str> = Rc::from(topic);
-                self.topics.insert(Rc::clone(&name), Members::One(id));
-                if let Some(history) = &mut self.history {
-                    // Opened now if absent, so the acknowledgement names a real epoch.
-                    history.on_first_member(&name);
-                }
+                // With history on, the stream opens now, so the acknowledgement names a real
+                // epoch.
+                let stream = self.history.as_mut().map_or(0, History::open);
+                let entry = Topic {
+                    members: Members::One { stream, id },
+                    held: None,
+                };
+                self.topics.insert(Rc::clone(&name), entry);
                 subscriptions.push(name);
+                self.subscribed_topics += 1;
                 Joined::FirstMember
             }
         };
@@ -390,29 +479,32 @@ impl Hub {
     }
 
     fn leave(&mut self, id: SubscriberId, topic: &str) -> Left {
-        let Some(members) = self.topics.get_mut(topic) else {
+        let Some(entry) = self.topics.get_mut(topic) else {
             return Left::NotMember;
         };
-        if !members.remove(id) {
+        if !entry.members.remove(id) {
             return Left::NotMember;
         }
         self.subscription_count -= 1;
         self.ended.subscriptions += 1;
-        if matches!(members, Members::One(only) if *only == id)
-            || matches!(members, Members::Many(_) if members.live() == 0)
-        {
-            self.topics.remove(topic);
-            self.ended.topics += 1;
-            if let Some(history) = &mut self.history {
-                history.on_last_member(topic);
-            }
-            if self.topics.capacity() > 64 && self.topics.len() * 4 < self.topics.capacity() {
-                // Mostly empty after a wave of departures: give the memory back.
-                self.topics.shrink_to(self.topics.len() * 2);
-            }
-            return Left::LastMember;
+        if entry.members.live() > 0 {
+            return Left::Member;
         }
-        Left::Member
+        self.subscribed_topics -= 1;
+        // The stream lives on while it holds history.
+        if entry.is_unused() {
+            self.remove_topic(topic);
+        }
+        Left::LastMember
+    }
+
+    fn remove_topic(&mut self, topic: &str) {
+        self.topics.remove(topic);
+        self.ended.topics += 1;
+        if self.topics.capacity() > 64 && self.topics.len() * 4 < self.topics.capacity() {
+            // Mostly empty after a wave of departures: give the memory back.
+            self.topics.shrink_to(self.topics.len() * 2);
+        }
     }
 
     /// Encodes a push of `data_json` (valid JSON) to `topic` once, for all its subscribers;
@@ -446,45 +538,156 @@ impl Hub {
 
     /// Frames one publish; with history on, gives it the stream's next position and holds it.
     fn frame(&mut self, topic: &str, data_json: &str, now_ms: u64) -> (Shared, Option<Position>) {
-        match &mut self.history {
-            Some(history) => {
-                let next = history.next_position(topic);
-                let position = next.position;
-                let frame = message::encode_push_at(
-                    topic,
-                    data_json,
-                    position.offset,
-                    position.epoch.as_str(),
-                );
-                // The same allocation for the history and every queue.
-                history.append(next, Shared::clone(&frame), now_ms);
-                (frame, Some(position))
+        let Some(history) = &mut self.history else {
+            return (message::encode_push(topic, data_json), None);
+        };
+        let held = match self.topics.get_mut(topic) {
+            Some(entry) => match &mut entry.held {
+                Some(held) => held,
+                None => {
+                    // Only subscribed so far: its stream's epoch was fixed at the subscribe.
+                    let epoch = history.epoch(entry.members.stream());
+                    let name = match self.topics.get_key_value(topic) {
+                        Some((name, _)) => Rc::clone(name),
+                        None => Rc::from(topic),
+                    };
+                    let entry = self.topics.get_mut(topic);
+                    let held = Box::new(Held::new(name, epoch));
+                    match entry {
+                        Some(entry) => entry.held.insert(held),
+                        None => return (message::encode_push(topic, data_json), None),
+                    }
+                }
+            },
+            None => {
+                // Published to before any subscribe: a stream without subscribers.
+                let stream = history.open();
+                let name: Rc<str> = Rc::from(topic);
+                let held = Held::new(Rc::clone(&name), history.epoch(stream));
+                let entry = self.topics.entry(name).or_insert(Topic {
+                    members: Members::None { stream },
+                    held: None,
+                });
+                entry.held.insert(Box::new(held))
             }
-            None => (message::encode_push(topic, data_json), None),
+        };
+        let position = held.next_position();
+        let frame =
+            message::encode_push_at(topic, data_json, position.offset, position.epoch.as_str());
+        // The same allocation for the history and every queue.
+        history.append(held, Shared::clone(&frame), now_ms);
+        if history.over_memory() {
+            while self.history.as_ref().is_some_and(History::over_memory) && self.evict_oldest() {}
+        }
+        self.trim_stale_front();
+        self.compact_history();
+        (frame, Some(position))
+    }
+
+    /// Evicts the oldest message of all topics (and the stale age entries before it); false
+    /// when nothing is held.
+    fn evict_oldest(&mut self) -> bool {
+        loop {
+            let Some(history) = &mut self.history else {
+                return false;
+            };
+            let Some(topic) = history.front_topic().map(Rc::clone) else {
+                return false;
+            };
+            let Some(held) = self
+                .topics
+                .get_mut(&*topic)
+                .and_then(|e| e.held.as_deref_mut())
+            else {
+                history.drop_orphan_front();
+                continue;
+            };
+            if let Front::Live = history.pop_front(held) {
+                self.end_if_unused(&topic);
+                return true;
+            }
+            self.end_if_unused(&topic);
+        }
+    }
+
+    /// Drops stale entries at the age queue's front, so its front is the next to expire.
+    fn trim_stale_front(&mut self) {
+        loop {
+            let Some(history) = &mut self.history else {
+                return;
+            };
+            let Some(topic) = history.front_topic().map(Rc::clone) else {
+                return;
+            };
+            match self
+                .topics
+                .get_mut(&*topic)
+                .and_then(|e| e.held.as_deref_mut())
+            {
+                Some(held) if held.has_stale() => {
+                    history.pop_front(held);
+                }
+                Some(_) => return,
+                None => history.drop_orphan_front(),
+            }
+            self.end_if_unused(&topic);
+        }
+    }
+
+    fn compact_history(&mut self) {
+        let Some(history) = &mut self.history else {
+            return;
+        };
+        if !history.wants_compaction() {
+            return;
+        }
+        let topics = &mut self.topics;
+        history.compact(|topic| {
+            topics
+                .get_mut(topic)
+                .and_then(|e| e.held.as_deref_mut())
+                .is_some_and(|held| !held.take_stale())
+        });
+    }
+
+    fn end_if_unused(&mut self, topic: &str) {
+        if self.topics.get(topic).is_some_and(Topic::is_unused) {
+            self.remove_topic(topic);
         }
     }
 
     fn members(&self, topic: &str) -> &[u64] {
-        self.topics.get(topic).map_or(&[][..], Members::ids)
+        self.topics.get(topic).map_or(&[][..], |e| e.members.ids())
     }
 
     pub fn subscriber_count(&self, topic: &str) -> usize {
-        self.topics.get(topic).map_or(0, Members::live)
+        self.topics.get(topic).map_or(0, |e| e.members.live())
     }
 
     pub fn ended(&self) -> Ended {
         self.ended
     }
 
-    /// Every topic with its live subscriber count (for reports; walks all topics).
+    /// Every subscribed topic with its live subscriber count (for reports; walks all topics).
     pub fn topic_subscribers(&self) -> impl Iterator<Item = (&str, usize)> + '_ {
         self.topics
             .iter()
-            .map(|(topic, members)| (&**topic, members.live()))
+            .map(|(topic, entry)| (&**topic, entry.members.live()))
+            .filter(|&(_, live)| live > 0)
     }
 
+    /// Topics with at least one subscriber.
     pub fn topic_count(&self) -> usize {
-        self.topics.len()
+        self.subscribed_topics
+    }
+
+    /// Topics with a stream (history on): subscribed ones and those kept for their history.
+    pub fn stream_count(&self) -> usize {
+        if self.history.is_some() {
+            self.topics.len()
+        } else {
+            0
+        }
     }
 
     pub fn subscription_count(&self) -> usize {
@@ -560,6 +763,12 @@ mod tests {
         let mut plain = Hub::with_history(HistoryLimits { size: 0, ..limits }, 0);
         assert!(plain.publish("x", "1", 0).position.is_none());
         assert!(plain.stream("x").is_none());
+    }
+
+    #[test]
+    fn an_index_entry_is_24_bytes() {
+        assert_eq!(size_of::<Members>(), 16);
+        assert_eq!(size_of::<Topic>(), 24);
     }
 
     #[test]
