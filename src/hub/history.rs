@@ -326,6 +326,11 @@ impl History {
         self.evictions += 1;
     }
 
+    /// Whether any age entry is stale (else the front is live).
+    pub(super) fn has_stale(&self) -> bool {
+        self.stale > 0
+    }
+
     /// Whether stale entries are numerous enough to compact the age queue now.
     pub(super) fn wants_compaction(&self) -> bool {
         self.stale > COMPACT_MIN_STALE && self.stale * 2 > self.aged.len()

@@ -616,6 +616,10 @@ impl Hub {
             let Some(history) = &mut self.history else {
                 return;
             };
+            // Then the front is live: no lookup of its (likely cold) topic.
+            if !history.has_stale() {
+                return;
+            }
             let Some(topic) = history.front_topic().map(Rc::clone) else {
                 return;
             };
