@@ -564,4 +564,147 @@ mod tests {
         h.subscribe(&mut a, SubscriberId(1), "t");
         assert_ne!(h.stream("t").map(|s| s.epoch()), Some(position.epoch));
     }
+
+    /// Random subscribes, unsubscribes, publishes and expiries on a few topics with tight
+    /// bounds, against a plain model: positions, what is held, the accounting, the next expiry
+    /// and when streams end must all agree after every step.
+    #[test]
+    fn the_history_matches_a_model_under_random_operations() {
+        struct Held {
+            offset: u64,
+            expires_ms: u64,
+            bytes: usize,
+        }
+        #[derive(Default)]
+        struct ModelTopic {
+            /// `(epoch, last offset)` while the stream lives.
+            stream: Option<(Epoch, u64)>,
+            subscribers: Vec<u64>,
+        }
+        const TOPICS: [&str; 4] = ["a", "b", "c", "d"];
+        let (size, ttl_ms) = (3, 50);
+        let memory = 5 * (90 + ENTRY_OVERHEAD);
+        let mut h = hub(size, ttl_ms, memory);
+        let mut subs: Vec<Subscriptions> = (0..4).map(|_| Subscriptions::default()).collect();
+        let mut model: Vec<ModelTopic> = (0..4).map(|_| ModelTopic::default()).collect();
+        // Live messages over all topics in publish order: (topic, message).
+        let mut held: VecDeque<(usize, Held)> = VecDeque::new();
+        let mut epochs_seen: Vec<Epoch> = Vec::new();
+        let mut now = 0u64;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut evictions = 0u64;
+        for step in 0..20_000 {
+            let t = next(4) as usize;
+            let who = next(4);
+            match next(10) {
+                0..=1 => {
+                    let joined = h.subscribe(&mut subs[who as usize], SubscriberId(who), TOPICS[t]);
+                    if joined != crate::hub::Joined::Already {
+                        model[t].subscribers.push(who);
+                    }
+                }
+                2..=3 => {
+                    let left = h.unsubscribe(&mut subs[who as usize], SubscriberId(who), TOPICS[t]);
+                    if left != crate::hub::Left::NotMember {
+                        model[t].subscribers.retain(|&s| s != who);
+                    }
+                }
+                4..=8 => {
+                    let data = format!("\"{}\"", "x".repeat(next(120) as usize));
+                    let delivery = h.publish(TOPICS[t], &data, now);
+                    let bytes = delivery.frame.len() + ENTRY_OVERHEAD;
+                    let position = delivery.position.expect("history on");
+                    let (epoch, last) = model[t].stream.get_or_insert_with(|| (position.epoch, 0));
+                    assert_eq!(
+                        position,
+                        Position {
+                            epoch: *epoch,
+                            offset: *last + 1
+                        },
+                        "step {step}"
+                    );
+                    *last += 1;
+                    let offset = *last;
+                    held.push_back((
+                        t,
+                        Held {
+                            offset,
+                            expires_ms: now + ttl_ms,
+                            bytes,
+                        },
+                    ));
+                    if held.iter().filter(|(topic, _)| *topic == t).count() > size {
+                        let oldest = held.iter().position(|(topic, _)| *topic == t);
+                        held.remove(oldest.unwrap());
+                        evictions += 1;
+                    }
+                    while held.iter().map(|(_, m)| m.bytes).sum::<usize>() > memory {
+                        held.pop_front();
+                        evictions += 1;
+                    }
+                }
+                _ => {
+                    now += next(30);
+                    h.expire_history(now);
+                    while held.front().is_some_and(|(_, m)| m.expires_ms <= now) {
+                        held.pop_front();
+                        evictions += 1;
+                    }
+                }
+            }
+            // Streams without subscribers or history end; a new one has a new epoch.
+            for (t, topic) in model.iter_mut().enumerate() {
+                let holds = held.iter().any(|(topic, _)| *topic == t);
+                if topic.subscribers.is_empty() && !holds {
+                    topic.stream = None;
+                }
+                if topic.stream.is_none() && !topic.subscribers.is_empty() {
+                    let epoch = h.stream(TOPICS[t]).expect("subscribed").epoch();
+                    topic.stream = Some((epoch, 0));
+                }
+                if let Some((epoch, _)) = topic.stream {
+                    if !epochs_seen.contains(&epoch) {
+                        epochs_seen.push(epoch);
+                    }
+                }
+            }
+            for (t, topic) in model.iter().enumerate() {
+                let stream = h.stream(TOPICS[t]);
+                assert_eq!(
+                    stream.map(|s| (s.epoch(), s.last())),
+                    topic.stream,
+                    "step {step}, topic {t}"
+                );
+                let offsets: Vec<u64> = held
+                    .iter()
+                    .filter(|(topic, _)| *topic == t)
+                    .map(|(_, m)| m.offset)
+                    .collect();
+                assert_eq!(held_of(&h, TOPICS[t]), offsets, "step {step}, topic {t}");
+                assert_eq!(h.subscriber_count(TOPICS[t]), topic.subscribers.len());
+            }
+            let bytes = held.iter().map(|(_, m)| m.bytes).sum::<usize>();
+            assert_eq!(charged(&h), (held.len(), bytes, evictions), "step {step}");
+            assert_eq!(
+                h.next_history_expiry(),
+                held.front().map(|(_, m)| m.expires_ms),
+                "step {step}"
+            );
+            let live_streams = model.iter().filter(|m| m.stream.is_some()).count();
+            assert_eq!(h.stream_count(), live_streams, "step {step}");
+        }
+        // Streams came and went (each with an epoch of its own), and every bound was hit.
+        assert!(epochs_seen.len() > 20, "{}", epochs_seen.len());
+        assert!(evictions > 1_000, "{evictions}");
+    }
+
+    fn held_of(h: &Hub, topic: &str) -> Vec<u64> {
+        held(h, topic)
+    }
 }
