@@ -620,7 +620,7 @@ mod tests {
                     let delivery = h.publish(TOPICS[t], &data, now);
                     let bytes = delivery.frame.len() + ENTRY_OVERHEAD;
                     let position = delivery.position.expect("history on");
-                    let (epoch, last) = model[t].stream.get_or_insert_with(|| (position.epoch, 0));
+                    let (epoch, last) = model[t].stream.get_or_insert((position.epoch, 0));
                     assert_eq!(
                         position,
                         Position {
@@ -668,10 +668,10 @@ mod tests {
                     let epoch = h.stream(TOPICS[t]).expect("subscribed").epoch();
                     topic.stream = Some((epoch, 0));
                 }
-                if let Some((epoch, _)) = topic.stream {
-                    if !epochs_seen.contains(&epoch) {
-                        epochs_seen.push(epoch);
-                    }
+                if let Some((epoch, _)) = topic.stream
+                    && !epochs_seen.contains(&epoch)
+                {
+                    epochs_seen.push(epoch);
                 }
             }
             for (t, topic) in model.iter().enumerate() {
