@@ -10,16 +10,18 @@
 //! number (the epoch derives from it); the rest ([`Held`]) is allocated at its first publish.
 //! TTL and the memory cap both evict the oldest message of all topics: a global age queue in
 //! publish order ([`History`]) gives it in O(1), and since time only moves forward its front is
-//! also the next message to expire (one timer, no scans). The per-topic bound evicts a topic's
-//! oldest and leaves its age entry behind: a topic counts its entries in the queue, and since
-//! a topic's stale entries are older than its live ones, an entry is stale exactly when its
-//! topic has more entries than frames. Stale entries are dropped at the front and compacted
-//! away when they are the majority.
+//! also the next message to expire (one timer, no scans). An age entry points at its topic's
+//! held part, so an eviction looks nothing up. The per-topic bound evicts a topic's oldest and
+//! leaves its age entry behind: a topic counts its entries in the queue, and since a topic's
+//! stale entries are older than its live ones, an entry is stale exactly when its topic has
+//! more entries than frames. Stale entries are dropped at the front and compacted away when
+//! they are the majority.
 //!
 //! A stream ends when it holds nothing and its topic has no subscribers; the next publish or
 //! subscribe opens a new one with a new epoch, so a client never mistakes the new offsets for
 //! the old ones.
 
+use std::cell::{Ref, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -85,24 +87,29 @@ pub struct Position {
 }
 
 /// One topic's stream as readers see it: its position and the frames it still holds.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct Stream<'a> {
     name: &'a Rc<str>,
     epoch: Epoch,
     /// The offset of the last publish (0: none yet).
     last: u64,
     /// The frames of offsets `last - frames.len() + 1 ..= last`; `None` before any publish.
-    frames: Option<&'a VecDeque<Shared>>,
+    frames: Option<Ref<'a, VecDeque<Shared>>>,
 }
 
 impl<'a> Stream<'a> {
-    /// The stream of the topic `name`, given its number and, once published to, its held part.
-    pub(super) fn view(name: &'a Rc<str>, epoch: Epoch, held: Option<&'a Held>) -> Stream<'a> {
+    /// The stream of the topic `name`, given its epoch and, once published to, its held part.
+    pub(super) fn view(
+        name: &'a Rc<str>,
+        epoch: Epoch,
+        held: Option<&'a RefCell<Held>>,
+    ) -> Stream<'a> {
+        let held = held.map(RefCell::borrow);
         Stream {
             name,
             epoch,
-            last: held.map_or(0, |h| h.last),
-            frames: held.map(|h| &h.frames),
+            last: held.as_ref().map_or(0, |h| h.last),
+            frames: held.map(|h| Ref::map(h, |h| &h.frames)),
         }
     }
 
@@ -119,7 +126,7 @@ impl<'a> Stream<'a> {
     }
 
     fn held_count(&self) -> usize {
-        self.frames.map_or(0, VecDeque::len)
+        self.frames.as_ref().map_or(0, |f| f.len())
     }
 
     /// The oldest offset still held, if any.
@@ -128,20 +135,20 @@ impl<'a> Stream<'a> {
         (count > 0).then(|| self.last + 1 - count as u64)
     }
 
-    pub fn frame(&self, offset: u64) -> Option<&'a Shared> {
+    pub fn frame(&self, offset: u64) -> Option<&Shared> {
         let first = self.first_held()?;
         let index = usize::try_from(offset.checked_sub(first)?).ok()?;
-        self.frames?.get(index)
+        self.frames.as_ref()?.get(index)
     }
 
     /// The held messages after `offset`, oldest first.
-    pub fn after(&self, offset: u64) -> impl Iterator<Item = (u64, &'a Shared)> + use<'a> {
+    pub fn after(&self, offset: u64) -> impl Iterator<Item = (u64, &Shared)> {
         let first = self.first_held().unwrap_or(self.last + 1);
         let skip =
             usize::try_from(offset.saturating_add(1).saturating_sub(first)).unwrap_or(usize::MAX);
         self.frames
-            .into_iter()
-            .flatten()
+            .iter()
+            .flat_map(|frames| frames.iter())
             .enumerate()
             .skip(skip)
             .map(move |(i, frame)| (first + i as u64, frame))
@@ -149,9 +156,11 @@ impl<'a> Stream<'a> {
 }
 
 /// What a topic's stream holds once published to (a topic that is only subscribed has none).
+/// Shared by the topic's index entry and its age entries, so an eviction reaches it without a
+/// lookup: only the hub's `&mut` methods borrow it mutably, and views borrow the hub.
 #[derive(Debug)]
 pub(super) struct Held {
-    /// The topic's name, as its age entries name it.
+    /// The topic's name, for removing its index entry when the stream ends.
     name: Rc<str>,
     epoch: Epoch,
     last: u64,
@@ -185,13 +194,13 @@ impl Held {
     }
 
     /// Whether the topic has stale age entries (the oldest of its entries is one).
-    pub(super) fn has_stale(&self) -> bool {
+    fn has_stale(&self) -> bool {
         self.aged as usize > self.frames.len()
     }
 
     /// Whether the oldest of this topic's age entries is stale (more entries than frames: the
     /// per-topic bound evicted its frame); if so, it is no longer counted.
-    pub(super) fn take_stale(&mut self) -> bool {
+    fn take_stale(&mut self) -> bool {
         let stale = self.has_stale();
         if stale {
             self.aged -= 1;
@@ -208,20 +217,12 @@ impl Held {
 /// A held message in publish order (over all topics): what TTL and the memory cap evict.
 #[derive(Debug)]
 struct Aged {
-    topic: Rc<str>,
+    held: Rc<RefCell<Held>>,
     expires_ms: u64,
 }
 
-/// What the age queue's front entry is to its topic.
-pub(super) enum Front {
-    /// Its frame is the topic's oldest held: evict it with [`History::evict_front`].
-    Live,
-    /// The per-topic bound already evicted its frame: it was dropped.
-    Stale,
-}
-
 /// The history's bounds, its age queue and its accounting; the streams themselves live in the
-/// hub's topics, which pass them in.
+/// hub's topics.
 #[derive(Debug)]
 pub struct History {
     limits: HistoryLimits,
@@ -260,59 +261,107 @@ impl History {
         Epoch::derive(self.epoch_seed, serial)
     }
 
-    /// Holds `frame` as the message at `held.next_position()`, evicting the topic's oldest
-    /// past the per-topic bound. The memory cap is the caller's to apply next
-    /// ([`History::over_memory`]), since it may evict other topics' messages.
-    pub(super) fn append(&mut self, held: &mut Held, frame: Shared, now_ms: u64) {
-        held.last += 1;
-        self.bytes += frame.len() + ENTRY_OVERHEAD;
-        self.messages += 1;
-        held.frames.push_back(frame);
-        held.aged += 1;
+    /// Holds `frame` as the message at the next position of `held`, evicting the topic's
+    /// oldest past the per-topic bound, then the oldest of all topics past the memory cap.
+    /// Calls `spent` with each topic whose stream has nothing left (it may end).
+    pub(super) fn append(
+        &mut self,
+        held: &Rc<RefCell<Held>>,
+        frame: Shared,
+        now_ms: u64,
+        mut spent: impl FnMut(&Rc<str>),
+    ) {
+        {
+            let mut topic = held.borrow_mut();
+            topic.last += 1;
+            self.bytes += frame.len() + ENTRY_OVERHEAD;
+            self.messages += 1;
+            topic.frames.push_back(frame);
+            topic.aged += 1;
+            if topic.frames.len() > self.limits.size {
+                self.evict_front(&mut topic);
+                // Its age entry stays until it reaches the front or a compaction.
+                topic.aged += 1;
+                self.stale += 1;
+            }
+        }
         self.aged.push_back(Aged {
-            topic: Rc::clone(&held.name),
+            held: Rc::clone(held),
             expires_ms: now_ms.saturating_add(self.limits.ttl_ms),
         });
-        if held.frames.len() > self.limits.size {
-            self.evict_front(held);
-            // Its age entry stays until it reaches the front or a compaction.
-            held.aged += 1;
-            self.stale += 1;
+        while self.bytes > self.limits.memory && self.evict_oldest(&mut spent) {}
+        self.trim_stale_front(&mut spent);
+        if self.stale > COMPACT_MIN_STALE && self.stale * 2 > self.aged.len() {
+            self.compact();
         }
     }
 
-    pub(super) fn over_memory(&self) -> bool {
-        self.bytes > self.limits.memory
-    }
-
-    /// The topic of the oldest age entry, while it has one.
-    pub(super) fn front_topic(&self) -> Option<&Rc<str>> {
-        self.aged.front().map(|aged| &aged.topic)
-    }
-
-    /// Whether the oldest age entry expired at `now_ms`.
-    pub(super) fn front_expired(&self, now_ms: u64) -> bool {
-        self.aged
+    /// Evicts every message whose time to live has passed at `now_ms`; `spent` as in
+    /// [`History::append`].
+    pub(super) fn expire(&mut self, now_ms: u64, mut spent: impl FnMut(&Rc<str>)) {
+        while self
+            .aged
             .front()
             .is_some_and(|aged| aged.expires_ms <= now_ms)
-    }
-
-    /// Pops the oldest age entry, whose topic's held part is `held` (from
-    /// [`History::front_topic`]); a live one evicts the topic's oldest frame.
-    pub(super) fn pop_front(&mut self, held: &mut Held) -> Front {
-        self.aged.pop_front();
-        if held.take_stale() {
-            self.stale = self.stale.saturating_sub(1);
-            return Front::Stale;
+        {
+            self.evict_oldest(&mut spent);
         }
-        self.evict_front(held);
-        Front::Live
+        self.trim_stale_front(&mut spent);
     }
 
-    /// Drops an age entry whose topic is gone (cannot happen: a topic lives while it has age
-    /// entries; harmless if it did).
-    pub(super) fn drop_orphan_front(&mut self) {
-        self.aged.pop_front();
+    /// Evicts the oldest message of all topics (and the stale age entries before it); false
+    /// when nothing is held.
+    fn evict_oldest(&mut self, spent: &mut impl FnMut(&Rc<str>)) -> bool {
+        while let Some(aged) = self.aged.pop_front() {
+            let mut topic = aged.held.borrow_mut();
+            let live = !topic.take_stale();
+            if live {
+                self.evict_front(&mut topic);
+            } else {
+                self.stale = self.stale.saturating_sub(1);
+            }
+            let ended = topic.is_spent().then(|| Rc::clone(&topic.name));
+            // Released first: `spent` looks at the topic.
+            drop(topic);
+            if let Some(name) = ended {
+                spent(&name);
+            }
+            if live {
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops stale entries at the front, so the front is the next message to expire.
+    fn trim_stale_front(&mut self, spent: &mut impl FnMut(&Rc<str>)) {
+        // No stale entry anywhere: the front is live, and its (likely cold) topic untouched.
+        while self.stale > 0 {
+            let Some(aged) = self.aged.front() else {
+                return;
+            };
+            let mut topic = aged.held.borrow_mut();
+            if !topic.take_stale() {
+                return;
+            }
+            self.stale -= 1;
+            let ended = topic.is_spent().then(|| Rc::clone(&topic.name));
+            drop(topic);
+            self.aged.pop_front();
+            if let Some(name) = ended {
+                spent(&name);
+            }
+        }
+    }
+
+    /// Drops every stale age entry (a topic's stale entries come before its live ones).
+    fn compact(&mut self) {
+        self.aged
+            .retain(|aged| !aged.held.borrow_mut().take_stale());
+        self.stale = 0;
+        if self.aged.capacity() > 2 * self.aged.len() + 64 {
+            self.aged.shrink_to(self.aged.len() * 3 / 2);
+        }
     }
 
     /// Drops the oldest held frame of `held` and its age count.
@@ -326,27 +375,7 @@ impl History {
         self.evictions += 1;
     }
 
-    /// Whether any age entry is stale (else the front is live).
-    pub(super) fn has_stale(&self) -> bool {
-        self.stale > 0
-    }
-
-    /// Whether stale entries are numerous enough to compact the age queue now.
-    pub(super) fn wants_compaction(&self) -> bool {
-        self.stale > COMPACT_MIN_STALE && self.stale * 2 > self.aged.len()
-    }
-
-    /// Keeps the age entries for which `live` (given the entry's topic; it calls
-    /// [`Held::take_stale`]) says so: every stale one goes.
-    pub(super) fn compact(&mut self, mut live: impl FnMut(&str) -> bool) {
-        self.aged.retain(|aged| live(&aged.topic));
-        self.stale = 0;
-        if self.aged.capacity() > 2 * self.aged.len() + 64 {
-            self.aged.shrink_to(self.aged.len() * 3 / 2);
-        }
-    }
-
-    /// When the oldest age entry expires (the hub keeps the front live).
+    /// When the oldest age entry expires (every mutation leaves the front live).
     pub fn next_expiry(&self) -> Option<u64> {
         self.aged.front().map(|aged| aged.expires_ms)
     }
@@ -477,8 +506,8 @@ mod tests {
             h.stream("gone").is_none(),
             "no history, no subscribers: ended"
         );
-        let stream = h.stream("kept").unwrap();
-        assert_eq!((stream.last(), stream.first_held()), (1, None));
+        let kept_at = h.stream("kept").map(|s| (s.last(), s.first_held()));
+        assert_eq!(kept_at, Some((1, None)));
         // A new stream for the ended topic: a new epoch, offsets from 1.
         let again = publish(&mut h, "gone", 80, 2_000);
         assert_eq!(again.offset, 1);
@@ -537,12 +566,12 @@ mod tests {
     }
 
     #[test]
-    fn a_held_message_costs_its_frame_plus_32_bytes() {
-        assert_eq!(ENTRY_OVERHEAD, 32);
+    fn a_held_message_costs_its_frame_plus_24_bytes() {
+        assert_eq!(ENTRY_OVERHEAD, 24);
         assert!(size_of::<Held>() <= 72, "{}", size_of::<Held>());
         let mut h = hub(10, 60_000, usize::MAX);
         publish(&mut h, "t", 80, 0);
-        assert_eq!(charged(&h).1, 80 + 32);
+        assert_eq!(charged(&h).1, 80 + 24);
     }
 
     #[test]

@@ -23,13 +23,14 @@
 
 pub mod history;
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::wire::frame::Shared;
 use crate::wire::message;
+use history::Held;
 pub use history::{Epoch, History, HistoryLimits, Position, Stream};
-use history::{Front, Held};
 
 /// Opaque subscriber identity chosen by the caller, unique for the life of the process. Ids
 /// should grow in connection order (see the module doc); the top bit is reserved.
@@ -288,15 +289,30 @@ impl Members {
 #[derive(Debug)]
 struct Topic {
     members: Members,
-    /// Allocated at the topic's first publish with history on.
-    held: Option<Box<Held>>,
+    /// Allocated at the topic's first publish with history on; its age entries share it.
+    held: Option<Rc<RefCell<Held>>>,
 }
 
 impl Topic {
     /// No subscribers and nothing held: the entry goes, and with it the stream.
     fn is_unused(&self) -> bool {
         matches!(self.members, Members::None { .. })
-            && self.held.as_deref().is_none_or(Held::is_spent)
+            && self
+                .held
+                .as_ref()
+                .is_none_or(|held| held.borrow().is_spent())
+    }
+}
+
+/// Removes `topic`'s entry if it is unused (see [`Topic::is_unused`]).
+fn end_if_unused(topics: &mut HashMap<Rc<str>, Topic>, ended: &mut Ended, topic: &str) {
+    if topics.get(topic).is_some_and(Topic::is_unused) {
+        topics.remove(topic);
+        ended.topics += 1;
+        if topics.capacity() > 64 && topics.len() * 4 < topics.capacity() {
+            // Mostly empty after a wave of departures: give the memory back.
+            topics.shrink_to(topics.len() * 2);
+        }
     }
 }
 
@@ -380,8 +396,8 @@ impl Hub {
     pub fn stream(&self, topic: &str) -> Option<Stream<'_>> {
         let history = self.history.as_ref()?;
         let (name, entry) = self.topics.get_key_value(topic)?;
-        let epoch = match entry.held.as_deref() {
-            Some(held) => held.epoch(),
+        let epoch = match &entry.held {
+            Some(held) => held.borrow().epoch(),
             None => history.epoch(entry.members.stream()),
         };
         Some(Stream::view(name, epoch, entry.held.as_deref()))
@@ -389,14 +405,11 @@ impl Hub {
 
     /// Evicts the messages whose time to live passed at `now_ms`.
     pub fn expire_history(&mut self, now_ms: u64) {
-        while self
-            .history
-            .as_ref()
-            .is_some_and(|h| h.front_expired(now_ms))
-        {
-            self.evict_oldest();
-        }
-        self.trim_stale_front();
+        let Some(history) = &mut self.history else {
+            return;
+        };
+        let (topics, ended) = (&mut self.topics, &mut self.ended);
+        history.expire(now_ms, |name| end_if_unused(topics, ended, name));
     }
 
     /// When [`Hub::expire_history`] next has something to do.
@@ -492,19 +505,8 @@ impl Hub {
         }
         self.subscribed_topics -= 1;
         // The stream lives on while it holds history.
-        if entry.is_unused() {
-            self.remove_topic(topic);
-        }
+        end_if_unused(&mut self.topics, &mut self.ended, topic);
         Left::LastMember
-    }
-
-    fn remove_topic(&mut self, topic: &str) {
-        self.topics.remove(topic);
-        self.ended.topics += 1;
-        if self.topics.capacity() > 64 && self.topics.len() * 4 < self.topics.capacity() {
-            // Mostly empty after a wave of departures: give the memory back.
-            self.topics.shrink_to(self.topics.len() * 2);
-        }
     }
 
     /// Encodes a push of `data_json` (valid JSON) to `topic` once, for all its subscribers;
@@ -542,8 +544,8 @@ impl Hub {
             return (message::encode_push(topic, data_json), None);
         };
         let held = match self.topics.get_mut(topic) {
-            Some(entry) => match &mut entry.held {
-                Some(held) => held,
+            Some(entry) => match &entry.held {
+                Some(held) => Rc::clone(held),
                 None => {
                     // Only subscribed so far: its stream's epoch was fixed at the subscribe.
                     let epoch = history.epoch(entry.members.stream());
@@ -551,113 +553,38 @@ impl Hub {
                         Some((name, _)) => Rc::clone(name),
                         None => Rc::from(topic),
                     };
-                    let entry = self.topics.get_mut(topic);
-                    let held = Box::new(Held::new(name, epoch));
-                    match entry {
-                        Some(entry) => entry.held.insert(held),
-                        None => return (message::encode_push(topic, data_json), None),
+                    let held = Rc::new(RefCell::new(Held::new(name, epoch)));
+                    if let Some(entry) = self.topics.get_mut(topic) {
+                        entry.held = Some(Rc::clone(&held));
                     }
+                    held
                 }
             },
             None => {
                 // Published to before any subscribe: a stream without subscribers.
                 let stream = history.open();
                 let name: Rc<str> = Rc::from(topic);
-                let held = Held::new(Rc::clone(&name), history.epoch(stream));
-                let entry = self.topics.entry(name).or_insert(Topic {
+                let held = Rc::new(RefCell::new(Held::new(
+                    Rc::clone(&name),
+                    history.epoch(stream),
+                )));
+                let entry = Topic {
                     members: Members::None { stream },
-                    held: None,
-                });
-                entry.held.insert(Box::new(held))
+                    held: Some(Rc::clone(&held)),
+                };
+                self.topics.insert(name, entry);
+                held
             }
         };
-        let position = held.next_position();
+        let position = held.borrow().next_position();
         let frame =
             message::encode_push_at(topic, data_json, position.offset, position.epoch.as_str());
         // The same allocation for the history and every queue.
-        history.append(held, Shared::clone(&frame), now_ms);
-        if history.over_memory() {
-            while self.history.as_ref().is_some_and(History::over_memory) && self.evict_oldest() {}
-        }
-        self.trim_stale_front();
-        self.compact_history();
-        (frame, Some(position))
-    }
-
-    /// Evicts the oldest message of all topics (and the stale age entries before it); false
-    /// when nothing is held.
-    fn evict_oldest(&mut self) -> bool {
-        loop {
-            let Some(history) = &mut self.history else {
-                return false;
-            };
-            let Some(topic) = history.front_topic().map(Rc::clone) else {
-                return false;
-            };
-            let Some(held) = self
-                .topics
-                .get_mut(&*topic)
-                .and_then(|e| e.held.as_deref_mut())
-            else {
-                history.drop_orphan_front();
-                continue;
-            };
-            if let Front::Live = history.pop_front(held) {
-                self.end_if_unused(&topic);
-                return true;
-            }
-            self.end_if_unused(&topic);
-        }
-    }
-
-    /// Drops stale entries at the age queue's front, so its front is the next to expire.
-    fn trim_stale_front(&mut self) {
-        loop {
-            let Some(history) = &mut self.history else {
-                return;
-            };
-            // Then the front is live: no lookup of its (likely cold) topic.
-            if !history.has_stale() {
-                return;
-            }
-            let Some(topic) = history.front_topic().map(Rc::clone) else {
-                return;
-            };
-            match self
-                .topics
-                .get_mut(&*topic)
-                .and_then(|e| e.held.as_deref_mut())
-            {
-                Some(held) if held.has_stale() => {
-                    history.pop_front(held);
-                }
-                Some(_) => return,
-                None => history.drop_orphan_front(),
-            }
-            self.end_if_unused(&topic);
-        }
-    }
-
-    fn compact_history(&mut self) {
-        let Some(history) = &mut self.history else {
-            return;
-        };
-        if !history.wants_compaction() {
-            return;
-        }
-        let topics = &mut self.topics;
-        history.compact(|topic| {
-            topics
-                .get_mut(topic)
-                .and_then(|e| e.held.as_deref_mut())
-                .is_some_and(|held| !held.take_stale())
+        let (topics, ended) = (&mut self.topics, &mut self.ended);
+        history.append(&held, Shared::clone(&frame), now_ms, |name| {
+            end_if_unused(topics, ended, name)
         });
-    }
-
-    fn end_if_unused(&mut self, topic: &str) {
-        if self.topics.get(topic).is_some_and(Topic::is_unused) {
-            self.remove_topic(topic);
-        }
+        (frame, Some(position))
     }
 
     fn members(&self, topic: &str) -> &[u64] {
@@ -747,7 +674,7 @@ mod tests {
         assert_eq!(Some(position.epoch), opened.map(|(epoch, _)| epoch));
         assert_eq!(position.offset, 1);
         assert!(frame.ends_with(br#","offset":1,"epoch":"00000000"}"#));
-        let held = hub.stream("x").and_then(|s| s.frame(1)).cloned();
+        let held = hub.stream("x").and_then(|s| s.frame(1).cloned());
         assert!(
             held.is_some_and(|f| Rc::ptr_eq(&f, &frame)),
             "one allocation"
