@@ -543,17 +543,13 @@ impl Hub {
         let Some(history) = &mut self.history else {
             return (message::encode_push(topic, data_json), None);
         };
-        let held = match self.topics.get_mut(topic) {
-            Some(entry) => match &entry.held {
+        let held = match self.topics.get_key_value(topic) {
+            Some((name, entry)) => match &entry.held {
                 Some(held) => Rc::clone(held),
                 None => {
                     // Only subscribed so far: its stream's epoch was fixed at the subscribe.
                     let epoch = history.epoch(entry.members.stream());
-                    let name = match self.topics.get_key_value(topic) {
-                        Some((name, _)) => Rc::clone(name),
-                        None => Rc::from(topic),
-                    };
-                    let held = Rc::new(RefCell::new(Held::new(name, epoch)));
+                    let held = Rc::new(RefCell::new(Held::new(Rc::clone(name), epoch)));
                     if let Some(entry) = self.topics.get_mut(topic) {
                         entry.held = Some(Rc::clone(&held));
                     }
