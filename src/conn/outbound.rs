@@ -21,7 +21,7 @@ const MAX_IOVECS: usize = 1024;
 /// The ring a burst starts with: entries are runs and replies, a few per iteration.
 const RING_START: usize = 8;
 /// What a queued frame costs beyond its bytes: its share of a ring slot, and for a reply of
-/// the connection's own its allocation (two small heap blocks). Counted against the cap for
+/// the connection's own its heap block's counts and the allocator's header. Counted against the cap for
 /// every frame, so many tiny frames cannot hold more memory than the cap says.
 pub const FRAME_OVERHEAD: usize = 40;
 
@@ -88,7 +88,7 @@ impl From<Shared> for Chunk {
 
 impl From<Vec<u8>> for Chunk {
     fn from(bytes: Vec<u8>) -> Self {
-        Chunk::Frame(Shared::new(bytes.into_boxed_slice()))
+        Chunk::Frame(Shared::from(bytes))
     }
 }
 
@@ -162,7 +162,7 @@ impl OutQueue {
             };
             if let Some(tail) = tail {
                 self.queued = self.queued - tail.len() + pong.len();
-                *tail = Shared::new(Box::from(pong));
+                *tail = Shared::from(pong);
                 return;
             }
         }
@@ -347,7 +347,7 @@ mod tests {
 
     #[test]
     fn shared_frames_are_written_in_order_with_one_call() {
-        let shared = Shared::new(Box::from(&b"shared"[..]));
+        let shared = Shared::from(&b"shared"[..]);
         let mut q = OutQueue::new();
         q.push(Bytes::from_static(b"a"));
         q.push(shared.clone());
@@ -460,9 +460,7 @@ mod tests {
     }
 
     fn run_of(frames: &[&[u8]]) -> Rc<Run> {
-        Rc::new(Run::new(
-            frames.iter().map(|f| Shared::new(Box::from(*f))).collect(),
-        ))
+        Rc::new(Run::new(frames.iter().map(|f| Shared::from(*f)).collect()))
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! number (the epoch derives from it); the rest ([`Held`]) is allocated at its first publish.
 //! TTL and the memory cap both evict the oldest message of all topics: a global age queue in
 //! publish order ([`History`]) gives it in O(1), and since time only moves forward its front is
-//! also the next message to expire (one timer, no scans). An age entry points at its topic's
-//! held part, so an eviction looks nothing up. The per-topic bound evicts a topic's oldest and
+//! also the next message to expire (one timer, no scans). An age entry is a pointer to its
+//! topic's held part, so an eviction looks nothing up; the expiry times are kept once per run
+//! of entries published in the same millisecond (a publish request's messages share one). The per-topic bound evicts a topic's oldest and
 //! leaves its age entry behind: a topic counts its entries in the queue, and since a topic's
 //! stale entries are older than its live ones, an entry is stale exactly when its topic has
 //! more entries than frames. Stale entries are dropped at the front and compacted away when
@@ -27,9 +28,14 @@ use std::rc::Rc;
 
 use crate::wire::frame::Shared;
 
-/// What the history charges per held message beyond its frame bytes: the topic queue's slot
-/// (the frame pointer) and the age queue's entry. Counted against `--history-memory`.
-pub const ENTRY_OVERHEAD: usize = size_of::<Shared>() + size_of::<Aged>();
+/// What the history charges per held message beyond its frame bytes, against
+/// `--history-memory`: the two counts in the frame's heap block, the topic queue's slot (the
+/// frame pointer), the age queue's entry, and a whole expiry run (the most a message can
+/// need: one run per message when each is published in a millisecond of its own).
+pub const ENTRY_OVERHEAD: usize = 2 * size_of::<usize>()
+    + size_of::<Shared>()
+    + size_of::<Rc<RefCell<Held>>>()
+    + size_of::<ExpiryRun>();
 
 /// Stale age entries are compacted once there are more than this many and they outnumber the
 /// live ones (amortised O(1) per eviction).
@@ -214,11 +220,93 @@ impl Held {
     }
 }
 
-/// A held message in publish order (over all topics): what TTL and the memory cap evict.
+/// Consecutive age entries with the same expiry time: when, and how many.
 #[derive(Debug)]
-struct Aged {
-    held: Rc<RefCell<Held>>,
+struct ExpiryRun {
     expires_ms: u64,
+    entries: u64,
+}
+
+/// The held messages in publish order over all topics (what TTL and the memory cap evict),
+/// each entry its topic's held part; expiry times run-length coded beside them.
+#[derive(Debug, Default)]
+struct AgeQueue {
+    entries: VecDeque<Rc<RefCell<Held>>>,
+    /// Over all runs, `entries` entries in all.
+    runs: VecDeque<ExpiryRun>,
+}
+
+impl AgeQueue {
+    fn push_back(&mut self, held: Rc<RefCell<Held>>, expires_ms: u64) {
+        self.entries.push_back(held);
+        match self.runs.back_mut() {
+            Some(run) if run.expires_ms == expires_ms => run.entries += 1,
+            _ => self.runs.push_back(ExpiryRun {
+                expires_ms,
+                entries: 1,
+            }),
+        }
+    }
+
+    fn front(&self) -> Option<&Rc<RefCell<Held>>> {
+        self.entries.front()
+    }
+
+    fn front_expiry(&self) -> Option<u64> {
+        self.runs.front().map(|run| run.expires_ms)
+    }
+
+    fn pop_front(&mut self) -> Option<Rc<RefCell<Held>>> {
+        let held = self.entries.pop_front()?;
+        match self.runs.front_mut() {
+            Some(run) if run.entries > 1 => run.entries -= 1,
+            _ => {
+                self.runs.pop_front();
+            }
+        }
+        Some(held)
+    }
+
+    /// Keeps the entries `keep` accepts, in order.
+    fn retain(&mut self, mut keep: impl FnMut(&Rc<RefCell<Held>>) -> bool) {
+        let mut runs = self.runs.iter_mut();
+        let mut run = runs.next();
+        let mut unvisited = run.as_ref().map_or(0, |r| r.entries);
+        self.entries.retain(|held| {
+            while unvisited == 0 {
+                match runs.next() {
+                    Some(next) => {
+                        unvisited = next.entries;
+                        run = Some(next);
+                    }
+                    None => break,
+                }
+            }
+            unvisited = unvisited.saturating_sub(1);
+            let kept = keep(held);
+            if !kept && let Some(run) = run.as_mut() {
+                run.entries = run.entries.saturating_sub(1);
+            }
+            kept
+        });
+        self.runs.retain(|run| run.entries > 0);
+        if self.entries.capacity() > 2 * self.entries.len() + 64 {
+            self.entries.shrink_to(self.entries.len() * 3 / 2);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+}
+
+/// Makes room for one more frame in a topic's ring: doubling, but never past the per-topic
+/// bound, so a topic holding its full history has no unused slots.
+fn reserve_one(frames: &mut VecDeque<Shared>, bound: usize) {
+    let len = frames.len();
+    if len == frames.capacity() {
+        frames.reserve_exact(len.max(4).min(bound.saturating_sub(len).max(1)));
+    }
 }
 
 /// The history's bounds, its age queue and its accounting; the streams themselves live in the
@@ -228,7 +316,7 @@ pub struct History {
     limits: HistoryLimits,
     epoch_seed: u64,
     next_serial: u32,
-    aged: VecDeque<Aged>,
+    aged: AgeQueue,
     /// Age entries whose message the per-topic bound already evicted.
     stale: usize,
     messages: usize,
@@ -242,7 +330,7 @@ impl History {
             limits,
             epoch_seed,
             next_serial: 0,
-            aged: VecDeque::new(),
+            aged: AgeQueue::default(),
             stale: 0,
             messages: 0,
             bytes: 0,
@@ -274,21 +362,20 @@ impl History {
         {
             let mut topic = held.borrow_mut();
             topic.last += 1;
-            self.bytes += frame.len() + ENTRY_OVERHEAD;
-            self.messages += 1;
-            topic.frames.push_back(frame);
-            topic.aged += 1;
-            if topic.frames.len() > self.limits.size {
+            if topic.frames.len() >= self.limits.size {
                 self.evict_front(&mut topic);
                 // Its age entry stays until it reaches the front or a compaction.
                 topic.aged += 1;
                 self.stale += 1;
             }
+            reserve_one(&mut topic.frames, self.limits.size);
+            self.bytes += frame.len() + ENTRY_OVERHEAD;
+            self.messages += 1;
+            topic.frames.push_back(frame);
+            topic.aged += 1;
         }
-        self.aged.push_back(Aged {
-            held: Rc::clone(held),
-            expires_ms: now_ms.saturating_add(self.limits.ttl_ms),
-        });
+        self.aged
+            .push_back(Rc::clone(held), now_ms.saturating_add(self.limits.ttl_ms));
         while self.bytes > self.limits.memory && self.evict_oldest(&mut spent) {}
         self.trim_stale_front(&mut spent);
         if self.stale > COMPACT_MIN_STALE && self.stale * 2 > self.aged.len() {
@@ -301,8 +388,8 @@ impl History {
     pub(super) fn expire(&mut self, now_ms: u64, mut spent: impl FnMut(&Rc<str>)) {
         while self
             .aged
-            .front()
-            .is_some_and(|aged| aged.expires_ms <= now_ms)
+            .front_expiry()
+            .is_some_and(|expires_ms| expires_ms <= now_ms)
         {
             self.evict_oldest(&mut spent);
         }
@@ -312,8 +399,8 @@ impl History {
     /// Evicts the oldest message of all topics (and the stale age entries before it); false
     /// when nothing is held.
     fn evict_oldest(&mut self, spent: &mut impl FnMut(&Rc<str>)) -> bool {
-        while let Some(aged) = self.aged.pop_front() {
-            let mut topic = aged.held.borrow_mut();
+        while let Some(held) = self.aged.pop_front() {
+            let mut topic = held.borrow_mut();
             let live = !topic.take_stale();
             if live {
                 self.evict_front(&mut topic);
@@ -337,10 +424,10 @@ impl History {
     fn trim_stale_front(&mut self, spent: &mut impl FnMut(&Rc<str>)) {
         // No stale entry anywhere: the front is live, and its (likely cold) topic untouched.
         while self.stale > 0 {
-            let Some(aged) = self.aged.front() else {
+            let Some(held) = self.aged.front() else {
                 return;
             };
-            let mut topic = aged.held.borrow_mut();
+            let mut topic = held.borrow_mut();
             if !topic.take_stale() {
                 return;
             }
@@ -356,12 +443,8 @@ impl History {
 
     /// Drops every stale age entry (a topic's stale entries come before its live ones).
     fn compact(&mut self) {
-        self.aged
-            .retain(|aged| !aged.held.borrow_mut().take_stale());
+        self.aged.retain(|held| !held.borrow_mut().take_stale());
         self.stale = 0;
-        if self.aged.capacity() > 2 * self.aged.len() + 64 {
-            self.aged.shrink_to(self.aged.len() * 3 / 2);
-        }
     }
 
     /// Drops the oldest held frame of `held` and its age count.
@@ -377,7 +460,7 @@ impl History {
 
     /// When the oldest age entry expires (every mutation leaves the front live).
     pub fn next_expiry(&self) -> Option<u64> {
-        self.aged.front().map(|aged| aged.expires_ms)
+        self.aged.front_expiry()
     }
 
     pub fn messages(&self) -> usize {
@@ -396,6 +479,19 @@ impl History {
 
     #[cfg(test)]
     pub(super) fn age_entries(&self) -> usize {
+        let runs = &self.aged.runs;
+        assert!(runs.iter().all(|run| run.entries > 0));
+        assert!(
+            runs.iter()
+                .zip(runs.iter().skip(1))
+                .all(|(a, b)| a.expires_ms < b.expires_ms)
+        );
+        let in_runs: u64 = runs.iter().map(|run| run.entries).sum();
+        assert_eq!(
+            in_runs,
+            self.aged.len() as u64,
+            "the runs cover the entries"
+        );
         self.aged.len()
     }
 }
@@ -566,12 +662,12 @@ mod tests {
     }
 
     #[test]
-    fn a_held_message_costs_its_frame_plus_24_bytes() {
-        assert_eq!(ENTRY_OVERHEAD, 24);
+    fn a_held_message_is_charged_its_frame_plus_56_bytes() {
+        assert_eq!(ENTRY_OVERHEAD, 56);
         assert!(size_of::<Held>() <= 72, "{}", size_of::<Held>());
         let mut h = hub(10, 60_000, usize::MAX);
         publish(&mut h, "t", 80, 0);
-        assert_eq!(charged(&h).1, 80 + 24);
+        assert_eq!(charged(&h).1, 80 + 56);
     }
 
     #[test]
@@ -727,6 +823,9 @@ mod tests {
             );
             let live_streams = model.iter().filter(|m| m.stream.is_some()).count();
             assert_eq!(h.stream_count(), live_streams, "step {step}");
+            if let Some(history) = h.history() {
+                history.age_entries();
+            }
         }
         // Streams came and went (each with an epoch of its own), and every bound was hit.
         assert!(epochs_seen.len() > 20, "{}", epochs_seen.len());

@@ -9,9 +9,18 @@ use std::rc::Rc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-/// A frame encoded once and shared by every queue it goes to: one thread, so no atomic counts,
-/// and a thin pointer (the `Box` holds the length), so a queue entry is 8 bytes.
-pub type Shared = Rc<Box<[u8]>>;
+/// A frame encoded once and shared by history and every queue it goes to: one thread, so no
+/// atomic counts; one heap block holds the two counts and the bytes (the pointer carries the
+/// length, so a queue or history slot is 16 bytes).
+pub type Shared = Rc<[u8]>;
+
+/// Builds a frame of exactly `len` bytes in its one heap block; `write` fills all of it.
+pub fn shared(len: usize, write: impl FnOnce(&mut [u8])) -> Shared {
+    // `repeat_n` has an exact length, so `collect` allocates the block once (no `Vec` first).
+    let mut frame: Shared = std::iter::repeat_n(0, len).collect();
+    write(Rc::get_mut(&mut frame).expect("a block just allocated has no other owner"));
+    frame
+}
 
 /// WebSocket opcodes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,68 +145,118 @@ fn payload_extent(buf: &[u8]) -> Option<(usize, usize)> {
 }
 
 /// Follows client frame boundaries in the raw input (headers only), so a session knows when
-/// its frame decoder holds neither a partial frame nor a fragmented message.
-#[derive(Debug, Default)]
-pub struct FrameBoundary {
-    /// The header so far, without its mask key (which only the decoder needs).
-    header: [u8; 10],
-    have: u8,
-    fragmented: bool,
-    payload_left: u64,
+/// its frame decoder holds neither a partial frame nor a fragmented message. 16 bytes: a
+/// header is collected only between payloads, so its bytes and a payload's count share room.
+#[derive(Debug)]
+pub struct FrameBoundary(Boundary);
+
+#[derive(Debug)]
+enum Boundary {
+    /// Between frames or inside a header: the header so far, without its mask key (which
+    /// only the decoder needs). `fragmented`: a fragmented message is under way.
+    Header {
+        bytes: [u8; 10],
+        have: u8,
+        fragmented: bool,
+    },
+    /// Inside a payload: the bytes still to come.
+    Payload { left: u64, fragmented: bool },
 }
 
-impl FrameBoundary {
-    pub fn feed(&mut self, mut input: &[u8]) {
-        while let Some((&byte, rest)) = input.split_first() {
-            if self.payload_left > 0 {
-                let n = self.payload_left.min(input.len() as u64);
-                self.payload_left -= n;
-                input = &input[n as usize..];
-                continue;
-            }
-            if let Some(slot) = self.header.get_mut(usize::from(self.have)) {
-                *slot = byte;
-            }
-            self.have += 1;
-            input = rest;
-            if self.have >= 2 && usize::from(self.have) == self.header_len() {
-                self.header_done();
-            }
+impl Default for FrameBoundary {
+    fn default() -> Self {
+        FrameBoundary(Boundary::between(false))
+    }
+}
+
+impl Boundary {
+    fn between(fragmented: bool) -> Self {
+        Boundary::Header {
+            bytes: [0; 10],
+            have: 0,
+            fragmented,
         }
     }
 
-    fn header_len(&self) -> usize {
-        let second = self.header[1];
-        let extended = match second & 0x7f {
-            126 => 2,
-            127 => 8,
-            _ => 0,
+    /// The state after the complete header `bytes` (control frames change nothing about a
+    /// fragmented message; data frames open or close one).
+    fn after_header(bytes: &[u8; 10], fragmented: bool) -> Self {
+        let (first, second) = (bytes[0], bytes[1]);
+        let fragmented = if first & 0x0f < 8 {
+            first & 0x80 == 0
+        } else {
+            fragmented
         };
-        2 + extended + if second & 0x80 != 0 { 4 } else { 0 }
-    }
-
-    fn header_done(&mut self) {
-        let (first, second) = (self.header[0], self.header[1]);
-        self.payload_left = match second & 0x7f {
-            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+        let left = match second & 0x7f {
+            126 => u64::from(u16::from_be_bytes([bytes[2], bytes[3]])),
             127 => {
                 let mut len = [0u8; 8];
-                len.copy_from_slice(&self.header[2..10]);
+                len.copy_from_slice(&bytes[2..10]);
                 u64::from_be_bytes(len)
             }
             n => u64::from(n),
         };
-        // Data frames (continuation, text, binary) open or close a fragmented message;
-        // control frames may come in between and change nothing.
-        if first & 0x0f < 8 {
-            self.fragmented = first & 0x80 == 0;
+        if left == 0 {
+            Boundary::between(fragmented)
+        } else {
+            Boundary::Payload { left, fragmented }
         }
-        self.have = 0;
+    }
+}
+
+/// The bytes of a client frame header whose second byte is `second`.
+fn client_header_len(second: u8) -> usize {
+    let extended = match second & 0x7f {
+        126 => 2,
+        127 => 8,
+        _ => 0,
+    };
+    2 + extended + if second & 0x80 != 0 { 4 } else { 0 }
+}
+
+impl FrameBoundary {
+    pub fn feed(&mut self, mut input: &[u8]) {
+        while !input.is_empty() {
+            match &mut self.0 {
+                Boundary::Payload { left, fragmented } => {
+                    let n = (*left).min(input.len() as u64);
+                    *left -= n;
+                    input = &input[n as usize..];
+                    if *left == 0 {
+                        self.0 = Boundary::between(*fragmented);
+                    }
+                }
+                Boundary::Header {
+                    bytes,
+                    have,
+                    fragmented,
+                } => {
+                    let Some((&byte, rest)) = input.split_first() else {
+                        return;
+                    };
+                    if let Some(slot) = bytes.get_mut(usize::from(*have)) {
+                        *slot = byte;
+                    }
+                    *have += 1;
+                    input = rest;
+                    if *have >= 2 && usize::from(*have) == client_header_len(bytes[1]) {
+                        self.0 = Boundary::after_header(bytes, *fragmented);
+                    }
+                }
+            }
+        }
     }
 
     /// No partial frame and no fragmented message is under way.
     pub fn is_clean(&self) -> bool {
-        self.have == 0 && self.payload_left == 0 && !self.fragmented
+        matches!(
+            self.0,
+            Boundary::Header {
+                have: 0,
+                fragmented: false,
+                ..
+            }
+        )
     }
 }
 
@@ -227,6 +286,9 @@ mod tests {
             (client_frame(0x89, b"ping"), false),
             (client_frame(0x80, b"end"), true),
             (client_frame(0x82, &[7u8; 300]), true),
+            (client_frame(0x89, b""), true),
+            (client_frame(0x02, b""), false),
+            (client_frame(0x80, &[1u8; 70_000]), true),
         ];
         let mut b = FrameBoundary::default();
         for (bytes, clean_after) in &frames {
@@ -242,6 +304,14 @@ mod tests {
         let mut whole = FrameBoundary::default();
         whole.feed(&all);
         assert!(whole.is_clean());
+    }
+
+    #[test]
+    fn a_boundary_and_a_shared_frame_are_small() {
+        assert_eq!(size_of::<FrameBoundary>(), 16);
+        assert_eq!(size_of::<Shared>(), 16);
+        let built = shared(5, |bytes| bytes.copy_from_slice(b"hello"));
+        assert_eq!(&built[..], b"hello");
     }
 
     #[test]

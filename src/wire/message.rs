@@ -292,15 +292,15 @@ pub fn encode_push(topic: &str, data_json: &str) -> Shared {
     let topic_len = json_string_len(topic);
     let payload_len = HEAD.len() + topic_len + MID.len() + data_json.len() + 1;
     let frame_len = frame::header_len(payload_len, false) + payload_len;
-    let mut buf = Vec::with_capacity(frame_len);
-    frame::put_header(&mut buf, Opcode::Text, payload_len, None);
-    buf.put_slice(HEAD);
-    put_json_string(&mut buf, topic);
-    buf.put_slice(MID);
-    buf.put_slice(data_json.as_bytes());
-    buf.put_u8(b'}');
-    debug_assert_eq!(buf.len(), frame_len);
-    Shared::new(buf.into_boxed_slice())
+    frame::shared(frame_len, |mut buf| {
+        frame::put_header(&mut buf, Opcode::Text, payload_len, None);
+        buf.put_slice(HEAD);
+        put_json_string(&mut buf, topic);
+        buf.put_slice(MID);
+        buf.put_slice(data_json.as_bytes());
+        buf.put_u8(b'}');
+        debug_assert!(buf.is_empty());
+    })
 }
 
 /// Encodes `{"cmd":"push","topic":..,"data":..,"offset":N,"epoch":".."}` (history on): the
@@ -321,19 +321,19 @@ pub fn encode_push_at(topic: &str, data_json: &str, offset: u64, epoch: &str) ->
         + json_string_len(epoch)
         + 1;
     let frame_len = frame::header_len(payload_len, false) + payload_len;
-    let mut buf = Vec::with_capacity(frame_len);
-    frame::put_header(&mut buf, Opcode::Text, payload_len, None);
-    buf.put_slice(HEAD);
-    put_json_string(&mut buf, topic);
-    buf.put_slice(DATA);
-    buf.put_slice(data_json.as_bytes());
-    buf.put_slice(OFFSET);
-    buf.put_slice(offset_text.as_bytes());
-    buf.put_slice(EPOCH);
-    put_json_string(&mut buf, epoch);
-    buf.put_u8(b'}');
-    debug_assert_eq!(buf.len(), frame_len);
-    Shared::new(buf.into_boxed_slice())
+    frame::shared(frame_len, |mut buf| {
+        frame::put_header(&mut buf, Opcode::Text, payload_len, None);
+        buf.put_slice(HEAD);
+        put_json_string(&mut buf, topic);
+        buf.put_slice(DATA);
+        buf.put_slice(data_json.as_bytes());
+        buf.put_slice(OFFSET);
+        buf.put_slice(offset_text.as_bytes());
+        buf.put_slice(EPOCH);
+        put_json_string(&mut buf, epoch);
+        buf.put_u8(b'}');
+        debug_assert!(buf.is_empty());
+    })
 }
 
 /// The `data` of a push frame this module encoded, as its JSON text (for `GET /history`).

@@ -230,7 +230,7 @@ impl Server {
             Ok(ClientMessage::Ping) => pong_frame(),
             _ => return,
         };
-        let frame = self.add_frame(Shared::new(Box::from(&reply[..])));
+        let frame = self.add_frame(Shared::from(&reply[..]));
         if let Some(conn) = self.conns.get_mut(key) {
             if conn.batch.is_empty() {
                 self.dirty.push(key as u32);
