@@ -139,10 +139,11 @@ impl OutQueue {
             return;
         }
         self.pong_at_tail = false;
+        let was_empty = self.is_empty();
         self.queued += entry.bytes();
         self.frames += entry.frames().len() as u32;
         match entry {
-            Chunk::Frame(frame) if self.is_empty() => self.head = Some(frame),
+            Chunk::Frame(frame) if was_empty => self.head = Some(frame),
             entry => self
                 .rest
                 .get_or_insert_with(|| Box::new(VecDeque::with_capacity(RING_START)))
@@ -362,6 +363,28 @@ mod tests {
         assert_eq!(w.out, b"asharedz");
         assert_eq!(w.calls, 1);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn one_pending_frame_allocates_no_ring() {
+        let mut q = OutQueue::new();
+        for _ in 0..3 {
+            q.push(Shared::from(&b"push"[..]));
+            assert!(
+                q.head.is_some() && q.rest.is_none(),
+                "the frame waits inline"
+            );
+            let mut w = Throttled {
+                out: vec![],
+                budget: 100,
+                calls: 0,
+            };
+            assert_eq!(q.write_to(&mut w).unwrap(), 4);
+            assert!(q.is_empty() && !q.has_spare_ring());
+        }
+        q.push(Shared::from(&b"one"[..]));
+        q.push(Shared::from(&b"two"[..]));
+        assert!(q.rest.is_some(), "a burst gets its ring");
     }
 
     #[test]
