@@ -12,11 +12,11 @@
 //! publish order ([`History`]) gives it in O(1), and since time only moves forward its front is
 //! also the next message to expire (one timer, no scans). An age entry is a pointer to its
 //! topic's held part, so an eviction looks nothing up; the expiry times are kept once per run
-//! of entries published in the same millisecond (a publish request's messages share one). The per-topic bound evicts a topic's oldest and
-//! leaves its age entry behind: a topic counts its entries in the queue, and since a topic's
-//! stale entries are older than its live ones, an entry is stale exactly when its topic has
-//! more entries than frames. Stale entries are dropped at the front and compacted away when
-//! they are the majority.
+//! of entries published in the same millisecond (a publish request's messages share one). The
+//! per-topic bound evicts a topic's oldest and leaves its age entry behind: a topic counts its
+//! entries in the queue, and since a topic's stale entries are older than its live ones, an
+//! entry is stale exactly when its topic has more entries than frames. Stale entries are
+//! dropped at the front and compacted away when they are the majority.
 //!
 //! A stream ends when it holds nothing and its topic has no subscribers; the next publish or
 //! subscribe opens a new one with a new epoch, so a client never mistakes the new offsets for
