@@ -137,10 +137,15 @@ impl Chromium {
             .as_str()
             .unwrap_or_else(|| panic!("no webSocketDebuggerUrl in {target}"));
         let stream = TcpStream::connect(self.debug).expect("connect to the page target");
+        // A busy machine (the whole suite in parallel) can take Chromium well past the short
+        // read timeout of the page loop to answer the handshake: a timeout there is no answer.
         stream
-            .set_read_timeout(Some(Duration::from_millis(200)))
+            .set_read_timeout(Some(Duration::from_secs(20)))
             .expect("set_read_timeout");
         let (ws, _) = tungstenite::client(url, stream).expect("CDP WebSocket handshake");
+        ws.get_ref()
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("set_read_timeout");
         Page {
             ws,
             next_id: 0,
