@@ -287,39 +287,27 @@ pub fn is_topic_byte(b: u8) -> bool {
 ///
 /// `data_json` must already be valid JSON (the API validates it); it is copied verbatim, once.
 pub fn encode_push(topic: &str, data_json: &str) -> Shared {
-    const HEAD: &[u8] = br#"{"cmd":"push","topic":"#;
-    const MID: &[u8] = br#","data":"#;
-    let topic_len = json_string_len(topic);
-    let payload_len = HEAD.len() + topic_len + MID.len() + data_json.len() + 1;
-    let frame_len = frame::header_len(payload_len, false) + payload_len;
-    frame::shared(frame_len, |mut buf| {
-        frame::put_header(&mut buf, Opcode::Text, payload_len, None);
-        buf.put_slice(HEAD);
-        put_json_string(&mut buf, topic);
-        buf.put_slice(MID);
-        buf.put_slice(data_json.as_bytes());
-        buf.put_u8(b'}');
-        debug_assert!(buf.is_empty());
-    })
+    encode_push_frame(topic, data_json, None)
 }
 
 /// Encodes `{"cmd":"push","topic":..,"data":..,"offset":N,"epoch":".."}` (history on): the
 /// seed's three fields first, so clients that know only those read it unchanged.
 pub fn encode_push_at(topic: &str, data_json: &str, offset: u64, epoch: &str) -> Shared {
+    encode_push_frame(topic, data_json, Some((offset, epoch)))
+}
+
+fn encode_push_frame(topic: &str, data_json: &str, position: Option<(u64, &str)>) -> Shared {
     const HEAD: &[u8] = br#"{"cmd":"push","topic":"#;
     const DATA: &[u8] = br#","data":"#;
     const OFFSET: &[u8] = br#","offset":"#;
     const EPOCH: &[u8] = br#","epoch":"#;
-    let offset_text = offset.to_string();
-    let payload_len = HEAD.len()
-        + json_string_len(topic)
-        + DATA.len()
-        + data_json.len()
-        + OFFSET.len()
-        + offset_text.len()
-        + EPOCH.len()
-        + json_string_len(epoch)
-        + 1;
+    let mut digits = [0u8; 20];
+    let position = position.map(|(offset, epoch)| (decimal(offset, &mut digits), epoch));
+    let position_len = position.map_or(0, |(offset, epoch)| {
+        OFFSET.len() + offset.len() + EPOCH.len() + json_string_len(epoch)
+    });
+    let payload_len =
+        HEAD.len() + json_string_len(topic) + DATA.len() + data_json.len() + position_len + 1;
     let frame_len = frame::header_len(payload_len, false) + payload_len;
     frame::shared(frame_len, |mut buf| {
         frame::put_header(&mut buf, Opcode::Text, payload_len, None);
@@ -327,13 +315,28 @@ pub fn encode_push_at(topic: &str, data_json: &str, offset: u64, epoch: &str) ->
         put_json_string(&mut buf, topic);
         buf.put_slice(DATA);
         buf.put_slice(data_json.as_bytes());
-        buf.put_slice(OFFSET);
-        buf.put_slice(offset_text.as_bytes());
-        buf.put_slice(EPOCH);
-        put_json_string(&mut buf, epoch);
+        if let Some((offset, epoch)) = position {
+            buf.put_slice(OFFSET);
+            buf.put_slice(offset);
+            buf.put_slice(EPOCH);
+            put_json_string(&mut buf, epoch);
+        }
         buf.put_u8(b'}');
         debug_assert!(buf.is_empty());
     })
+}
+
+/// `n` in decimal, written at the end of `digits` (no allocation per publish).
+fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[start..];
+        }
+    }
 }
 
 /// The `data` of a push frame this module encoded, as its JSON text (for `GET /history`).
@@ -629,6 +632,14 @@ mod tests {
                 matches!(parse_client_message(bad), Err(RequestError::InvalidJson(_))),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn offsets_are_written_in_decimal() {
+        let mut digits = [0u8; 20];
+        for n in [0, 7, 10, 42, 1_000_000, u64::MAX] {
+            assert_eq!(decimal(n, &mut digits), n.to_string().as_bytes());
         }
     }
 
