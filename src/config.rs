@@ -84,7 +84,7 @@ pub struct Config {
     pub history_size: usize,
     /// How long a held message is kept. Default 5 minutes.
     pub history_ttl: Duration,
-    /// One cap on the bytes all held messages take (frames plus 56 B each). Default 16 MiB.
+    /// One cap on the bytes all held messages take (frames plus 52 B each). Default 16 MiB.
     pub history_memory: usize,
     /// `GET /metrics` adds per-topic series for topics starting with each of these; empty:
     /// none (one series per topic could be millions).

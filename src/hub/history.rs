@@ -10,9 +10,10 @@
 //! number (the epoch derives from it); the rest ([`Held`]) is allocated at its first publish.
 //! TTL and the memory cap both evict the oldest message of all topics: a global age queue in
 //! publish order ([`History`]) gives it in O(1), and since time only moves forward its front is
-//! also the next message to expire (one timer, no scans). An age entry is a pointer to its
-//! topic's held part, so an eviction looks nothing up; the expiry times are kept once per run
-//! of entries published in the same millisecond (a publish request's messages share one). The
+//! also the next message to expire (one timer, no scans). The held parts live in a slab owned
+//! by the history, and an age entry is its topic's 4-byte key there, so an eviction looks no
+//! name up; the expiry times are kept once per run of entries published in the same
+//! millisecond (a publish request's messages share one). The
 //! per-topic bound evicts a topic's oldest and leaves its age entry behind: a topic counts its
 //! entries in the queue, and since a topic's stale entries are older than its live ones, an
 //! entry is stale exactly when its topic has more entries than frames. Stale entries are
@@ -22,9 +23,10 @@
 //! subscribe opens a new one with a new epoch, so a client never mistakes the new offsets for
 //! the old ones.
 
-use std::cell::{Ref, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
+
+use slab::Slab;
 
 use crate::wire::frame::Shared;
 
@@ -32,10 +34,8 @@ use crate::wire::frame::Shared;
 /// `--history-memory`: the two counts in the frame's heap block, the topic queue's slot (the
 /// frame pointer), the age queue's entry, and a whole expiry run (the most a message can
 /// need: one run per message when each is published in a millisecond of its own).
-pub const ENTRY_OVERHEAD: usize = 2 * size_of::<usize>()
-    + size_of::<Shared>()
-    + size_of::<Rc<RefCell<Held>>>()
-    + size_of::<ExpiryRun>();
+pub const ENTRY_OVERHEAD: usize =
+    2 * size_of::<usize>() + size_of::<Shared>() + size_of::<HeldId>() + size_of::<ExpiryRun>();
 
 /// Stale age entries are compacted once there are more than this many and they outnumber the
 /// live ones (amortised O(1) per eviction).
@@ -100,22 +100,17 @@ pub struct Stream<'a> {
     /// The offset of the last publish (0: none yet).
     last: u64,
     /// The frames of offsets `last - frames.len() + 1 ..= last`; `None` before any publish.
-    frames: Option<Ref<'a, VecDeque<Shared>>>,
+    frames: Option<&'a VecDeque<Shared>>,
 }
 
 impl<'a> Stream<'a> {
     /// The stream of the topic `name`, given its epoch and, once published to, its held part.
-    pub(super) fn view(
-        name: &'a Rc<str>,
-        epoch: Epoch,
-        held: Option<&'a RefCell<Held>>,
-    ) -> Stream<'a> {
-        let held = held.map(RefCell::borrow);
+    pub(super) fn view(name: &'a Rc<str>, epoch: Epoch, held: Option<&'a Held>) -> Stream<'a> {
         Stream {
             name,
             epoch,
-            last: held.as_ref().map_or(0, |h| h.last),
-            frames: held.map(|h| Ref::map(h, |h| &h.frames)),
+            last: held.map_or(0, |h| h.last),
+            frames: held.map(|h| &h.frames),
         }
     }
 
@@ -144,7 +139,7 @@ impl<'a> Stream<'a> {
     pub fn frame(&self, offset: u64) -> Option<&Shared> {
         let first = self.first_held()?;
         let index = usize::try_from(offset.checked_sub(first)?).ok()?;
-        self.frames.as_ref()?.get(index)
+        self.frames?.get(index)
     }
 
     /// The held messages after `offset`, oldest first.
@@ -161,9 +156,12 @@ impl<'a> Stream<'a> {
     }
 }
 
+/// A held part's key in the history's slab: what a topic's index entry and its age entries
+/// name it by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct HeldId(u32);
+
 /// What a topic's stream holds once published to (a topic that is only subscribed has none).
-/// Shared by the topic's index entry and its age entries, so an eviction reaches it without a
-/// lookup: only the hub's `&mut` methods borrow it mutably, and views borrow the hub.
 #[derive(Debug)]
 pub(super) struct Held {
     /// The topic's name, for removing its index entry when the stream ends.
@@ -231,13 +229,13 @@ struct ExpiryRun {
 /// each entry its topic's held part; expiry times run-length coded beside them.
 #[derive(Debug, Default)]
 struct AgeQueue {
-    entries: VecDeque<Rc<RefCell<Held>>>,
+    entries: VecDeque<HeldId>,
     /// Over all runs, `entries` entries in all.
     runs: VecDeque<ExpiryRun>,
 }
 
 impl AgeQueue {
-    fn push_back(&mut self, held: Rc<RefCell<Held>>, expires_ms: u64) {
+    fn push_back(&mut self, held: HeldId, expires_ms: u64) {
         self.entries.push_back(held);
         match self.runs.back_mut() {
             Some(run) if run.expires_ms == expires_ms => run.entries += 1,
@@ -248,15 +246,15 @@ impl AgeQueue {
         }
     }
 
-    fn front(&self) -> Option<&Rc<RefCell<Held>>> {
-        self.entries.front()
+    fn front(&self) -> Option<HeldId> {
+        self.entries.front().copied()
     }
 
     fn front_expiry(&self) -> Option<u64> {
         self.runs.front().map(|run| run.expires_ms)
     }
 
-    fn pop_front(&mut self) -> Option<Rc<RefCell<Held>>> {
+    fn pop_front(&mut self) -> Option<HeldId> {
         let held = self.entries.pop_front()?;
         match self.runs.front_mut() {
             Some(run) if run.entries > 1 => run.entries -= 1,
@@ -268,11 +266,11 @@ impl AgeQueue {
     }
 
     /// Keeps the entries `keep` accepts, in order.
-    fn retain(&mut self, mut keep: impl FnMut(&Rc<RefCell<Held>>) -> bool) {
+    fn retain(&mut self, mut keep: impl FnMut(HeldId) -> bool) {
         let mut runs = self.runs.iter_mut();
         let mut run = runs.next();
         let mut unvisited = run.as_ref().map_or(0, |r| r.entries);
-        self.entries.retain(|held| {
+        self.entries.retain(|&held| {
             while unvisited == 0 {
                 match runs.next() {
                     Some(next) => {
@@ -309,19 +307,40 @@ fn reserve_one(frames: &mut VecDeque<Shared>, bound: usize) {
     }
 }
 
-/// The history's bounds, its age queue and its accounting; the streams themselves live in the
-/// hub's topics.
+/// The history's bounds, the streams' held parts, its age queue and its accounting; a stream's
+/// position without history (epoch, last offset) lives in the hub's topic entry.
 #[derive(Debug)]
 pub struct History {
     limits: HistoryLimits,
     epoch_seed: u64,
     next_serial: u32,
+    /// The held part of every topic published to; an entry goes when its topic's does.
+    held: Slab<Held>,
     aged: AgeQueue,
     /// Age entries whose message the per-topic bound already evicted.
     stale: usize,
+    charged: Charged,
+}
+
+/// What the history holds against its memory cap, and what it let go.
+#[derive(Debug, Default)]
+struct Charged {
     messages: usize,
     bytes: usize,
     evictions: u64,
+}
+
+impl Charged {
+    fn hold(&mut self, frame: &Shared) {
+        self.messages += 1;
+        self.bytes += frame.len() + ENTRY_OVERHEAD;
+    }
+
+    fn evict(&mut self, frame: &Shared) {
+        self.messages -= 1;
+        self.bytes -= frame.len() + ENTRY_OVERHEAD;
+        self.evictions += 1;
+    }
 }
 
 impl History {
@@ -330,11 +349,10 @@ impl History {
             limits,
             epoch_seed,
             next_serial: 0,
+            held: Slab::new(),
             aged: AgeQueue::default(),
             stale: 0,
-            messages: 0,
-            bytes: 0,
-            evictions: 0,
+            charged: Charged::default(),
         }
     }
 
@@ -349,34 +367,54 @@ impl History {
         Epoch::derive(self.epoch_seed, serial)
     }
 
-    /// Holds `frame` as the message at the next position of `held`, evicting the topic's
-    /// oldest past the per-topic bound, then the oldest of all topics past the memory cap.
-    /// Calls `spent` with each topic whose stream has nothing left (it may end).
+    /// A held part for the topic `name` whose stream has `epoch`; `None` if the slab's keys
+    /// no longer fit an id (2^32 topics held at once: the topic then goes without history).
+    pub(super) fn hold(&mut self, name: Rc<str>, epoch: Epoch) -> Option<HeldId> {
+        let entry = self.held.vacant_entry();
+        let id = HeldId(u32::try_from(entry.key()).ok()?);
+        entry.insert(Held::new(name, epoch));
+        Some(id)
+    }
+
+    pub(super) fn held(&self, id: HeldId) -> Option<&Held> {
+        self.held.get(id.0 as usize)
+    }
+
+    /// Frees the held part of a topic that left the index (it was spent, see
+    /// [`Held::is_spent`]).
+    pub(super) fn release(&mut self, id: HeldId) {
+        self.held.try_remove(id.0 as usize);
+    }
+
+    /// Holds `frame` as the message at the next position of `id`, evicting the topic's oldest
+    /// past the per-topic bound, then the oldest of all topics past the memory cap. Calls
+    /// `spent` with each topic whose stream has nothing left; it answers whether the topic
+    /// left the index, and if so its held part goes too.
     pub(super) fn append(
         &mut self,
-        held: &Rc<RefCell<Held>>,
+        id: HeldId,
         frame: Shared,
         now_ms: u64,
-        mut spent: impl FnMut(&Rc<str>),
+        mut spent: impl FnMut(&Rc<str>) -> bool,
     ) {
+        let Some(topic) = self.held.get_mut(id.0 as usize) else {
+            return;
+        };
+        topic.last += 1;
+        if topic.frames.len() >= self.limits.size
+            && let Some(evicted) = topic.frames.pop_front()
         {
-            let mut topic = held.borrow_mut();
-            topic.last += 1;
-            if topic.frames.len() >= self.limits.size {
-                self.evict_front(&mut topic);
-                // Its age entry stays until it reaches the front or a compaction.
-                topic.aged += 1;
-                self.stale += 1;
-            }
-            reserve_one(&mut topic.frames, self.limits.size);
-            self.bytes += frame.len() + ENTRY_OVERHEAD;
-            self.messages += 1;
-            topic.frames.push_back(frame);
-            topic.aged += 1;
+            // Its age entry stays until it reaches the front or a compaction.
+            self.stale += 1;
+            self.charged.evict(&evicted);
         }
+        reserve_one(&mut topic.frames, self.limits.size);
+        self.charged.hold(&frame);
+        topic.frames.push_back(frame);
+        topic.aged += 1;
         self.aged
-            .push_back(Rc::clone(held), now_ms.saturating_add(self.limits.ttl_ms));
-        while self.bytes > self.limits.memory && self.evict_oldest(&mut spent) {}
+            .push_back(id, now_ms.saturating_add(self.limits.ttl_ms));
+        while self.charged.bytes > self.limits.memory && self.evict_oldest(&mut spent) {}
         self.trim_stale_front(&mut spent);
         if self.stale > COMPACT_MIN_STALE && self.stale * 2 > self.aged.len() {
             self.compact();
@@ -385,7 +423,7 @@ impl History {
 
     /// Evicts every message whose time to live has passed at `now_ms`; `spent` as in
     /// [`History::append`].
-    pub(super) fn expire(&mut self, now_ms: u64, mut spent: impl FnMut(&Rc<str>)) {
+    pub(super) fn expire(&mut self, now_ms: u64, mut spent: impl FnMut(&Rc<str>) -> bool) {
         while self
             .aged
             .front_expiry()
@@ -398,21 +436,21 @@ impl History {
 
     /// Evicts the oldest message of all topics (and the stale age entries before it); false
     /// when nothing is held.
-    fn evict_oldest(&mut self, spent: &mut impl FnMut(&Rc<str>)) -> bool {
-        while let Some(held) = self.aged.pop_front() {
-            let mut topic = held.borrow_mut();
+    fn evict_oldest(&mut self, spent: &mut impl FnMut(&Rc<str>) -> bool) -> bool {
+        while let Some(id) = self.aged.pop_front() {
+            let Some(topic) = self.held.get_mut(id.0 as usize) else {
+                continue;
+            };
             let live = !topic.take_stale();
             if live {
-                self.evict_front(&mut topic);
+                topic.aged = topic.aged.saturating_sub(1);
+                if let Some(frame) = topic.frames.pop_front() {
+                    self.charged.evict(&frame);
+                }
             } else {
                 self.stale = self.stale.saturating_sub(1);
             }
-            let ended = topic.is_spent().then(|| Rc::clone(&topic.name));
-            // Released first: `spent` looks at the topic.
-            drop(topic);
-            if let Some(name) = ended {
-                spent(&name);
-            }
+            self.end_if_spent(id, spent);
             if live {
                 return true;
             }
@@ -421,41 +459,44 @@ impl History {
     }
 
     /// Drops stale entries at the front, so the front is the next message to expire.
-    fn trim_stale_front(&mut self, spent: &mut impl FnMut(&Rc<str>)) {
+    fn trim_stale_front(&mut self, spent: &mut impl FnMut(&Rc<str>) -> bool) {
         // No stale entry anywhere: the front is live, and its (likely cold) topic untouched.
         while self.stale > 0 {
-            let Some(held) = self.aged.front() else {
+            let Some(id) = self.aged.front() else {
                 return;
             };
-            let mut topic = held.borrow_mut();
-            if !topic.take_stale() {
+            let stale = self
+                .held
+                .get_mut(id.0 as usize)
+                .is_none_or(Held::take_stale);
+            if !stale {
                 return;
             }
             self.stale -= 1;
-            let ended = topic.is_spent().then(|| Rc::clone(&topic.name));
-            drop(topic);
             self.aged.pop_front();
-            if let Some(name) = ended {
-                spent(&name);
-            }
+            self.end_if_spent(id, spent);
+        }
+    }
+
+    /// Asks the hub to end the topic of `id` if its stream has nothing left, and frees its
+    /// held part when it did.
+    fn end_if_spent(&mut self, id: HeldId, spent: &mut impl FnMut(&Rc<str>) -> bool) {
+        let Some(topic) = self.held.get(id.0 as usize) else {
+            return;
+        };
+        if topic.is_spent() && spent(&topic.name) {
+            self.release(id);
         }
     }
 
     /// Drops every stale age entry (a topic's stale entries come before its live ones).
     fn compact(&mut self) {
-        self.aged.retain(|held| !held.borrow_mut().take_stale());
+        let held = &mut self.held;
+        self.aged.retain(|id| {
+            held.get_mut(id.0 as usize)
+                .is_some_and(|topic| !topic.take_stale())
+        });
         self.stale = 0;
-    }
-
-    /// Drops the oldest held frame of `held` and its age count.
-    fn evict_front(&mut self, held: &mut Held) {
-        let Some(frame) = held.frames.pop_front() else {
-            return;
-        };
-        held.aged = held.aged.saturating_sub(1);
-        self.bytes -= frame.len() + ENTRY_OVERHEAD;
-        self.messages -= 1;
-        self.evictions += 1;
     }
 
     /// When the oldest age entry expires (every mutation leaves the front live).
@@ -464,17 +505,22 @@ impl History {
     }
 
     pub fn messages(&self) -> usize {
-        self.messages
+        self.charged.messages
     }
 
     /// Bytes charged against the memory cap.
     pub fn bytes(&self) -> usize {
-        self.bytes
+        self.charged.bytes
     }
 
     /// Messages evicted (size, TTL, memory) since the start.
     pub fn evictions(&self) -> u64 {
-        self.evictions
+        self.charged.evictions
+    }
+
+    #[cfg(test)]
+    pub(super) fn held_parts(&self) -> usize {
+        self.held.len()
     }
 
     #[cfg(test)]
@@ -485,6 +531,13 @@ impl History {
             runs.iter()
                 .zip(runs.iter().skip(1))
                 .all(|(a, b)| a.expires_ms < b.expires_ms)
+        );
+        assert!(
+            self.aged
+                .entries
+                .iter()
+                .all(|id| self.held.contains(id.0 as usize)),
+            "every age entry names a held part"
         );
         let in_runs: u64 = runs.iter().map(|run| run.entries).sum();
         assert_eq!(
@@ -662,12 +715,12 @@ mod tests {
     }
 
     #[test]
-    fn a_held_message_is_charged_its_frame_plus_56_bytes() {
-        assert_eq!(ENTRY_OVERHEAD, 56);
+    fn a_held_message_is_charged_its_frame_plus_52_bytes() {
+        assert_eq!(ENTRY_OVERHEAD, 52);
         assert!(size_of::<Held>() <= 72, "{}", size_of::<Held>());
         let mut h = hub(10, 60_000, usize::MAX);
         publish(&mut h, "t", 80, 0);
-        assert_eq!(charged(&h).1, 80 + 56);
+        assert_eq!(charged(&h).1, 80 + 52);
     }
 
     #[test]
@@ -825,6 +878,18 @@ mod tests {
             assert_eq!(h.stream_count(), live_streams, "step {step}");
             if let Some(history) = h.history() {
                 history.age_entries();
+                let published = model
+                    .iter()
+                    .enumerate()
+                    .filter(|(t, m)| {
+                        m.stream.is_some() && h.stream(TOPICS[*t]).is_some_and(|s| s.last() > 0)
+                    })
+                    .count();
+                assert_eq!(
+                    history.held_parts(),
+                    published,
+                    "step {step}: one held part per stream published to"
+                );
             }
         }
         // Streams came and went (each with an epoch of its own), and every bound was hit.

@@ -23,13 +23,12 @@
 
 pub mod history;
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::wire::frame::Shared;
 use crate::wire::message;
-use history::Held;
+use history::HeldId;
 pub use history::{Epoch, History, HistoryLimits, Position, Stream};
 
 /// Opaque subscriber identity chosen by the caller, unique for the life of the process. Ids
@@ -289,31 +288,33 @@ impl Members {
 #[derive(Debug)]
 struct Topic {
     members: Members,
-    /// Allocated at the topic's first publish with history on; its age entries share it.
-    held: Option<Rc<RefCell<Held>>>,
+    /// The key of what the stream holds, from the topic's first publish with history on.
+    held: Option<HeldId>,
 }
 
 impl Topic {
-    /// No subscribers and nothing held: the entry goes, and with it the stream.
-    fn is_unused(&self) -> bool {
+    fn is_unsubscribed(&self) -> bool {
         matches!(self.members, Members::None { .. })
-            && self
-                .held
-                .as_ref()
-                .is_none_or(|held| held.borrow().is_spent())
     }
 }
 
-/// Removes `topic`'s entry if it is unused (see [`Topic::is_unused`]).
-fn end_if_unused(topics: &mut HashMap<Rc<str>, Topic>, ended: &mut Ended, topic: &str) {
-    if topics.get(topic).is_some_and(Topic::is_unused) {
-        topics.remove(topic);
-        ended.topics += 1;
-        if topics.capacity() > 64 && topics.len() * 4 < topics.capacity() {
-            // Mostly empty after a wave of departures: give the memory back.
-            topics.shrink_to(topics.len() * 2);
-        }
+/// Removes `topic`'s entry if it has no subscribers; whether it did. The caller knows that
+/// its stream holds nothing (or frees what it holds).
+fn end_if_unsubscribed(
+    topics: &mut HashMap<Rc<str>, Topic>,
+    ended: &mut Ended,
+    topic: &str,
+) -> bool {
+    if !topics.get(topic).is_some_and(Topic::is_unsubscribed) {
+        return false;
     }
+    topics.remove(topic);
+    ended.topics += 1;
+    if topics.capacity() > 64 && topics.len() * 4 < topics.capacity() {
+        // Mostly empty after a wave of departures: give the memory back.
+        topics.shrink_to(topics.len() * 2);
+    }
+    true
 }
 
 /// A publish resolved against the index: the frame, encoded once, and who gets it.
@@ -396,11 +397,12 @@ impl Hub {
     pub fn stream(&self, topic: &str) -> Option<Stream<'_>> {
         let history = self.history.as_ref()?;
         let (name, entry) = self.topics.get_key_value(topic)?;
-        let epoch = match &entry.held {
-            Some(held) => held.borrow().epoch(),
+        let held = entry.held.and_then(|id| history.held(id));
+        let epoch = match held {
+            Some(held) => held.epoch(),
             None => history.epoch(entry.members.stream()),
         };
-        Some(Stream::view(name, epoch, entry.held.as_deref()))
+        Some(Stream::view(name, epoch, held))
     }
 
     /// Evicts the messages whose time to live passed at `now_ms`.
@@ -409,7 +411,7 @@ impl Hub {
             return;
         };
         let (topics, ended) = (&mut self.topics, &mut self.ended);
-        history.expire(now_ms, |name| end_if_unused(topics, ended, name));
+        history.expire(now_ms, |name| end_if_unsubscribed(topics, ended, name));
     }
 
     /// When [`Hub::expire_history`] next has something to do.
@@ -505,7 +507,18 @@ impl Hub {
         }
         self.subscribed_topics -= 1;
         // The stream lives on while it holds history.
-        end_if_unused(&mut self.topics, &mut self.ended, topic);
+        let held = entry.held;
+        let history = self.history.as_mut();
+        let spent = match (held, &history) {
+            (Some(id), Some(history)) => history.held(id).is_none_or(|h| h.is_spent()),
+            _ => true,
+        };
+        if spent
+            && end_if_unsubscribed(&mut self.topics, &mut self.ended, topic)
+            && let (Some(id), Some(history)) = (held, history)
+        {
+            history.release(id);
+        }
         Left::LastMember
     }
 
@@ -543,42 +556,43 @@ impl Hub {
         let Some(history) = &mut self.history else {
             return (message::encode_push(topic, data_json), None);
         };
-        let held = match self.topics.get_key_value(topic) {
-            Some((name, entry)) => match &entry.held {
-                Some(held) => Rc::clone(held),
-                None => {
-                    // Only subscribed so far: its stream's epoch was fixed at the subscribe.
-                    let epoch = history.epoch(entry.members.stream());
-                    let held = Rc::new(RefCell::new(Held::new(Rc::clone(name), epoch)));
-                    if let Some(entry) = self.topics.get_mut(topic) {
-                        entry.held = Some(Rc::clone(&held));
-                    }
-                    held
+        let id = match self.topics.get_key_value(topic) {
+            Some((_, Topic { held: Some(id), .. })) => Some(*id),
+            Some((name, entry)) => {
+                // Only subscribed so far: its stream's epoch was fixed at the subscribe.
+                let epoch = history.epoch(entry.members.stream());
+                let id = history.hold(Rc::clone(name), epoch);
+                if let Some(entry) = self.topics.get_mut(topic) {
+                    entry.held = id;
                 }
-            },
+                id
+            }
             None => {
                 // Published to before any subscribe: a stream without subscribers.
                 let stream = history.open();
                 let name: Rc<str> = Rc::from(topic);
-                let held = Rc::new(RefCell::new(Held::new(
-                    Rc::clone(&name),
-                    history.epoch(stream),
-                )));
-                let entry = Topic {
-                    members: Members::None { stream },
-                    held: Some(Rc::clone(&held)),
-                };
-                self.topics.insert(name, entry);
-                held
+                let id = history.hold(Rc::clone(&name), history.epoch(stream));
+                if let Some(id) = id {
+                    let entry = Topic {
+                        members: Members::None { stream },
+                        held: Some(id),
+                    };
+                    self.topics.insert(name, entry);
+                }
+                id
             }
         };
-        let position = held.borrow().next_position();
+        let Some((id, position)) = id.and_then(|id| Some((id, history.held(id)?.next_position())))
+        else {
+            // No room for another held part: this topic goes without history.
+            return (message::encode_push(topic, data_json), None);
+        };
         let frame =
             message::encode_push_at(topic, data_json, position.offset, position.epoch.as_str());
         // The same allocation for the history and every queue.
         let (topics, ended) = (&mut self.topics, &mut self.ended);
-        history.append(&held, Shared::clone(&frame), now_ms, |name| {
-            end_if_unused(topics, ended, name)
+        history.append(id, Shared::clone(&frame), now_ms, |name| {
+            end_if_unsubscribed(topics, ended, name)
         });
         (frame, Some(position))
     }
