@@ -4,7 +4,7 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use wspush::conn::OutQueue;
-use wspush::hub::{Hub, SubscriberId, Subscriptions};
+use wspush::hub::{HistoryLimits, Hub, SubscriberId, Subscriptions};
 use wspush::timer::TimerWheel;
 use wspush::wire::{handshake, message as protocol};
 
@@ -35,6 +35,34 @@ fn fanout(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// Publishes round-robin over 1,000 topics with history at the defaults (100 per topic, so
+/// every publish also evicts the topic's oldest): framing with a position, holding, evicting.
+fn hold(c: &mut Criterion) {
+    const TOPICS: usize = 1_000;
+    let mut hub = Hub::with_history(
+        HistoryLimits {
+            size: 100,
+            ttl_ms: 300_000,
+            memory: 64 << 20,
+        },
+        7,
+    );
+    let topics: Vec<String> = (0..TOPICS).map(|t| format!("user-{t:04}")).collect();
+    let data = format!("\"{}\"", "x".repeat(98));
+    for _ in 0..100 {
+        for topic in &topics {
+            hub.publish(topic, &data, 0);
+        }
+    }
+    let mut next = 0;
+    c.bench_function("publish_held_1k_topics_full", |b| {
+        b.iter(|| {
+            next = (next + 1) % TOPICS;
+            black_box(hub.publish(&topics[next], &data, 0).position)
+        })
+    });
 }
 
 fn encode(c: &mut Criterion) {
@@ -108,5 +136,5 @@ Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n";
     });
 }
 
-criterion_group!(benches, fanout, encode, timers, parse, upgrade);
+criterion_group!(benches, fanout, hold, encode, timers, parse, upgrade);
 criterion_main!(benches);

@@ -491,33 +491,57 @@ pub fn encode_batch_reply<'a>(
     String::from_utf8(buf).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
+/// `s` as a JSON string: runs that need no escape are copied whole (topic names and epochs
+/// almost never hold an escape).
 fn put_json_string(buf: &mut impl BufMut, s: &str) {
     buf.put_u8(b'"');
-    for &b in s.as_bytes() {
-        match json_escape(b) {
-            Some(esc) => buf.put_slice(esc.as_bytes()),
-            None => buf.put_u8(b),
-        }
+    let mut rest = s.as_bytes();
+    while let Some(at) = rest.iter().position(|&b| needs_escape(b)) {
+        buf.put_slice(&rest[..at]);
+        put_escape(buf, rest[at]);
+        rest = &rest[at + 1..];
     }
+    buf.put_slice(rest);
     buf.put_u8(b'"');
 }
 
 fn json_string_len(s: &str) -> usize {
-    2 + s
+    let escapes: usize = s
         .bytes()
-        .map(|b| json_escape(b).map_or(1, |e| e.len()))
-        .sum::<usize>()
+        .filter(|&b| needs_escape(b))
+        .map(|b| escape_len(b) - 1)
+        .sum();
+    2 + s.len() + escapes
 }
 
-fn json_escape(b: u8) -> Option<std::borrow::Cow<'static, str>> {
+fn needs_escape(b: u8) -> bool {
+    b == b'"' || b == b'\\' || b < 0x20
+}
+
+fn escape_len(b: u8) -> usize {
     match b {
-        b'"' => Some("\\\"".into()),
-        b'\\' => Some("\\\\".into()),
-        b'\n' => Some("\\n".into()),
-        b'\r' => Some("\\r".into()),
-        b'\t' => Some("\\t".into()),
-        0..=0x1f => Some(format!("\\u{b:04x}").into()),
-        _ => None,
+        b'"' | b'\\' | b'\n' | b'\r' | b'\t' => 2,
+        _ => 6,
+    }
+}
+
+/// The escape of a byte [`needs_escape`] accepts.
+fn put_escape(buf: &mut impl BufMut, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    match b {
+        b'"' => buf.put_slice(b"\\\""),
+        b'\\' => buf.put_slice(b"\\\\"),
+        b'\n' => buf.put_slice(b"\\n"),
+        b'\r' => buf.put_slice(b"\\r"),
+        b'\t' => buf.put_slice(b"\\t"),
+        _ => buf.put_slice(&[
+            b'\\',
+            b'u',
+            b'0',
+            b'0',
+            HEX[usize::from(b >> 4)],
+            HEX[usize::from(b & 0xf)],
+        ]),
     }
 }
 
@@ -814,6 +838,28 @@ mod tests {
         let f = encode_push("a\"b\\c\n\u{1}", "1");
         let v: serde_json::Value = serde_json::from_slice(payload(&f)).unwrap();
         assert_eq!(v["topic"], "a\"b\\c\n\u{1}");
+    }
+
+    #[test]
+    fn every_ascii_byte_round_trips_and_the_length_is_exact() {
+        let all: String = (0u8..0x80).map(char::from).chain("é€😀".chars()).collect();
+        let mut samples: Vec<String> = (0u8..0x80)
+            .map(|b| format!("x{}y", char::from(b)))
+            .collect();
+        samples.extend([all, String::new(), "\\\"".into(), "plain-topic/42".into()]);
+        for s in &samples {
+            let mut out = Vec::new();
+            put_json_string(&mut out, s);
+            assert_eq!(out.len(), json_string_len(s), "{s:?}");
+            assert_eq!(
+                serde_json::from_slice::<String>(&out).ok().as_ref(),
+                Some(s)
+            );
+            // The same escapes as serde_json for what it escapes alike.
+            if !s.contains(['\u{8}', '\u{c}']) {
+                assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+            }
+        }
     }
 
     #[test]
