@@ -35,6 +35,14 @@ use metrics::{Figures, PrefixFigures, Process, TopicPrefixes};
 /// Batch lines a publish reserves room for up front (a longer batch grows as it is parsed).
 const MAX_RESERVED_LINES: usize = 1024;
 
+/// The `\n` bytes in `body`, counted in 64-byte blocks (a block's count fits a `u8`), which
+/// the compiler turns into vector compares: about 8 times fewer instructions than a filter.
+fn count_newlines(body: &[u8]) -> usize {
+    body.chunks(64)
+        .map(|block| usize::from(block.iter().map(|&b| u8::from(b == b'\n')).sum::<u8>()))
+        .sum()
+}
+
 /// The application: policies derived from the configuration, and the counters.
 pub struct App {
     pub stats: Stats,
@@ -406,7 +414,7 @@ impl App {
         // Sized once: growing it by doubling reallocates up to the large sizes at which malloc
         // consolidates its free lists, a cost that showed in every batch request. At most
         // 1,024 lines (40 KiB) up front, so a body of blank lines reserves little.
-        let lines = body.iter().filter(|&&b| b == b'\n').count() + 1;
+        let lines = count_newlines(body) + 1;
         let mut messages = Vec::with_capacity(lines.min(MAX_RESERVED_LINES));
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -537,6 +545,24 @@ impl App {
             body,
             content_type,
             ..Response::json(200, &serde_json::Value::Null, keep_alive)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_newlines;
+
+    #[test]
+    fn newlines_are_counted_across_block_edges() {
+        for len in [0, 1, 63, 64, 65, 200, 4096] {
+            for every in [1, 2, 7, 64, 150] {
+                let body: Vec<u8> = (0..len)
+                    .map(|i| if i % every == 0 { b'\n' } else { b'x' })
+                    .collect();
+                let expected = body.iter().filter(|&&b| b == b'\n').count();
+                assert_eq!(count_newlines(&body), expected, "len {len}, every {every}");
+            }
         }
     }
 }

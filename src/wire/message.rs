@@ -280,8 +280,21 @@ pub fn validate_topic(topic: &str, rules: TopicRules) -> Result<(), RequestError
 }
 
 pub fn is_topic_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@')
+    TOPIC_BYTES[usize::from(b)]
 }
+
+/// A table, not a chain of comparisons: every publish checks every byte of its topic.
+const TOPIC_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] =
+            c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.' | b':' | b'/' | b'@');
+        b += 1;
+    }
+    table
+};
 
 /// Encodes `{"cmd":"push","topic":<topic>,"data":<data>}` as one text frame, to be shared.
 ///
@@ -838,6 +851,15 @@ mod tests {
         let f = encode_push("a\"b\\c\n\u{1}", "1");
         let v: serde_json::Value = serde_json::from_slice(payload(&f)).unwrap();
         assert_eq!(v["topic"], "a\"b\\c\n\u{1}");
+    }
+
+    #[test]
+    fn the_topic_byte_table_allows_exactly_the_documented_set() {
+        for b in 0..=u8::MAX {
+            let documented =
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'@');
+            assert_eq!(is_topic_byte(b), documented, "{b:#04x}");
+        }
     }
 
     #[test]
